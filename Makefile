@@ -1,0 +1,62 @@
+# wbrepl: top-level entry points. The kernel modules themselves are built by kbuild (see Kbuild).
+#
+#   make setup      install the toolchain and guest tools (Debian packages, bindgen, virtme-ng)
+#   make kernel     build (or find in ~/.cache/wbrepl) the Rust-enabled guest kernel
+#   make modules    build dm-wbcache.ko, dm-repl.ko, dmcore_kunit.ko   (KDIR=... for your own tree)
+#   make test       host tests + kernel + modules + every guest test   (what CI runs)
+#   make demo       boot a guest, build the stack with dmsetup, run fio through it
+#   make clean
+
+SHELL := /bin/bash
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+
+# Kernel-side toolchain: the kernel and the modules must be built by the same rustc.
+KRUSTC ?= /usr/bin/rustc
+KBINDGEN ?= $(HOME)/.cargo/bin/bindgen
+KRUST_LIB_SRC ?= $(firstword $(wildcard /usr/src/rustc-*/library))
+
+# KDIR: a built, Rust-enabled kernel tree. Default: ours, built on demand and cached.
+ifeq ($(origin KDIR),undefined)
+OWN_KERNEL := 1
+KDIR = $(shell $(ROOT)/qemu/build-kernel.sh --kdir)
+endif
+
+KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=$(KRUSTC) BINDGEN=$(KBINDGEN) RUST_LIB_SRC=$(KRUST_LIB_SRC)
+export KDIR
+
+.PHONY: all setup kernel modules modules-clean host-test guest-test test test-long demo clean
+
+all: modules
+
+setup:
+	@$(ROOT)/qemu/setup.sh
+
+kernel: setup
+ifdef OWN_KERNEL
+	@$(ROOT)/qemu/build-kernel.sh >/dev/null
+endif
+
+# Warnings (rustc, clang, objtool) fail the build: kernel code here is warning-free.
+modules: kernel
+	+@set -o pipefail; $(KMAKE) modules 2>&1 | tee $(ROOT)/.modules-build.log
+	@if grep -E 'warning:|Warning:' $(ROOT)/.modules-build.log; then \
+	  echo "make modules: warnings above are errors"; exit 1; fi
+
+modules-clean:
+	+$(KMAKE) clean
+
+host-test: setup
+	cd $(ROOT) && cargo test --workspace --locked
+
+guest-test: modules
+	$(ROOT)/tests/run-guest-tests.sh
+
+# What CI runs (.ci/run): everything, host and guest.
+test: host-test guest-test
+
+demo: modules
+	$(ROOT)/qemu/run-guest.sh $(ROOT)/tests/guest/demo.sh
+
+clean:
+	-+$(KMAKE) clean
+	cd $(ROOT) && cargo clean

@@ -1,0 +1,17 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! wbrepl-core: logic shared by the kernel modules and the userspace tool.
+//!
+//! Everything here is `no_std`, allocation-free and free of `unsafe`, so it compiles unchanged
+//! into the kernel modules (which include this directory as a module) and into the host crate,
+//! where it is unit- and property-tested with cargo.
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod error;
+pub mod parse;
+pub mod table;

@@ -1,0 +1,29 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! dmcore: safe abstractions for writing device-mapper targets in Rust on Linux 6.12.
+//!
+//! This directory is the only place in wbrepl that touches C bindings or contains `unsafe`. The
+//! targets (`rust/wbcache`, `rust/repl`) use the safe types exported here:
+//!
+//! - [`target`]: a [`target::Target`] trait turned into a registered `struct target_type`;
+//! - [`bio`]: [`bio::Bio`], a bio handed to a target, whose completion is a type rule;
+//! - [`device`]: [`device::Device`], a `dm_get_device` reference;
+//! - [`args`] / [`status`]: table-line and message arguments, `DMEMIT`-style output;
+//! - [`wq`]: owned workqueues (`WQ_MEM_RECLAIM`) and completions;
+//! - [`net`]: kernel TCP sockets in a network namespace, safe on the I/O path;
+//! - [`kunit`]: a KUnit suite made of Rust functions.
+//!
+//! Each kernel module includes this directory as a private module (`#[path]`), like a static
+//! library: Rust generics cannot cross module boundaries, and 6.12 has no way to share a Rust
+//! crate between out-of-tree modules.
+
+pub mod args;
+pub mod bindings;
+pub mod bio;
+pub mod device;
+pub mod kunit;
+pub mod mem;
+pub mod net;
+pub mod status;
+pub mod target;
+pub mod wq;

@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dmcore C shim: see shim.h. Each module links its own copy (rust/<target>/shim.c includes this
+ * file), because kbuild refuses to add one object to several modules.
+ */
+#include <linux/bio.h>
+#include <linux/completion.h>
+#include <linux/highmem.h>
+#include <linux/net.h>
+#include <linux/nsproxy.h>
+#include <linux/sched.h>
+#include <linux/sched/mm.h>
+#include <net/net_namespace.h>
+#include <net/sock.h>
+#include <linux/tcp.h>
+#include <kunit/test.h>
+
+#include "shim.h"
+
+void dmcore_bio_set_dev(struct bio *bio, struct block_device *bdev)
+{
+	bio_set_dev(bio, bdev);
+}
+
+void dmcore_bio_advance(struct bio *bio, unsigned int bytes)
+{
+	bio_advance(bio, bytes);
+}
+
+/* One step of bio_for_each_segment(): single-page segments, honours bi_bvec_done. */
+bool dmcore_bio_next_segment(struct bio *bio, struct bvec_iter *iter, struct bio_vec *out)
+{
+	if (!iter->bi_size)
+		return false;
+	*out = bio_iter_iovec(bio, *iter);
+	bio_advance_iter_single(bio, iter, out->bv_len);
+	return true;
+}
+
+void *dmcore_kmap_local_page(struct page *page)
+{
+	return kmap_local_page(page);
+}
+
+void dmcore_kunmap_local(const void *addr)
+{
+	kunmap_local(addr);
+}
+
+unsigned int dmcore_memalloc_noio_save(void)
+{
+	return memalloc_noio_save();
+}
+
+void dmcore_memalloc_noio_restore(unsigned int flags)
+{
+	memalloc_noio_restore(flags);
+}
+
+void dmcore_init_completion(struct completion *c)
+{
+	init_completion(c);
+}
+
+struct net *dmcore_get_current_net(void)
+{
+	return get_net(current->nsproxy->net_ns);
+}
+
+struct net *dmcore_get_net(struct net *net)
+{
+	return get_net(net);
+}
+
+void dmcore_put_net(struct net *net)
+{
+	put_net(net);
+}
+
+/*
+ * Settings every dmcore socket gets (as DRBD and NBD do): allocations in the network stack for
+ * this socket never recurse into block I/O, no use of the task's page fragment (a writeback
+ * context may already be using it), no Nagle delay, and bounded blocking operations.
+ */
+void dmcore_sock_tune(struct socket *sock, long sndtimeo, long rcvtimeo)
+{
+	struct sock *sk = sock->sk;
+
+	lock_sock(sk);
+	sk->sk_allocation = GFP_NOIO;
+	sk->sk_use_task_frag = false;
+	sk->sk_sndtimeo = sndtimeo;
+	sk->sk_rcvtimeo = rcvtimeo;
+	release_sock(sk);
+	if (sk->sk_protocol == IPPROTO_TCP)
+		tcp_sock_set_nodelay(sk);
+}
+
+void dmcore_kunit_fail(struct kunit *test, const char *file, int line, const char *msg)
+{
+	KUNIT_FAIL(test, "%s:%d: %s", file, line, msg);
+}

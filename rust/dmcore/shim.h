@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * dmcore C shim: wrappers for the `static inline` functions and macros that Rust cannot call
+ * directly. Only rust/dmcore uses these (through bindgen). Keep this file small: logic belongs
+ * in Rust.
+ */
+#ifndef WBREPL_DMCORE_SHIM_H
+#define WBREPL_DMCORE_SHIM_H
+
+#include <linux/types.h>
+
+struct bio;
+struct bio_vec;
+struct bvec_iter;
+struct block_device;
+struct completion;
+struct kunit;
+struct net;
+struct page;
+struct socket;
+
+/* bio helpers */
+void dmcore_bio_set_dev(struct bio *bio, struct block_device *bdev);
+void dmcore_bio_advance(struct bio *bio, unsigned int bytes);
+bool dmcore_bio_next_segment(struct bio *bio, struct bvec_iter *iter, struct bio_vec *out);
+void *dmcore_kmap_local_page(struct page *page);
+void dmcore_kunmap_local(const void *addr);
+
+/* memory allocation scope: no I/O recursion */
+unsigned int dmcore_memalloc_noio_save(void);
+void dmcore_memalloc_noio_restore(unsigned int flags);
+
+/* completions */
+void dmcore_init_completion(struct completion *c);
+
+/* network namespaces and sockets */
+struct net *dmcore_get_current_net(void);
+struct net *dmcore_get_net(struct net *net);
+void dmcore_put_net(struct net *net);
+void dmcore_sock_tune(struct socket *sock, long sndtimeo, long rcvtimeo);
+
+/* KUnit: record a failure of the running case (KUNIT_FAIL) */
+void dmcore_kunit_fail(struct kunit *test, const char *file, int line, const char *msg);
+
+#endif

@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! dm-wbcache: a write-back cache device-mapper target (wbrepl).
+//!
+//! Table line: `<start> <len> wbcache <origin_dev> <cache_dev> <block_size> <#opt_args> [opt_args...]`
+//! (see `docs/wbcache.md`).
+//!
+//! This is the foundation slice: the table line is parsed and validated in full and both devices
+//! are opened, but no data is cached yet. Reads are remapped to the origin; writes are cloned
+//! to the origin and acknowledged when the origin completes them, so the origin always holds
+//! every acknowledged write (the guarantees of `writethrough`, whatever `mode` says). Caching
+//! comes with the dm-wbcache issue.
+
+#![deny(unsafe_code)]
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+// dmcore is the only code with `unsafe`; it and rust/core are compiled into this crate as
+// modules (see `rust/dmcore/mod.rs`). Not every item is used by every module.
+#[allow(unsafe_code, dead_code, unreachable_pub, unused_imports, unused_macros)]
+#[path = "../dmcore/mod.rs"]
+mod dmcore;
+#[allow(dead_code, unreachable_pub, unused_attributes)]
+#[path = "../core/src/lib.rs"]
+mod wbrepl_core;
+// rust/core refers to its modules as `crate::<module>` (its crate root on the host).
+#[allow(unused_imports)]
+use wbrepl_core::{error, parse, table};
+
+use dmcore::args::Args;
+use dmcore::bio::{BioSet, BlkStatus, Bio, CloneDone, Op};
+use dmcore::device::Device;
+use dmcore::status::StatusWriter;
+use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, MapResult, QueueLimits, Registration, StatusType, Stop, Target};
+use wbrepl_core::table::{WbcacheOptions, WbcacheTable};
+
+module! {
+    type: WbcacheModule,
+    name: "dm_wbcache",
+    author: "wbrepl developers",
+    description: "dm-wbcache: write-back cache target with epochs (wbrepl)",
+    license: "GPL",
+    alias: ["dm-wbcache"],
+}
+
+struct WbcacheModule {
+    _reg: Registration<Wbcache>,
+}
+
+impl kernel::Module for WbcacheModule {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        Ok(Self { _reg: Registration::new(module)? })
+    }
+}
+
+/// Counters shared with clone completions (which may run in interrupt context).
+#[derive(Default)]
+struct Stats {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    flushes: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl CloneDone<()> for Stats {
+    fn clone_done(&self, parent: Bio<()>, status: BlkStatus) {
+        if !status.is_ok() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        parent.end(status);
+    }
+}
+
+struct Wbcache {
+    len: u64,
+    origin: Device,
+    cache: Device,
+    block_size: u32,
+    opts: WbcacheOptions,
+    stats: Arc<Stats>,
+    clones: BioSet,
+}
+
+fn ctr_err(msg: &'static CStr) -> CtrError {
+    CtrError::inval(msg)
+}
+
+/// Opens a device named in the table line.
+fn open(ti: &mut CtrTarget<'_>, path: &str, what: &'static CStr) -> Result<Device, CtrError> {
+    // Device paths need a NUL terminator; table words are at most a path long.
+    let mut buf = [0u8; 256];
+    if path.len() >= buf.len() {
+        return Err(ctr_err(kernel::c_str!("Device path too long")));
+    }
+    buf[..path.len()].copy_from_slice(path.as_bytes());
+    let c = CStr::from_bytes_with_nul(&buf[..=path.len()]).map_err(|_| ctr_err(what))?;
+    ti.get_device(c).map_err(|e| CtrError::new(what, e))
+}
+
+#[vtable]
+impl Target for Wbcache {
+    const NAME: &'static CStr = kernel::c_str!("wbcache");
+    const VERSION: [u32; 3] = [0, 1, 0];
+    type PerBio = ();
+
+    fn ctr(ti: &mut CtrTarget<'_>, args: Args<'_>) -> Result<Pin<KBox<Self>>, CtrError> {
+        let t = WbcacheTable::parse(&mut { args })?;
+        let origin = open(ti, t.origin, kernel::c_str!("Origin device lookup failed"))?;
+        let cache = open(ti, t.cache, kernel::c_str!("Cache device lookup failed"))?;
+        if origin.same_as(&cache) {
+            return Err(ctr_err(kernel::c_str!("Origin and cache must be different devices")));
+        }
+        if t.block_size < origin.logical_block_size() || t.block_size < cache.logical_block_size() {
+            return Err(ctr_err(kernel::c_str!("Block size is below a device's logical block size")));
+        }
+        let block_sectors = u64::from(t.block_size >> 9);
+        if ti.len().checked_rem(block_sectors) != Some(0) {
+            return Err(ctr_err(kernel::c_str!("Target length must be a multiple of the block size")));
+        }
+        if ti.len() > origin.sectors() {
+            return Err(ctr_err(kernel::c_str!("Origin device is smaller than the target")));
+        }
+        ti.set_num_flush_bios(1);
+        ti.set_num_discard_bios(1);
+        ti.set_num_write_zeroes_bios(1);
+        let stats = Arc::new(Stats::default(), GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))?;
+        let clones = BioSet::new(64).map_err(|e| CtrError::new(kernel::c_str!("Cannot allocate bio set"), e))?;
+        let me = Self { len: ti.len(), origin, cache, block_size: t.block_size, opts: t.opts, stats, clones };
+        KBox::pin(me, GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))
+    }
+
+    fn map(&self, mut bio: Bio<()>) -> MapResult<()> {
+        let sector = bio.target_sector();
+        match bio.op() {
+            Op::Read => {
+                self.stats.reads.fetch_add(1, Ordering::Relaxed);
+                bio.remap(&self.origin, sector);
+                MapResult::Remapped(bio)
+            }
+            Op::Write => {
+                self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                if bio.is_preflush() {
+                    self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                }
+                // Acknowledged only when the origin has it: the origin never lags behind.
+                bio.submit_clone(&self.clones, &self.origin, sector, self.stats.clone());
+                MapResult::Submitted
+            }
+            Op::Flush => {
+                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                bio.remap(&self.origin, sector);
+                MapResult::Remapped(bio)
+            }
+            _ => {
+                bio.remap(&self.origin, sector);
+                MapResult::Remapped(bio)
+            }
+        }
+    }
+
+    fn postsuspend(&self) {
+        if self.opts.flush_on_suspend {
+            if let Err(e) = self.origin.flush() {
+                pr_err!("flush on suspend failed: {:?}\n", e);
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn status(&self, ty: StatusType, out: &mut StatusWriter<'_>) {
+        let _ = match ty {
+            StatusType::Info => {
+                let s = &self.stats;
+                write!(
+                    out,
+                    "passthrough {} {} reads {} writes {} flushes {} errors {}",
+                    self.opts.mode().as_str(),
+                    self.block_size,
+                    s.reads.load(Ordering::Relaxed),
+                    s.writes.load(Ordering::Relaxed),
+                    s.flushes.load(Ordering::Relaxed),
+                    s.errors.load(Ordering::Relaxed),
+                )
+            }
+            StatusType::Table => write!(out, "{} {} {} {}", self.origin, self.cache, self.block_size, self.opts),
+            StatusType::Ima => write!(
+                out,
+                "origin={},cache={},block_size={},mode={};",
+                self.origin,
+                self.cache,
+                self.block_size,
+                self.opts.mode().as_str()
+            ),
+        };
+    }
+
+    fn message(&self, mut args: Args<'_>, out: &mut StatusWriter<'_>) -> Result {
+        let verb = args.next().unwrap_or("");
+        if args.next().is_some() {
+            pr_warn!("message '{}': too many arguments\n", verb);
+            return Err(EINVAL);
+        }
+        match verb {
+            "flush" => {
+                // Nothing is held in the cache yet, so "flush" means: make every acknowledged
+                // write durable on the origin.
+                self.origin.flush()?;
+                let _ = write!(out, "flushed");
+                Ok(())
+            }
+            "clear_stats" => {
+                let s = &self.stats;
+                for c in [&s.reads, &s.writes, &s.flushes, &s.errors] {
+                    c.store(0, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            _ => {
+                pr_warn!("unrecognised message '{}'\n", verb);
+                Err(EINVAL)
+            }
+        }
+    }
+
+    fn iterate_devices(&self, visit: &mut DeviceVisitor<'_>) -> core::result::Result<(), Stop> {
+        // The origin backs the whole mapped range; the cache device is private to the target.
+        visit.visit(&self.origin, 0, self.len)
+    }
+
+    fn io_hints(&self, limits: &mut QueueLimits<'_>) {
+        limits.set_io_opt(self.block_size);
+    }
+}

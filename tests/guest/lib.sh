@@ -1,0 +1,71 @@
+# shellcheck shell=bash
+# Helpers for guest tests (sourced). Each check prints one TAP-style line, "ok - NAME" or
+# "not ok - NAME" followed by "#"-prefixed diagnostics; tests/guest/run-all.sh counts them.
+: "${WBREPL_ROOT:?run me through qemu/run-guest.sh}"
+set -u
+
+T_PASS=0
+T_FAIL=0
+T_OUT=$(mktemp)
+IMG_DIR=/tmp/wbrepl-img
+mkdir -p "$IMG_DIR"
+
+ok() { T_PASS=$((T_PASS + 1)); echo "ok - $*"; }
+not_ok() { T_FAIL=$((T_FAIL + 1)); echo "not ok - $*"; }
+diag() { sed 's/^/#   /' | tail -n "${1:-25}"; }
+
+# check NAME CMD...: CMD must succeed.
+check() {
+  local name=$1; shift
+  if "$@" >"$T_OUT" 2>&1; then ok "$name"; else not_ok "$name (exit $?)"; diag <"$T_OUT"; fi
+}
+
+# check_fails NAME CMD...: CMD must fail (non-zero exit).
+check_fails() {
+  local name=$1; shift
+  if "$@" >"$T_OUT" 2>&1; then not_ok "$name (unexpectedly succeeded)"; diag <"$T_OUT"; else ok "$name"; fi
+}
+
+# check_eq NAME EXPECTED ACTUAL
+check_eq() {
+  if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1"; printf '#   expected: %s\n#   actual:   %s\n' "$2" "$3"; fi
+}
+
+# check_match NAME REGEX TEXT
+check_match() {
+  if [[ $3 =~ $2 ]]; then ok "$1"; else not_ok "$1"; printf '#   pattern: %s\n#   text:    %s\n' "$2" "$3"; fi
+}
+
+# loopdev NAME SIZE_MB [SECTOR_SIZE]: a loop device over a sparse file; prints its path.
+loopdev() {
+  local f=$IMG_DIR/$1
+  rm -f "$f"
+  truncate -s "${2}M" "$f"
+  if [ -n "${3:-}" ]; then losetup -f --show --sector-size "$3" "$f"; else losetup -f --show "$f"; fi
+}
+
+# Kernel log since the last dmesg_mark.
+DMESG_MARK=0
+dmesg_mark() { DMESG_MARK=$(dmesg | wc -l); }
+dmesg_since() { dmesg | tail -n +$((DMESG_MARK + 1)); }
+
+sectors() { blockdev --getsz "$1"; }
+devnum() { local d; d=$(stat -L -c '%t %T' "$1"); printf '%d:%d' "0x${d% *}" "0x${d#* }"; }
+
+# fio with data verification; extra arguments are appended.
+fio_verify() {
+  local dev=$1; shift
+  fio --name=verify --filename="$dev" --direct=1 --ioengine=libaio --verify=crc32c \
+      --verify_fatal=1 --verify_state_save=0 --randrepeat=0 --output-format=terse "$@" >/dev/null
+}
+
+cleanup_dm() {
+  dmsetup remove_all --force >/dev/null 2>&1 || true
+  losetup -D 2>/dev/null || true
+}
+
+finish() {
+  echo "# $(basename "$0"): $T_PASS passed, $T_FAIL failed"
+  rm -f "$T_OUT"
+  [ "$T_FAIL" = 0 ]
+}
