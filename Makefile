@@ -4,6 +4,7 @@
 #   make kernel     build (or find in ~/.cache/wbrepl) the Rust-enabled guest kernel
 #   make modules    build dm-wbcache.ko, dm-repl.ko, dmcore_kunit.ko   (KDIR=... for your own tree)
 #   make test       host tests + kernel + modules + every guest test   (what CI runs)
+#                   (make guest-test TESTS="30-fio.sh" runs chosen guest test files)
 #   make demo       boot a guest, build the stack with dmsetup, run fio through it
 #   make clean
 
@@ -24,7 +25,7 @@ endif
 KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=$(KRUSTC) BINDGEN=$(KBINDGEN) RUST_LIB_SRC=$(KRUST_LIB_SRC)
 export KDIR
 
-.PHONY: all setup kernel modules modules-clean host-test guest-test test test-long demo clean
+.PHONY: all setup kernel modules modules-clean cli host-test guest-test test demo clean
 
 all: modules
 
@@ -47,14 +48,19 @@ modules-clean:
 
 host-test: setup
 	cd $(ROOT) && cargo test --workspace --locked
+	python3 $(ROOT)/tests/ktap.py --self-test
 
-guest-test: modules
-	$(ROOT)/tests/run-guest-tests.sh
+# The CLI runs in the guest (it needs device-mapper), built on the host.
+cli: setup
+	cd $(ROOT) && cargo build --release --locked -p wbrepl
+
+guest-test: modules cli
+	$(ROOT)/tests/run-guest-tests.sh $(TESTS)
 
 # What CI runs (.ci/run): everything, host and guest.
 test: host-test guest-test
 
-demo: modules
+demo: modules cli
 	$(ROOT)/qemu/run-guest.sh $(ROOT)/tests/guest/demo.sh
 
 clean:

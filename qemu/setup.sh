@@ -19,7 +19,7 @@ PKGS=(
   clang lld llvm libclang-dev bc bison flex libelf-dev libssl-dev cpio xz-utils kmod make
   # guest runtime (the guest runs on the host's root fs)
   qemu-system-x86 udev dmsetup fio e2fsprogs thin-provisioning-tools drbd-utils iproute2
-  keyutils procps util-linux
+  keyutils procps util-linux iputils-ping python3
   # userspace tool (devicemapper-sys)
   libdevmapper-dev pkg-config
 )

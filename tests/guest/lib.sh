@@ -69,3 +69,33 @@ finish() {
   rm -f "$T_OUT"
   [ "$T_FAIL" = 0 ]
 }
+
+# same_data A B: byte-identical contents, read with O_DIRECT (a block device's page cache does
+# not see writes that reach it from a dm device stacked on top, so buffered reads can be stale).
+same_data() {
+  cmp <(dd if="$1" iflag=direct bs=1M status=none) <(dd if="$2" iflag=direct bs=1M status=none)
+}
+
+# --- two nodes in one guest ------------------------------------------------------------------
+# Node A and node B are network namespaces joined by a veth pair (10.99.0.1 <-> 10.99.0.2).
+# dm-repl opens its sockets in the namespace of the process that loads its table, so
+# `node_exec B dmsetup create ...` builds a target that lives on node B's network. Link faults
+# are tc qdiscs on either end (node_link A "delay 50ms", "loss 100%", ...).
+NODE_A_IP=10.99.0.1
+NODE_B_IP=10.99.0.2
+nodes_up() {
+  nodes_down
+  ip netns add wbrepl-a && ip netns add wbrepl-b &&
+  ip link add veth-a netns wbrepl-a type veth peer name veth-b netns wbrepl-b &&
+  ip -n wbrepl-a addr add $NODE_A_IP/24 dev veth-a && ip -n wbrepl-b addr add $NODE_B_IP/24 dev veth-b &&
+  ip -n wbrepl-a link set veth-a up && ip -n wbrepl-b link set veth-b up &&
+  ip -n wbrepl-a link set lo up && ip -n wbrepl-b link set lo up
+}
+nodes_down() { ip netns del wbrepl-a 2>/dev/null; ip netns del wbrepl-b 2>/dev/null; true; }
+node_exec() { local n=$1; shift; ip netns exec "wbrepl-${n,,}" "$@"; }
+# node_link A|B "netem args" (empty: remove the fault)
+node_link() {
+  local n=${1,,}
+  tc -n "wbrepl-$n" qdisc del dev "veth-$n" root 2>/dev/null
+  [ -z "${2:-}" ] || tc -n "wbrepl-$n" qdisc add dev "veth-$n" root netem $2
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# dmsetup create / table / status / message / suspend / resume / reload / remove, both targets.
+. "$(dirname "$0")/lib.sh"
+
+O=$(loopdev origin 64); C=$(loopdev cache 16); D=$(loopdev data 64); M=$(loopdev meta 8)
+S=$(sectors "$O")
+on=$(devnum "$O"); cn=$(devnum "$C"); dn=$(devnum "$D"); mn=$(devnum "$M")
+
+# --- wbcache --------------------------------------------------------------------------------
+check "wbcache: create" dmsetup create wbc --table "0 $S wbcache $O $C 4096 5 mode writethrough high_watermark 60 flush_on_suspend"
+check_eq "wbcache: table prints the line back (canonical order, major:minor)" \
+  "0 $S wbcache $on $cn 4096 5 high_watermark 60 mode writethrough flush_on_suspend" "$(dmsetup table wbc)"
+check_match "wbcache: status fields" "^0 $S wbcache passthrough writethrough 4096 reads [0-9]+ writes 0 flushes [0-9]+ errors 0\$" "$(dmsetup status wbc)"
+dd if=/dev/urandom of="$IMG_DIR/pattern" bs=1M count=4 status=none
+check "wbcache: write 4 MiB at 1 MiB" dd if="$IMG_DIR/pattern" of=/dev/mapper/wbc bs=1M seek=1 oflag=direct status=none
+check "wbcache: the data is on the origin at the same offset" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$O" bs=1M skip=1 count=4 iflag=direct status=none)
+check "wbcache: and reads back through the target" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if=/dev/mapper/wbc bs=1M skip=1 count=4 iflag=direct status=none)
+check_match "wbcache: writes are counted" 'writes [1-9][0-9]* ' "$(dmsetup status wbc)"
+check_eq "wbcache: message flush answers" "flushed" "$(dmsetup message wbc 0 flush)"
+check "wbcache: message clear_stats" dmsetup message wbc 0 clear_stats
+check_match "wbcache: counters cleared" 'reads 0 writes 0 flushes 0 errors 0$' "$(dmsetup status wbc)"
+check_fails "wbcache: unknown message refused" dmsetup message wbc 0 frobnicate
+check_fails "wbcache: message with extra words refused" dmsetup message wbc 0 flush now
+check "wbcache: suspend" dmsetup suspend wbc
+check_match "wbcache: info says suspended" 'State: +SUSPENDED' "$(dmsetup info wbc)"
+check "wbcache: resume" dmsetup resume wbc
+check_match "wbcache: info says active" 'State: +ACTIVE' "$(dmsetup info wbc)"
+check "wbcache: reload a new table" dmsetup reload wbc --table "0 $S wbcache $O $C 8192 2 mode ordered"
+check_eq "wbcache: the live table is unchanged until resume" \
+  "0 $S wbcache $on $cn 4096 5 high_watermark 60 mode writethrough flush_on_suspend" "$(dmsetup table wbc)"
+check "wbcache: suspend + resume swaps tables" bash -c "dmsetup suspend wbc && dmsetup resume wbc"
+check_eq "wbcache: new table live" "0 $S wbcache $on $cn 8192 2 mode ordered" "$(dmsetup table wbc)"
+check "wbcache: data kept across the reload" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if=/dev/mapper/wbc bs=1M skip=1 count=4 iflag=direct status=none)
+check_eq "wbcache: io_opt is the block size" "8192" "$(blockdev --getioopt /dev/mapper/wbc)"
+check "wbcache: discard passes through" blkdiscard -o 0 -l 1048576 /dev/mapper/wbc
+check "wbcache: write-zeroes passes through" blkdiscard -z -o 0 -l 1048576 /dev/mapper/wbc
+check "wbcache: remove" dmsetup remove wbc
+
+# --- repl -----------------------------------------------------------------------------------
+check "repl: create primary" dmsetup create rp --table "0 $S repl primary $D 10.0.0.2:7789 6 protocol sync meta_dev $M marker_sectors 16"
+check_eq "repl: table prints the line back" \
+  "0 $S repl primary $dn 10.0.0.2:7789 6 protocol sync meta_dev $mn marker_sectors 16" "$(dmsetup table rp)"
+check "repl: primary accepts writes" dd if="$IMG_DIR/pattern" of=/dev/mapper/rp bs=1M seek=2 oflag=direct status=none
+check "repl: they land on the data device" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$D" bs=1M skip=2 count=4 iflag=direct status=none)
+check_match "repl: status fields" "^0 $S repl primary passthrough peer 10.0.0.2:7789 protocol sync writes [1-9][0-9]* refused 0\$" "$(dmsetup status rp)"
+check_fails "repl: primary knows no messages yet" dmsetup message rp 0 marker x
+check "repl: suspend/resume" bash -c "dmsetup suspend rp && dmsetup resume rp"
+check "repl: remove primary" dmsetup remove rp
+check "repl: create secondary" dmsetup create rs --table "0 $S repl secondary $D 0.0.0.0:7789 3 freeze_on_marker freeze_timeout 5000"
+check_eq "repl: secondary table" "0 $S repl secondary $dn 0.0.0.0:7789 3 freeze_on_marker freeze_timeout 5000" "$(dmsetup table rs)"
+check "repl: secondary serves reads" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if=/dev/mapper/rs bs=1M skip=2 count=4 iflag=direct status=none)
+check_fails "repl: secondary refuses writes from above" dd if=/dev/zero of=/dev/mapper/rs bs=4k count=1 oflag=direct status=none
+check "repl: ...and the data device is untouched" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$D" bs=1M skip=2 count=4 iflag=direct status=none)
+check_match "repl: refused writes are counted" 'refused [1-9]' "$(dmsetup status rs)"
+check "repl: remove secondary" dmsetup remove rs
+
+# --- the stack: wbcache on repl on disk -------------------------------------------------------
+check "stack: repl primary" dmsetup create st_repl --table "0 $S repl primary $D 10.0.0.2:7789 0"
+check "stack: wbcache on top of it" dmsetup create st_wbc --table "0 $S wbcache /dev/mapper/st_repl $C 4096 0"
+check "stack: write through the stack" dd if="$IMG_DIR/pattern" of=/dev/mapper/st_wbc bs=1M seek=8 oflag=direct status=none
+check "stack: data reached the disk under repl" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$D" bs=1M skip=8 count=4 iflag=direct status=none)
+check_fails "stack: repl is busy while wbcache uses it" dmsetup remove st_repl
+check "stack: remove top down" dmsetup remove st_wbc st_repl
+
+cleanup_dm
+check "unload: rmmod dm_wbcache" rmmod dm_wbcache
+check "unload: rmmod dm_repl" rmmod dm_repl
+finish
