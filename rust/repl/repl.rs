@@ -16,20 +16,13 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
 
-#[allow(unsafe_code, dead_code, unreachable_pub, unused_imports, unused_macros)]
-#[path = "../dmcore/mod.rs"]
-mod dmcore;
-#[allow(dead_code, unreachable_pub, unused_attributes)]
-#[path = "../core/src/lib.rs"]
-mod wbrepl_core;
-#[allow(unused_imports)]
-use wbrepl_core::{error, parse, table};
+include!("../dmcore/crate_root.rs");
 
 use dmcore::args::Args;
 use dmcore::bio::{Bio, Op};
 use dmcore::device::Device;
 use dmcore::status::StatusWriter;
-use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, MapResult, Registration, StatusType, Stop, Target};
+use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, MapResult, StatusType, Stop, Target, TargetModule};
 use wbrepl_core::parse::SocketAddrV4;
 use wbrepl_core::table::{Protocol, ReplOptions, ReplTable, Role, MAX_KEY_DESC};
 
@@ -42,15 +35,7 @@ module! {
     alias: ["dm-repl"],
 }
 
-struct ReplModule {
-    _reg: Registration<Repl>,
-}
-
-impl kernel::Module for ReplModule {
-    fn init(module: &'static ThisModule) -> Result<Self> {
-        Ok(Self { _reg: Registration::new(module)? })
-    }
-}
+type ReplModule = TargetModule<Repl>;
 
 struct Repl {
     len: u64,
@@ -68,16 +53,6 @@ struct Repl {
     refused: AtomicU64,
 }
 
-fn open(ti: &mut CtrTarget<'_>, path: &str, what: &'static CStr) -> Result<Device, CtrError> {
-    let mut buf = [0u8; 256];
-    if path.len() >= buf.len() {
-        return Err(CtrError::inval(kernel::c_str!("Device path too long")));
-    }
-    buf[..path.len()].copy_from_slice(path.as_bytes());
-    let c = CStr::from_bytes_with_nul(&buf[..=path.len()]).map_err(|_| CtrError::inval(what))?;
-    ti.get_device(c).map_err(|e| CtrError::new(what, e))
-}
-
 impl Repl {
     fn auth_str(&self) -> Option<&str> {
         self.auth.as_ref().and_then(|(b, n)| core::str::from_utf8(&b[..*n]).ok())
@@ -92,9 +67,14 @@ impl Target for Repl {
 
     fn ctr(ti: &mut CtrTarget<'_>, args: Args<'_>) -> Result<Pin<KBox<Self>>, CtrError> {
         let t = ReplTable::parse(&mut { args })?;
-        let data = open(ti, t.data_dev, kernel::c_str!("Data device lookup failed"))?;
+        let data = ti
+            .get_device_path(t.data_dev)
+            .map_err(|e| CtrError::new(kernel::c_str!("Data device lookup failed"), e))?;
         let meta = match t.opts.meta_dev {
-            Some(m) => Some(open(ti, m, kernel::c_str!("Metadata device lookup failed"))?),
+            Some(m) => Some(
+                ti.get_device_path(m)
+                    .map_err(|e| CtrError::new(kernel::c_str!("Metadata device lookup failed"), e))?,
+            ),
             None => None,
         };
         if meta.as_ref().is_some_and(|m| m.same_as(&data)) {

@@ -18,23 +18,13 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
-// dmcore is the only code with `unsafe`; it and rust/core are compiled into this crate as
-// modules (see `rust/dmcore/mod.rs`). Not every item is used by every module.
-#[allow(unsafe_code, dead_code, unreachable_pub, unused_imports, unused_macros)]
-#[path = "../dmcore/mod.rs"]
-mod dmcore;
-#[allow(dead_code, unreachable_pub, unused_attributes)]
-#[path = "../core/src/lib.rs"]
-mod wbrepl_core;
-// rust/core refers to its modules as `crate::<module>` (its crate root on the host).
-#[allow(unused_imports)]
-use wbrepl_core::{error, parse, table};
+include!("../dmcore/crate_root.rs");
 
 use dmcore::args::Args;
 use dmcore::bio::{BioSet, BlkStatus, Bio, CloneDone, Op};
 use dmcore::device::Device;
 use dmcore::status::StatusWriter;
-use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, MapResult, QueueLimits, Registration, StatusType, Stop, Target};
+use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, MapResult, QueueLimits, StatusType, Stop, Target, TargetModule};
 use wbrepl_core::table::{WbcacheOptions, WbcacheTable};
 
 module! {
@@ -46,15 +36,7 @@ module! {
     alias: ["dm-wbcache"],
 }
 
-struct WbcacheModule {
-    _reg: Registration<Wbcache>,
-}
-
-impl kernel::Module for WbcacheModule {
-    fn init(module: &'static ThisModule) -> Result<Self> {
-        Ok(Self { _reg: Registration::new(module)? })
-    }
-}
+type WbcacheModule = TargetModule<Wbcache>;
 
 /// Counters shared with clone completions (which may run in interrupt context).
 #[derive(Default)]
@@ -84,22 +66,6 @@ struct Wbcache {
     clones: BioSet,
 }
 
-fn ctr_err(msg: &'static CStr) -> CtrError {
-    CtrError::inval(msg)
-}
-
-/// Opens a device named in the table line.
-fn open(ti: &mut CtrTarget<'_>, path: &str, what: &'static CStr) -> Result<Device, CtrError> {
-    // Device paths need a NUL terminator; table words are at most a path long.
-    let mut buf = [0u8; 256];
-    if path.len() >= buf.len() {
-        return Err(ctr_err(kernel::c_str!("Device path too long")));
-    }
-    buf[..path.len()].copy_from_slice(path.as_bytes());
-    let c = CStr::from_bytes_with_nul(&buf[..=path.len()]).map_err(|_| ctr_err(what))?;
-    ti.get_device(c).map_err(|e| CtrError::new(what, e))
-}
-
 #[vtable]
 impl Target for Wbcache {
     const NAME: &'static CStr = kernel::c_str!("wbcache");
@@ -108,20 +74,24 @@ impl Target for Wbcache {
 
     fn ctr(ti: &mut CtrTarget<'_>, args: Args<'_>) -> Result<Pin<KBox<Self>>, CtrError> {
         let t = WbcacheTable::parse(&mut { args })?;
-        let origin = open(ti, t.origin, kernel::c_str!("Origin device lookup failed"))?;
-        let cache = open(ti, t.cache, kernel::c_str!("Cache device lookup failed"))?;
+        let origin = ti
+            .get_device_path(t.origin)
+            .map_err(|e| CtrError::new(kernel::c_str!("Origin device lookup failed"), e))?;
+        let cache = ti
+            .get_device_path(t.cache)
+            .map_err(|e| CtrError::new(kernel::c_str!("Cache device lookup failed"), e))?;
         if origin.same_as(&cache) {
-            return Err(ctr_err(kernel::c_str!("Origin and cache must be different devices")));
+            return Err(CtrError::inval(kernel::c_str!("Origin and cache must be different devices")));
         }
         if t.block_size < origin.logical_block_size() || t.block_size < cache.logical_block_size() {
-            return Err(ctr_err(kernel::c_str!("Block size is below a device's logical block size")));
+            return Err(CtrError::inval(kernel::c_str!("Block size is below a device's logical block size")));
         }
         let block_sectors = u64::from(t.block_size >> 9);
         if ti.len().checked_rem(block_sectors) != Some(0) {
-            return Err(ctr_err(kernel::c_str!("Target length must be a multiple of the block size")));
+            return Err(CtrError::inval(kernel::c_str!("Target length must be a multiple of the block size")));
         }
         if ti.len() > origin.sectors() {
-            return Err(ctr_err(kernel::c_str!("Origin device is smaller than the target")));
+            return Err(CtrError::inval(kernel::c_str!("Origin device is smaller than the target")));
         }
         ti.set_num_flush_bios(1);
         ti.set_num_discard_bios(1);

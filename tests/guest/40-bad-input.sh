@@ -51,7 +51,7 @@ bad_table $W "$O $C 4096 2 mode fast" "Invalid mode: must be writeback, writethr
 bad_table $W "$O $C 4096 4 mode ordered mode ordered" "Duplicate optional argument"
 bad_table $W "/dev/nonexistent $C 4096 0" "Origin device lookup failed"
 bad_table $W "$O /dev/nonexistent 4096 0" "Cache device lookup failed"
-bad_table $W "/$(printf 'x%.0s' {1..300}) $C 4096 0" "Device path too long"
+bad_table $W "/$(printf 'x%.0s' {1..5000}) $C 4096 0" "Origin device lookup failed"
 bad_table $W "$O $B4K 512 0" "Block size is below a device's logical block size"
 bad_table $W "$O $C 4096 0" "Target length must be a multiple of the block size" $((S - 1))
 bad_table $W "$O $C 4096 0" "Origin device is smaller than the target" $((S * 2))

@@ -12,7 +12,9 @@ use core::fmt;
 pub struct Error(&'static str);
 
 /// Builds an [`Error`] from a string literal (appending the NUL terminator).
-#[macro_export]
+///
+/// Crate-internal (textually scoped through `#[macro_use] mod error`): the kernel modules
+/// include this crate's files through `include!`, where exported macros cannot be imported.
 macro_rules! err {
     ($msg:literal) => {
         $crate::error::Error::from_nul_terminated(concat!($msg, "\0"))

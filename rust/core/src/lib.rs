@@ -12,6 +12,7 @@
 #[cfg(test)]
 extern crate std;
 
+#[macro_use]
 pub mod error;
 pub mod parse;
 pub mod table;

@@ -8,7 +8,6 @@
 //! the line back in a canonical order with only the options that were given, so
 //! `parse(format(t)) == t`.
 
-use crate::err;
 use crate::error::Error;
 use crate::parse::{parse_ipv4_port, parse_u32, SocketAddrV4};
 use core::fmt;
