@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! dmcore_kunit: KUnit suites for rust/dmcore, run when the module is loaded.
+//! dmcore_kunit: KUnit suites for rust/dmcore, run when the module is loaded, and the
+//! `dmcore_test` target that the guest tests drive through dmsetup.
 //!
 //! They exercise the abstractions against the real kernel: real bios and pages, real
 //! workqueues and completions, real TCP sockets over the guest's loopback interface (which
@@ -8,25 +9,19 @@
 
 #![deny(unsafe_code)]
 
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
-#[allow(unsafe_code, dead_code, unreachable_pub, unused_imports, unused_macros)]
-#[path = "mod.rs"]
-mod dmcore;
-#[allow(dead_code, unreachable_pub, unused_attributes)]
-#[path = "../core/src/lib.rs"]
-mod wbrepl_core;
-#[allow(unused_imports)]
-use wbrepl_core::{error, parse, table};
+include!("crate_root.rs");
 
 use dmcore::args::{Args, INVALID_UTF8};
-use dmcore::bio::{BlkStatus, Op};
+use dmcore::bio::{Bio, BlkStatus, Op};
+use dmcore::device::Device;
 use dmcore::kunit::{kcheck, kcheck_eq, kunit_suite, Test, TestBio, TestOp};
 use dmcore::net::{NetNs, Socket};
 use dmcore::status::StatusWriter;
-use dmcore::target::CtrError;
+use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, EndIo, MapResult, Registration, StatusType, Stop, Target};
 use dmcore::wq::{Completion, WorkQueue};
 use wbrepl_core::parse::SocketAddrV4;
 use wbrepl_core::table::{ReplTable, Role};
@@ -39,11 +34,159 @@ module! {
     license: "GPL",
 }
 
-struct DmcoreKunit;
+/// Loading the module runs the KUnit suites (below) and registers the `dmcore_test` target.
+struct DmcoreKunit {
+    _target: Registration<TestTarget>,
+}
 
 impl kernel::Module for DmcoreKunit {
-    fn init(_module: &'static ThisModule) -> Result<Self> {
-        Ok(Self)
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        Ok(Self { _target: Registration::new(module)? })
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// `dmcore_test`: a target exercising every dmcore hook against the real device-mapper core,
+// driven by tests/guest/60-dmcore-target.sh.
+//
+//   <start> <len> dmcore_test <dev>
+//
+// I/O is remapped to <dev>. Status INFO counts every callback; each bio carries a sequence
+// number in its per-bio data from `map` to `end_io`, which checks it. Messages:
+//   fail_next <n>            end_io turns the next n successful completions into errors
+//   connect <a.b.c.d:port> <timeout_ms>
+//                            kernel TCP connect from the sender's network namespace, send
+//                            "hello dmcore", answer "connected <local addr>" or "error <errno>"
+
+#[derive(Clone, Copy, Default)]
+struct TestPerBio {
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Calls {
+    map: AtomicU64,
+    end_io: AtomicU64,
+    perbio_bad: AtomicU64,
+    injected: AtomicU64,
+    presuspend: AtomicU64,
+    postsuspend: AtomicU64,
+    preresume: AtomicU64,
+    resume: AtomicU64,
+}
+
+struct TestTarget {
+    dev: Device,
+    len: u64,
+    seq: AtomicU64,
+    fail_next: AtomicU64,
+    calls: Calls,
+}
+
+#[vtable]
+impl Target for TestTarget {
+    const NAME: &'static CStr = kernel::c_str!("dmcore_test");
+    const VERSION: [u32; 3] = [1, 0, 0];
+    type PerBio = TestPerBio;
+
+    fn ctr(ti: &mut CtrTarget<'_>, mut args: Args<'_>) -> Result<Pin<KBox<Self>>, CtrError> {
+        let (Some(path), None) = (args.next(), args.next()) else {
+            return Err(CtrError::inval(kernel::c_str!("dmcore_test takes one device")));
+        };
+        let dev = ti
+            .get_device_path(path)
+            .map_err(|e| CtrError::new(kernel::c_str!("dmcore_test: device lookup failed"), e))?;
+        ti.set_num_flush_bios(1);
+        let me = Self { dev, len: ti.len(), seq: AtomicU64::new(0), fail_next: AtomicU64::new(0), calls: Calls::default() };
+        KBox::pin(me, GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))
+    }
+
+    fn map(&self, mut bio: Bio<TestPerBio>) -> MapResult<TestPerBio> {
+        self.calls.map.fetch_add(1, Ordering::Relaxed);
+        if bio.data().seq != 0 {
+            // Per-bio data must arrive initialised to its default.
+            self.calls.perbio_bad.fetch_add(1, Ordering::Relaxed);
+        }
+        bio.data_mut().seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let sector = bio.target_sector();
+        bio.remap(&self.dev, sector);
+        MapResult::Remapped(bio)
+    }
+
+    fn end_io(&self, bio: &Bio<TestPerBio>, status: &mut BlkStatus) -> EndIo {
+        self.calls.end_io.fetch_add(1, Ordering::Relaxed);
+        if bio.data().seq == 0 || bio.data().seq > self.seq.load(Ordering::Relaxed) {
+            self.calls.perbio_bad.fetch_add(1, Ordering::Relaxed);
+        }
+        let take = self.fail_next.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if status.is_ok() && take.is_ok() {
+            self.calls.injected.fetch_add(1, Ordering::Relaxed);
+            *status = BlkStatus::IOERR;
+        }
+        EndIo::Done
+    }
+
+    fn presuspend(&self) {
+        self.calls.presuspend.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn postsuspend(&self) {
+        self.calls.postsuspend.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn preresume(&self) -> Result {
+        self.calls.preresume.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn resume(&self) {
+        self.calls.resume.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn status(&self, ty: StatusType, out: &mut StatusWriter<'_>) {
+        use core::fmt::Write;
+        let c = &self.calls;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = match ty {
+            StatusType::Info => write!(
+                out,
+                "map {} end_io {} perbio_bad {} injected {} presuspend {} postsuspend {} preresume {} resume {}",
+                l(&c.map), l(&c.end_io), l(&c.perbio_bad), l(&c.injected),
+                l(&c.presuspend), l(&c.postsuspend), l(&c.preresume), l(&c.resume)
+            ),
+            StatusType::Table => write!(out, "{}", self.dev),
+            StatusType::Ima => Ok(()),
+        };
+    }
+
+    fn message(&self, mut args: Args<'_>, out: &mut StatusWriter<'_>) -> Result {
+        use core::fmt::Write;
+        match (args.next(), args.next(), args.next(), args.next()) {
+            (Some("fail_next"), Some(n), None, None) => {
+                let n = wbrepl_core::parse::parse_u64(n).map_err(|_| EINVAL)?;
+                self.fail_next.store(n, Ordering::Relaxed);
+                Ok(())
+            }
+            (Some("connect"), Some(addr), Some(ms), None) => {
+                let addr = wbrepl_core::parse::parse_ipv4_port(addr).map_err(|_| EINVAL)?;
+                let ms = wbrepl_core::parse::parse_u32(ms).map_err(|_| EINVAL)?;
+                let ns = NetNs::current();
+                let r = Socket::connect(&ns, addr, ms).and_then(|s| {
+                    s.send_all(b"hello dmcore")?;
+                    s.local_addr()
+                });
+                let _ = match r {
+                    Ok(local) => write!(out, "connected {local}"),
+                    Err(e) => write!(out, "error {}", e.to_errno()),
+                };
+                Ok(())
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
+    fn iterate_devices(&self, visit: &mut DeviceVisitor<'_>) -> core::result::Result<(), Stop> {
+        visit.visit(&self.dev, 0, self.len)
     }
 }
 

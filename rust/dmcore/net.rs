@@ -124,7 +124,8 @@ impl Socket {
         Ok(Self { sock, _net: ns.clone_ref() })
     }
 
-    /// Connects to `addr`, giving up after `timeout_ms` (0: the TCP default).
+    /// Connects to `addr`, giving up after `timeout_ms` with `ETIMEDOUT` (0: the TCP default,
+    /// minutes of SYN retries).
     pub fn connect(ns: &NetNs, addr: SocketAddrV4, timeout_ms: u32) -> Result<Self> {
         let s = Self::create(ns)?;
         s.set_timeouts(timeout_ms, timeout_ms);
@@ -138,6 +139,11 @@ impl Socket {
                 0,
             )
         };
+        // A blocking connect whose send timeout expires returns -EINPROGRESS with the attempt
+        // still pending (`__inet_stream_connect`): that is our timeout. Dropping `s` aborts it.
+        if r == -(bindings::EINPROGRESS as i32) || r == -(bindings::EALREADY as i32) {
+            return Err(Error::from_errno(-(bindings::ETIMEDOUT as i32)));
+        }
         if r < 0 {
             return Err(sock_err(r));
         }
@@ -241,20 +247,21 @@ impl Socket {
 
     /// The local address (useful after listening on port 0).
     pub fn local_addr(&self) -> Result<SocketAddrV4> {
-        let mut sa = bindings::sockaddr_in::default();
-        // SAFETY: live socket; `sa` is large enough for an IPv4 address.
-        let r = unsafe { bindings::kernel_getsockname(self.sock.as_ptr(), (&mut sa as *mut bindings::sockaddr_in).cast()) };
-        if r < 0 {
-            return Err(Error::from_errno(r));
-        }
-        Ok(from_sockaddr(&sa))
+        self.address(bindings::kernel_getsockname)
     }
 
     /// The peer's address.
     pub fn peer_addr(&self) -> Result<SocketAddrV4> {
+        self.address(bindings::kernel_getpeername)
+    }
+
+    fn address(
+        &self,
+        get: unsafe extern "C" fn(*mut bindings::socket, *mut bindings::sockaddr) -> ffi::c_int,
+    ) -> Result<SocketAddrV4> {
         let mut sa = bindings::sockaddr_in::default();
-        // SAFETY: as in `local_addr`.
-        let r = unsafe { bindings::kernel_getpeername(self.sock.as_ptr(), (&mut sa as *mut bindings::sockaddr_in).cast()) };
+        // SAFETY: live socket; `sa` is large enough for the IPv4 address `get` writes.
+        let r = unsafe { get(self.sock.as_ptr(), (&mut sa as *mut bindings::sockaddr_in).cast()) };
         if r < 0 {
             return Err(Error::from_errno(r));
         }

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# dmcore against the real device-mapper core, through the `dmcore_test` target of
+# dmcore_kunit.ko: the suspend/resume hooks, end_io and status rewriting, per-bio data from map
+# to end_io, and kernel TCP connects from the sender's network namespace (with timeouts).
+. "$(dirname "$0")/lib.sh"
+
+D=$(loopdev dev 32)
+S=$(sectors "$D")
+field() { dmsetup status dt | sed -n "s/.* $1 \([0-9]*\).*/\1/p"; }
+
+check "dmcore_test: module loads" modprobe dmcore_kunit
+check_match "dmcore_test: target registered" 'dmcore_test +v1\.0\.0' "$(dmsetup targets)"
+dmesg_mark
+check_fails "dmcore_test: bad table refused" dmsetup create dt_bad --table "0 $S dmcore_test"
+check_match "dmcore_test: ...with its ti->error" 'dmcore_test: dmcore_test takes one device \(-22\)' "$(dmesg_since)"
+check "dmcore_test: create" dmsetup create dt --table "0 $S dmcore_test $D"
+check_eq "hooks: create = preresume + resume" "1 1" "$(field preresume) $(field resume)"
+check_eq "hooks: no suspend yet" "0 0" "$(field presuspend) $(field postsuspend)"
+check "io: 4 MiB of writes" dd if=/dev/urandom of=/dev/mapper/dt bs=64k count=64 oflag=direct status=none
+check "io: flush (fsync)" dd if=/dev/zero of=/dev/mapper/dt bs=4k count=1 conv=fsync status=none
+check "hooks: suspend" dmsetup suspend dt
+check_eq "hooks: suspend = presuspend + postsuspend" "1 1" "$(field presuspend) $(field postsuspend)"
+map=$(field map); endio=$(field end_io)
+check_match "per-bio: bios were mapped ($map)" '^[1-9][0-9]*$' "$map"
+check_eq "per-bio: every mapped bio reached end_io (none in flight while suspended)" "$map" "$endio"
+check_eq "per-bio: data set in map arrived in end_io, and started zeroed" "0" "$(field perbio_bad)"
+check "hooks: resume" dmsetup resume dt
+check_eq "hooks: second resume" "2 2" "$(field preresume) $(field resume)"
+
+check "end_io: inject one failure" dmsetup message dt 0 fail_next 1
+check_fails "end_io: the next write fails with EIO" dd if=/dev/zero of=/dev/mapper/dt bs=4k count=1 oflag=direct status=none
+check_eq "end_io: one status rewritten" "1" "$(field injected)"
+check "end_io: the write after succeeds" dd if=/dev/zero of=/dev/mapper/dt bs=4k count=1 oflag=direct status=none
+check_fails "messages: bad message refused" dmsetup message dt 0 fail_next many
+
+# Kernel sockets live in the namespace of the process that sends the message.
+check "net: nodes up" nodes_up
+listen_once() { # PORT OUTFILE: accept one connection on node B, write "<peer ip> <data>" to OUTFILE
+  node_exec B python3 -c "
+import socket
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('$NODE_B_IP', $1)); s.listen(1); s.settimeout(20)
+c,a=s.accept(); c.settimeout(5)
+open('$2','w').write(a[0]+' '+c.recv(100).decode())" &
+  sleep 1
+}
+listen_once 7792 "$IMG_DIR/got"
+out=$(node_exec A dmsetup message dt 0 connect $NODE_B_IP:7792 3000)
+wait
+check_match "net: connect from node A's namespace" "^connected $NODE_A_IP:[0-9]+\$" "$out"
+check_eq "net: node B got the bytes, from A" "$NODE_A_IP hello dmcore" "$(cat "$IMG_DIR/got" 2>/dev/null)"
+check_eq "net: the root namespace has no route to node B" "error -101" "$(dmsetup message dt 0 connect $NODE_B_IP:7792 1000)"
+check_eq "net: nothing listening is a refusal" "error -111" "$(node_exec A dmsetup message dt 0 connect $NODE_B_IP:7799 1000)"
+check "net: cut the link" node_link A "loss 100%"
+t0=$(date +%s%N)
+out=$(node_exec A dmsetup message dt 0 connect $NODE_B_IP:7793 1500)
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+check_eq "net: connect over a cut link times out" "error -110" "$out"
+check_match "net: ...after about the timeout (${ms} ms)" '^(1[4-9][0-9][0-9]|[2-4][0-9][0-9][0-9])$' "$ms"
+check "net: heal, nodes down" bash -c "$(declare -f node_link nodes_down); node_link A '' ; nodes_down"
+
+check "dmcore_test: remove" dmsetup remove dt
+check "dmcore_test: rmmod" rmmod dmcore_kunit
+cleanup_dm
+finish
