@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds (or finds in the cache) the guest kernel: Debian linux-source-6.12 + tinyconfig +
 # qemu/kernel.config, with Rust. The tree is kept in ${WBREPL_CACHE:-~/.cache/wbrepl}/kernel-<key>/
-# where <key> hashes the fragment, this script and the toolchain versions, so a warm run rebuilds
-# nothing. Prints the tree path (KDIR) as its last line.
+# where <key> hashes the fragment's options, the toolchain versions and RECIPE (bump it when the
+# build steps below change), so a warm run rebuilds nothing. Prints the tree path (KDIR) as its
+# last line.
 #   qemu/build-kernel.sh            build if needed, print KDIR
 #   qemu/build-kernel.sh --kdir     only print the KDIR for the current key (may not exist yet)
 set -euo pipefail
@@ -14,6 +15,7 @@ BINDGEN=$HOME/.cargo/bin/bindgen
 RUST_LIB_SRC=$(ls -d /usr/src/rustc-*/library 2>/dev/null | head -n1)
 TARBALL=/usr/src/linux-source-6.12.tar.xz
 CACHE=${WBREPL_CACHE:-$HOME/.cache/wbrepl}
+RECIPE=1
 JOBS=${JOBS:-$(( $(nproc) + 1 ))}
 
 versions() {
@@ -21,7 +23,7 @@ versions() {
   ld.lld --version 2>&1 | head -n1
   dpkg-query -W -f='${Version}\n' linux-source-6.12 2>/dev/null || true
 }
-key=$( { cat "$here/kernel.config" "$here/build-kernel.sh"; versions; } | sha256sum | cut -c1-16)
+key=$( { echo "recipe $RECIPE"; grep -Ev '^[[:space:]]*(#|$)' "$here/kernel.config"; versions; } | sha256sum | cut -c1-16)
 dir=$CACHE/kernel-$key
 kdir=$dir/linux
 if [ "${1:-}" = "--kdir" ]; then echo "$kdir"; exit 0; fi
@@ -61,7 +63,7 @@ while IFS= read -r line; do
   fi
 done < "$here/kernel.config"
 [ $bad = 0 ] || { say "fix qemu/kernel.config"; exit 1; }
-say "building bzImage + modules with $JOBS jobs (about 5 minutes on 2 cores)"
+say "building bzImage + modules with $JOBS jobs (about 10 minutes on 2 cores)"
 "${KMAKE[@]}" -s -j"$JOBS" bzImage modules >&2
 touch "$dir/.built"
 say "built in $(( $(date +%s) - start )) s: $kdir"

@@ -217,6 +217,12 @@ impl CtrTarget<'_> {
         Ok(unsafe { Device::from_raw(dev, self.ti) })
     }
 
+    /// Opens a device named by a table word (a path or `major:minor`).
+    pub fn get_device_path(&mut self, path: &str) -> Result<Device> {
+        let c = kernel::str::CString::try_from_fmt(kernel::fmt!("{path}"))?;
+        self.get_device(&c)
+    }
+
     /// Number of empty flush bios `map` gets for a flush (0: flushes are not passed to `map`).
     pub fn set_num_flush_bios(&mut self, n: u32) {
         // SAFETY: `ti` is valid and ours during `ctr`.
@@ -338,6 +344,22 @@ impl QueueLimits<'_> {
     /// Sets the optimal I/O size in bytes.
     pub fn set_io_opt(&mut self, bytes: u32) {
         self.l.io_opt = bytes;
+    }
+}
+
+/// A kernel module whose only job is registering the target type `T`:
+///
+/// ```ignore
+/// type WbcacheModule = TargetModule<Wbcache>;
+/// module! { type: WbcacheModule, name: "dm_wbcache", license: "GPL", alias: ["dm-wbcache"] }
+/// ```
+pub struct TargetModule<T: Target> {
+    _reg: Registration<T>,
+}
+
+impl<T: Target> kernel::Module for TargetModule<T> {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        Ok(Self { _reg: Registration::new(module)? })
     }
 }
 
