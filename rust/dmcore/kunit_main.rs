@@ -21,7 +21,9 @@ use dmcore::device::Device;
 use dmcore::kunit::{kcheck, kcheck_eq, kunit_suite, Test, TestBio, TestOp};
 use dmcore::net::{NetNs, Socket};
 use dmcore::status::StatusWriter;
-use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, EndIo, MapResult, Registration, StatusType, Stop, Target};
+use dmcore::target::{
+    CtrError, CtrTarget, DeviceVisitor, EndIo, MapResult, Registration, StatusType, Stop, Target, TargetHandle,
+};
 use dmcore::wq::{Completion, WorkQueue};
 use wbrepl_core::parse::SocketAddrV4;
 use wbrepl_core::table::{ReplTable, Role};
@@ -49,11 +51,14 @@ impl kernel::Module for DmcoreKunit {
 // `dmcore_test`: a target exercising every dmcore hook against the real device-mapper core,
 // driven by tests/guest/60-dmcore-target.sh.
 //
-//   <start> <len> dmcore_test <dev>
+//   <start> <len> dmcore_test <dev> [<split_sectors>]
 //
-// I/O is remapped to <dev>. Status INFO counts every callback; each bio carries a sequence
-// number in its per-bio data from `map` to `end_io`, which checks it. Messages:
+// I/O is remapped to <dev>; with <split_sectors>, `map` accepts only that many sectors of a
+// larger bio (device-mapper sends the rest as a new bio). Status INFO counts every callback;
+// each bio carries a sequence number in its per-bio data from `map` to `end_io`, which checks
+// it. Messages:
 //   fail_next <n>            end_io turns the next n successful completions into errors
+//   event                    raises a device-mapper event (`dmsetup wait` returns)
 //   connect <a.b.c.d:port> <timeout_ms>
 //                            kernel TCP connect from the sender's network namespace, send
 //                            "hello dmcore", answer "connected <local addr>" or "error <errno>"
@@ -73,11 +78,14 @@ struct Calls {
     postsuspend: AtomicU64,
     preresume: AtomicU64,
     resume: AtomicU64,
+    partial: AtomicU64,
 }
 
 struct TestTarget {
     dev: Device,
     len: u64,
+    split: u32,
+    handle: TargetHandle,
     seq: AtomicU64,
     fail_next: AtomicU64,
     calls: Calls,
@@ -90,14 +98,27 @@ impl Target for TestTarget {
     type PerBio = TestPerBio;
 
     fn ctr(ti: &mut CtrTarget<'_>, mut args: Args<'_>) -> Result<Pin<KBox<Self>>, CtrError> {
-        let (Some(path), None) = (args.next(), args.next()) else {
+        let (Some(path), split, None) = (args.next(), args.next(), args.next()) else {
             return Err(CtrError::inval(kernel::c_str!("dmcore_test takes one device")));
+        };
+        let split = match split.map(wbrepl_core::parse::parse_u32) {
+            None => 0,
+            Some(Ok(n)) if n > 0 => n,
+            Some(_) => return Err(CtrError::inval(kernel::c_str!("dmcore_test: invalid split"))),
         };
         let dev = ti
             .get_device_path(path)
             .map_err(|e| CtrError::new(kernel::c_str!("dmcore_test: device lookup failed"), e))?;
         ti.set_num_flush_bios(1);
-        let me = Self { dev, len: ti.len(), seq: AtomicU64::new(0), fail_next: AtomicU64::new(0), calls: Calls::default() };
+        let me = Self {
+            dev,
+            len: ti.len(),
+            split,
+            handle: ti.handle(),
+            seq: AtomicU64::new(0),
+            fail_next: AtomicU64::new(0),
+            calls: Calls::default(),
+        };
         KBox::pin(me, GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))
     }
 
@@ -108,6 +129,10 @@ impl Target for TestTarget {
             self.calls.perbio_bad.fetch_add(1, Ordering::Relaxed);
         }
         bio.data_mut().seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.split != 0 && bio.has_data() && bio.sectors() > self.split {
+            self.calls.partial.fetch_add(1, Ordering::Relaxed);
+            bio.accept_partial(self.split);
+        }
         let sector = bio.target_sector();
         bio.remap(&self.dev, sector);
         MapResult::Remapped(bio)
@@ -150,10 +175,11 @@ impl Target for TestTarget {
         let _ = match ty {
             StatusType::Info => write!(
                 out,
-                "map {} end_io {} perbio_bad {} injected {} presuspend {} postsuspend {} preresume {} resume {}",
+                "map {} end_io {} perbio_bad {} injected {} presuspend {} postsuspend {} preresume {} resume {} partial {}",
                 l(&c.map), l(&c.end_io), l(&c.perbio_bad), l(&c.injected),
-                l(&c.presuspend), l(&c.postsuspend), l(&c.preresume), l(&c.resume)
+                l(&c.presuspend), l(&c.postsuspend), l(&c.preresume), l(&c.resume), l(&c.partial)
             ),
+            StatusType::Table if self.split != 0 => write!(out, "{} {}", self.dev, self.split),
             StatusType::Table => write!(out, "{}", self.dev),
             StatusType::Ima => Ok(()),
         };
@@ -165,6 +191,10 @@ impl Target for TestTarget {
             (Some("fail_next"), Some(n), None, None) => {
                 let n = wbrepl_core::parse::parse_u64(n).map_err(|_| EINVAL)?;
                 self.fail_next.store(n, Ordering::Relaxed);
+                Ok(())
+            }
+            (Some("event"), None, None, None) => {
+                self.handle.event();
                 Ok(())
             }
             (Some("connect"), Some(addr), Some(ms), None) => {
