@@ -13,9 +13,10 @@
 //! - [`net`]: kernel TCP sockets in a network namespace, safe on the I/O path;
 //! - [`kunit`]: a KUnit suite made of Rust functions.
 //!
-//! Each kernel module includes this directory as a private module (`#[path]`), like a static
-//! library: Rust generics cannot cross module boundaries, and 6.12 has no way to share a Rust
-//! crate between out-of-tree modules.
+//! Each kernel module includes this directory as a private module, through
+//! `include!("../dmcore/crate_root.rs")` at the top of its root file, like a static library: Rust
+//! generics cannot cross module boundaries, and 6.12 has no way to share a Rust crate between
+//! out-of-tree modules.
 
 pub mod args;
 pub mod bindings;
