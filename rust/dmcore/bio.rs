@@ -202,16 +202,6 @@ impl<P: PerBio> Bio<P> {
         self.opf() & bindings::DMCORE_REQ_FUA != 0
     }
 
-    /// `REQ_SYNC`.
-    pub fn is_sync(&self) -> bool {
-        self.opf() & bindings::DMCORE_REQ_SYNC != 0
-    }
-
-    /// `REQ_META`.
-    pub fn is_meta(&self) -> bool {
-        self.opf() & bindings::DMCORE_REQ_META != 0
-    }
-
     /// First sector, in the mapped (dm) device.
     pub fn sector(&self) -> u64 {
         self.raw().bi_iter.bi_sector

@@ -5,7 +5,6 @@
 use super::bindings;
 use core::fmt;
 use core::ptr::NonNull;
-use kernel::str::CStr;
 
 /// A device referenced by a table line, released when dropped.
 ///
@@ -54,13 +53,6 @@ impl Device {
         // SAFETY: as in `sectors`.
         let d = unsafe { (*self.bdev()).bd_dev };
         (d >> 20, d & ((1 << 20) - 1))
-    }
-
-    /// The name device-mapper prints for it in tables: `major:minor`.
-    pub fn name(&self) -> &CStr {
-        // SAFETY: `name` is a NUL-terminated array filled by `dm_get_device`, immutable while
-        // the reference is held.
-        unsafe { CStr::from_char_ptr((*self.dev.as_ptr()).name.as_ptr()) }
     }
 
     /// Logical block size in bytes.

@@ -183,23 +183,10 @@ impl CtrTarget<'_> {
         self.ti.as_ptr()
     }
 
-    /// First sector of this target in the mapped device.
-    pub fn begin(&self) -> u64 {
-        // SAFETY: `ti` is valid (type invariant).
-        unsafe { (*self.ti()).begin }
-    }
-
     /// Length of this target in sectors.
     pub fn len(&self) -> u64 {
         // SAFETY: as above.
         unsafe { (*self.ti()).len }
-    }
-
-    /// Whether the table is being loaded read-write.
-    pub fn writable(&self) -> bool {
-        // SAFETY: `ti->table` is valid during `ctr`.
-        let mode = unsafe { bindings::dm_table_get_mode((*self.ti()).table) };
-        mode & bindings::DMCORE_BLK_OPEN_WRITE != 0
     }
 
     /// Opens a device named by a path or `major:minor`, with the table's mode.
@@ -241,18 +228,6 @@ impl CtrTarget<'_> {
         unsafe { (*self.ti()).num_write_zeroes_bios = n };
     }
 
-    /// Makes device-mapper split bios at `sectors` boundaries.
-    pub fn set_max_io_len(&mut self, sectors: u64) -> Result {
-        // SAFETY: `ti` is valid during `ctr`.
-        kernel::error::to_result(unsafe { bindings::dm_set_target_max_io_len(self.ti(), sectors) })
-    }
-
-    /// Whether flushes are passed to `map` even if no underlying device has a volatile cache.
-    pub fn set_flush_supported(&mut self, on: bool) {
-        // SAFETY: as above.
-        unsafe { (*self.ti()).set_flush_supported(on) };
-    }
-
     /// A handle for raising events later.
     pub fn handle(&self) -> TargetHandle {
         // INVARIANT: see `TargetHandle`.
@@ -281,12 +256,6 @@ impl TargetHandle {
     pub fn event(&self) {
         // SAFETY: `ti` and its table are live (type invariant).
         unsafe { bindings::dm_table_event((*self.ti.as_ptr()).table) };
-    }
-
-    /// Length of the target in sectors.
-    pub fn len(&self) -> u64 {
-        // SAFETY: `ti` is live (type invariant).
-        unsafe { (*self.ti.as_ptr()).len }
     }
 }
 
@@ -323,24 +292,6 @@ pub struct QueueLimits<'a> {
 }
 
 impl QueueLimits<'_> {
-    /// Logical block size in bytes.
-    pub fn logical_block_size(&self) -> u32 {
-        self.l.logical_block_size
-    }
-
-    /// Raises the logical (and physical/minimum I/O) block size to at least `bytes`.
-    pub fn raise_block_size(&mut self, bytes: u32) {
-        if self.l.logical_block_size < bytes {
-            self.l.logical_block_size = bytes;
-        }
-        if self.l.physical_block_size < bytes {
-            self.l.physical_block_size = bytes;
-        }
-        if self.l.io_min < bytes {
-            self.l.io_min = bytes;
-        }
-    }
-
     /// Sets the optimal I/O size in bytes.
     pub fn set_io_opt(&mut self, bytes: u32) {
         self.l.io_opt = bytes;

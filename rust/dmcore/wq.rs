@@ -106,12 +106,6 @@ impl Completion {
         unsafe { bindings::complete(self.c.get()) };
     }
 
-    /// Waits (uninterruptibly) until completed.
-    pub fn wait(&self) {
-        // SAFETY: as above; sleeping is allowed in the caller's (process) context.
-        unsafe { bindings::wait_for_completion(self.c.get()) };
-    }
-
     /// Waits up to `ms` milliseconds; returns whether it was completed.
     pub fn wait_timeout_ms(&self, ms: u32) -> bool {
         let j = kernel::time::msecs_to_jiffies(ms);
