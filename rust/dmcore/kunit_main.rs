@@ -16,7 +16,7 @@ use kernel::sync::Arc;
 include!("crate_root.rs");
 
 use dmcore::args::{Args, INVALID_UTF8};
-use dmcore::bio::{Bio, BlkStatus, Op};
+use dmcore::bio::{Bio, BioSet, BlkStatus, CloneDone, Op};
 use dmcore::device::Device;
 use dmcore::kunit::{kcheck, kcheck_eq, kunit_suite, Test, TestBio, TestOp};
 use dmcore::net::{NetNs, Socket};
@@ -51,10 +51,11 @@ impl kernel::Module for DmcoreKunit {
 // `dmcore_test`: a target exercising every dmcore hook against the real device-mapper core,
 // driven by tests/guest/60-dmcore-target.sh.
 //
-//   <start> <len> dmcore_test <dev> [<split_sectors>]
+//   <start> <len> dmcore_test <dev> [split <sectors>] [clone]
 //
-// I/O is remapped to <dev>; with <split_sectors>, `map` accepts only that many sectors of a
-// larger bio (device-mapper sends the rest as a new bio). Status INFO counts every callback;
+// I/O is remapped to <dev>. With `split`, `map` accepts only that many sectors of a larger bio
+// (device-mapper sends the rest as a new bio); with `clone`, writes carrying data are cloned
+// onto <dev> (Bio::submit_clone) and completed when the clone is. Status INFO counts every callback;
 // each bio carries a sequence number in its per-bio data from `map` to `end_io`, which checks
 // it. Messages:
 //   fail_next <n>            end_io turns the next n successful completions into errors
@@ -79,12 +80,33 @@ struct Calls {
     preresume: AtomicU64,
     resume: AtomicU64,
     partial: AtomicU64,
+    cloned: AtomicU64,
+}
+
+/// Completes the parent of each clone (see `Bio::submit_clone`).
+struct CloneCounter {
+    done: AtomicU64,
+}
+
+impl CloneDone<TestPerBio> for CloneCounter {
+    fn clone_done(&self, parent: Bio<TestPerBio>, status: BlkStatus) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        parent.end(status);
+    }
+}
+
+/// What `clone` mode needs: the pool and the completion context (which the target keeps a
+/// reference to, so a clone completion never drops the last one).
+struct Cloning {
+    pool: BioSet,
+    done: Arc<CloneCounter>,
 }
 
 struct TestTarget {
     dev: Device,
     len: u64,
     split: u32,
+    cloning: Option<Cloning>,
     handle: TargetHandle,
     seq: AtomicU64,
     fail_next: AtomicU64,
@@ -98,13 +120,28 @@ impl Target for TestTarget {
     type PerBio = TestPerBio;
 
     fn ctr(ti: &mut CtrTarget<'_>, mut args: Args<'_>) -> Result<Pin<KBox<Self>>, CtrError> {
-        let (Some(path), split, None) = (args.next(), args.next(), args.next()) else {
+        let Some(path) = args.next() else {
             return Err(CtrError::inval(kernel::c_str!("dmcore_test takes one device")));
         };
-        let split = match split.map(wbrepl_core::parse::parse_u32) {
-            None => 0,
-            Some(Ok(n)) if n > 0 => n,
-            Some(_) => return Err(CtrError::inval(kernel::c_str!("dmcore_test: invalid split"))),
+        let (mut split, mut clone) = (0, false);
+        while let Some(word) = args.next() {
+            match (word, split, clone) {
+                ("split", 0, _) => match args.next().map(wbrepl_core::parse::parse_u32) {
+                    Some(Ok(n)) if n > 0 => split = n,
+                    _ => return Err(CtrError::inval(kernel::c_str!("dmcore_test: invalid split"))),
+                },
+                ("clone", _, false) => clone = true,
+                _ => return Err(CtrError::inval(kernel::c_str!("dmcore_test: unknown or repeated option"))),
+            }
+        }
+        let nomem = CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM);
+        let cloning = if clone {
+            Some(Cloning {
+                pool: BioSet::new(64).map_err(|_| nomem)?,
+                done: Arc::new(CloneCounter { done: AtomicU64::new(0) }, GFP_KERNEL).map_err(|_| nomem)?,
+            })
+        } else {
+            None
         };
         let dev = ti
             .get_device_path(path)
@@ -114,6 +151,7 @@ impl Target for TestTarget {
             dev,
             len: ti.len(),
             split,
+            cloning,
             handle: ti.handle(),
             seq: AtomicU64::new(0),
             fail_next: AtomicU64::new(0),
@@ -134,6 +172,11 @@ impl Target for TestTarget {
             bio.accept_partial(self.split);
         }
         let sector = bio.target_sector();
+        if let Some(c) = self.cloning.as_ref().filter(|_| bio.op() == Op::Write && bio.has_data()) {
+            self.calls.cloned.fetch_add(1, Ordering::Relaxed);
+            bio.submit_clone(&c.pool, &self.dev, sector, c.done.clone());
+            return MapResult::Submitted;
+        }
         bio.remap(&self.dev, sector);
         MapResult::Remapped(bio)
     }
@@ -175,12 +218,21 @@ impl Target for TestTarget {
         let _ = match ty {
             StatusType::Info => write!(
                 out,
-                "map {} end_io {} perbio_bad {} injected {} presuspend {} postsuspend {} preresume {} resume {} partial {}",
+                "map {} end_io {} perbio_bad {} injected {} presuspend {} postsuspend {} preresume {} resume {} partial {} cloned {} clones_done {}",
                 l(&c.map), l(&c.end_io), l(&c.perbio_bad), l(&c.injected),
-                l(&c.presuspend), l(&c.postsuspend), l(&c.preresume), l(&c.resume), l(&c.partial)
+                l(&c.presuspend), l(&c.postsuspend), l(&c.preresume), l(&c.resume), l(&c.partial),
+                l(&c.cloned), self.cloning.as_ref().map_or(0, |k| l(&k.done.done)),
             ),
-            StatusType::Table if self.split != 0 => write!(out, "{} {}", self.dev, self.split),
-            StatusType::Table => write!(out, "{}", self.dev),
+            StatusType::Table => {
+                let _ = write!(out, "{}", self.dev);
+                if self.split != 0 {
+                    let _ = write!(out, " split {}", self.split);
+                }
+                if self.cloning.is_some() {
+                    let _ = write!(out, " clone");
+                }
+                Ok(())
+            }
             StatusType::Ima => Ok(()),
         };
     }

@@ -6,25 +6,24 @@
 //! (see `docs/wbcache.md`).
 //!
 //! This is the foundation slice: the table line is parsed and validated in full and both devices
-//! are opened, but no data is cached yet. Reads are remapped to the origin; writes are cloned
-//! to the origin and acknowledged when the origin completes them, so the origin always holds
-//! every acknowledged write (the guarantees of `writethrough`, whatever `mode` says). Caching
-//! comes with the dm-wbcache issue.
+//! are opened, but no data is cached yet. All I/O is remapped to the origin, so a write is
+//! acknowledged only once the origin has completed it and the origin always holds every
+//! acknowledged write (the guarantees of `writethrough`, whatever `mode` says). Caching comes
+//! with the dm-wbcache issue.
 
 #![deny(unsafe_code)]
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
-use kernel::sync::Arc;
 
 include!("../dmcore/crate_root.rs");
 
 use dmcore::args::Args;
-use dmcore::bio::{BioSet, BlkStatus, Bio, CloneDone, Op};
+use dmcore::bio::{BlkStatus, Bio, Op};
 use dmcore::device::Device;
 use dmcore::status::StatusWriter;
-use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, MapResult, QueueLimits, StatusType, Stop, Target, TargetModule};
+use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, EndIo, MapResult, QueueLimits, StatusType, Stop, Target, TargetModule};
 use wbrepl_core::table::{WbcacheOptions, WbcacheTable};
 
 module! {
@@ -38,7 +37,6 @@ module! {
 
 type WbcacheModule = TargetModule<Wbcache>;
 
-/// Counters shared with clone completions (which may run in interrupt context).
 #[derive(Default)]
 struct Stats {
     reads: AtomicU64,
@@ -47,23 +45,13 @@ struct Stats {
     errors: AtomicU64,
 }
 
-impl CloneDone<()> for Stats {
-    fn clone_done(&self, parent: Bio<()>, status: BlkStatus) {
-        if !status.is_ok() {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        parent.end(status);
-    }
-}
-
 struct Wbcache {
     len: u64,
     origin: Device,
     cache: Device,
     block_size: u32,
     opts: WbcacheOptions,
-    stats: Arc<Stats>,
-    clones: BioSet,
+    stats: Stats,
 }
 
 #[vtable]
@@ -96,9 +84,7 @@ impl Target for Wbcache {
         ti.set_num_flush_bios(1);
         ti.set_num_discard_bios(1);
         ti.set_num_write_zeroes_bios(1);
-        let stats = Arc::new(Stats::default(), GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))?;
-        let clones = BioSet::new(64).map_err(|e| CtrError::new(kernel::c_str!("Cannot allocate bio set"), e))?;
-        let me = Self { len: ti.len(), origin, cache, block_size: t.block_size, opts: t.opts, stats, clones };
+        let me = Self { len: ti.len(), origin, cache, block_size: t.block_size, opts: t.opts, stats: Stats::default() };
         KBox::pin(me, GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))
     }
 
@@ -115,9 +101,8 @@ impl Target for Wbcache {
                 if bio.is_preflush() {
                     self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                 }
-                // Acknowledged only when the origin has it: the origin never lags behind.
-                bio.submit_clone(&self.clones, &self.origin, sector, self.stats.clone());
-                MapResult::Submitted
+                bio.remap(&self.origin, sector);
+                MapResult::Remapped(bio)
             }
             Op::Flush => {
                 self.stats.flushes.fetch_add(1, Ordering::Relaxed);
@@ -129,6 +114,13 @@ impl Target for Wbcache {
                 MapResult::Remapped(bio)
             }
         }
+    }
+
+    fn end_io(&self, bio: &Bio<()>, status: &mut BlkStatus) -> EndIo {
+        if !status.is_ok() && bio.is_write() {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        EndIo::Done
     }
 
     fn postsuspend(&self) {

@@ -41,8 +41,8 @@ wait
 check_eq "events: event number advanced" "$((ev + 1))" "$(dmsetup info -c --noheadings -o events dt | tr -d ' ')"
 
 # Partial acceptance: map takes 8 sectors of anything larger; dm resubmits the rest.
-check "split: reload with split_sectors 8" bash -c "dmsetup reload dt --table '0 $S dmcore_test $D 8' && dmsetup suspend dt && dmsetup resume dt"
-check_eq "split: table prints the split" "0 $S dmcore_test $(devnum "$D") 8" "$(dmsetup table dt)"
+check "split: reload with split 8" bash -c "dmsetup reload dt --table '0 $S dmcore_test $D split 8' && dmsetup suspend dt && dmsetup resume dt"
+check_eq "split: table prints the split" "0 $S dmcore_test $(devnum "$D") split 8" "$(dmsetup table dt)"
 check "split: fio verify with 64k-1M bios" fio_verify /dev/mapper/dt --rw=randwrite --bsrange=64k-1M --iodepth=8 --size=16M
 check_match "split: bios were split ($(field partial))" '^[1-9][0-9]*$' "$(field partial)"
 check "split: fsync'd writes too" dd if=/dev/urandom of=/dev/mapper/dt bs=256k count=8 conv=fsync oflag=direct status=none
@@ -50,6 +50,22 @@ check "split: suspend (nothing in flight)" dmsetup suspend dt
 check_eq "split: every piece went through map and end_io" "$(field map)" "$(field end_io)"
 check_eq "split: per-bio data still right for split bios" "0" "$(field perbio_bad)"
 check "split: resume" dmsetup resume dt
+
+# Clone and submit: writes go down as clones; the parent completes when its clone does.
+check "clone: reload with clone" bash -c "dmsetup reload dt --table '0 $S dmcore_test $D clone' && dmsetup suspend dt && dmsetup resume dt"
+check_eq "clone: table prints it" "0 $S dmcore_test $(devnum "$D") clone" "$(dmsetup table dt)"
+check "clone: fio 4k QD32 verify" fio_verify /dev/mapper/dt --rw=randwrite --bs=4k --iodepth=32 --size=16M
+check "clone: fio mixed-size randrw verify" fio_verify /dev/mapper/dt --rw=randrw --bssplit=4k/50:64k/40:512k/10 --iodepth=16 --size=16M --offset=16M
+check "clone: FUA and flushed writes" dd if=/dev/urandom of=/dev/mapper/dt bs=64k count=16 oflag=direct,sync conv=fsync status=none
+check "clone: suspend (nothing in flight)" dmsetup suspend dt
+check_match "clone: writes were cloned ($(field cloned))" '^[1-9][0-9]*$' "$(field cloned)"
+check_eq "clone: every clone completed its parent" "$(field cloned)" "$(field clones_done)"
+check_eq "clone: every parent still went through end_io" "$(field map)" "$(field end_io)"
+check_eq "clone: per-bio data intact across clone completion" "0" "$(field perbio_bad)"
+check "clone: resume" dmsetup resume dt
+dmesg_mark
+check_fails "dmcore_test: repeated option refused" dmsetup create dt_bad2 --table "0 $S dmcore_test $D clone clone"
+check_match "dmcore_test: ...with its ti->error" 'unknown or repeated option' "$(dmesg_since)"
 
 # Kernel sockets live in the namespace of the process that sends the message.
 check "net: nodes up" nodes_up
