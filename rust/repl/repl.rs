@@ -24,7 +24,8 @@ use dmcore::device::Device;
 use dmcore::status::StatusWriter;
 use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, MapResult, StatusType, Stop, Target, TargetModule};
 use wbrepl_core::parse::SocketAddrV4;
-use wbrepl_core::table::{Protocol, ReplOptions, ReplTable, Role, MAX_KEY_DESC};
+use kernel::str::CString;
+use wbrepl_core::table::{Protocol, ReplOptions, ReplTable, Role};
 
 module! {
     type: ReplModule,
@@ -41,22 +42,15 @@ struct Repl {
     len: u64,
     role: Role,
     data: Device,
-    meta: Option<Device>,
+    /// Held open for the replication link's metadata (dirty bitmap, state).
+    _meta: Option<Device>,
     addr: SocketAddrV4,
-    protocol: Option<Protocol>,
-    max_inflight_kb: Option<u32>,
-    auth: Option<([u8; MAX_KEY_DESC], usize)>,
-    marker_sectors: Option<u32>,
-    freeze_on_marker: bool,
-    freeze_timeout_ms: Option<u32>,
+    protocol: Protocol,
+    /// `<#opt_args> [opt_args...]` as `dmsetup table` prints it (devices as `major:minor`),
+    /// rendered once by the constructor.
+    opts_line: CString,
     writes: AtomicU64,
     refused: AtomicU64,
-}
-
-impl Repl {
-    fn auth_str(&self) -> Option<&str> {
-        self.auth.as_ref().and_then(|(b, n)| core::str::from_utf8(&b[..*n]).ok())
-    }
 }
 
 #[vtable]
@@ -86,11 +80,14 @@ impl Target for Repl {
         if ti.len() < 2 * u64::from(t.opts.marker_sectors()) {
             return Err(CtrError::inval(kernel::c_str!("Target too small for its marker region")));
         }
-        let auth = t.opts.auth.map(|k| {
-            let mut b = [0u8; MAX_KEY_DESC];
-            b[..k.len()].copy_from_slice(k.as_bytes());
-            (b, k.len())
-        });
+        // The table prints devices as major:minor, so meta_dev is printed by its device number.
+        let nomem = |_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM);
+        let meta_name = match &meta {
+            Some(m) => Some(CString::try_from_fmt(kernel::fmt!("{m}")).map_err(nomem)?),
+            None => None,
+        };
+        let opts = ReplOptions { meta_dev: meta_name.as_deref().and_then(|n| n.to_str().ok()), ..t.opts };
+        let opts_line = CString::try_from_fmt(kernel::fmt!("{opts}")).map_err(nomem)?;
         ti.set_num_flush_bios(1);
         ti.set_num_discard_bios(1);
         ti.set_num_write_zeroes_bios(1);
@@ -98,14 +95,10 @@ impl Target for Repl {
             len: ti.len(),
             role: t.role,
             data,
-            meta,
+            _meta: meta,
             addr: t.addr,
-            protocol: t.opts.protocol,
-            max_inflight_kb: t.opts.max_inflight_kb,
-            auth,
-            marker_sectors: t.opts.marker_sectors,
-            freeze_on_marker: t.opts.freeze_on_marker,
-            freeze_timeout_ms: t.opts.freeze_timeout_ms,
+            protocol: t.opts.protocol(),
+            opts_line,
             writes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         };
@@ -128,38 +121,17 @@ impl Target for Repl {
     }
 
     fn status(&self, ty: StatusType, out: &mut StatusWriter<'_>) {
-        let opts = ReplOptions {
-            protocol: self.protocol,
-            max_inflight_kb: self.max_inflight_kb,
-            meta_dev: None,
-            auth: self.auth_str(),
-            marker_sectors: self.marker_sectors,
-            freeze_on_marker: self.freeze_on_marker,
-            freeze_timeout_ms: self.freeze_timeout_ms,
-        };
         let _ = match ty {
             StatusType::Info => write!(
                 out,
                 "{} passthrough peer {} protocol {} writes {} refused {}",
                 self.role.as_str(),
                 self.addr,
-                opts.protocol().as_str(),
+                self.protocol.as_str(),
                 self.writes.load(Ordering::Relaxed),
                 self.refused.load(Ordering::Relaxed),
             ),
-            StatusType::Table => {
-                // Devices print as major:minor, like every dm target; meta_dev is printed by
-                // hand because `ReplOptions` borrows strings and ours is a device name.
-                let mut line = opts;
-                let mut name_buf = [0u8; 24];
-                let meta_name = self.meta.as_ref().map(|m| {
-                    let mut w = StatusWriter::new(&mut name_buf);
-                    let _ = write!(w, "{m}");
-                    w.len()
-                });
-                line.meta_dev = meta_name.and_then(|n| core::str::from_utf8(&name_buf[..n]).ok());
-                write!(out, "{} {} {} {}", self.role.as_str(), self.data, self.addr, line)
-            }
+            StatusType::Table => write!(out, "{} {} {} {}", self.role.as_str(), self.data, self.addr, &*self.opts_line),
             StatusType::Ima => write!(out, "role={},data={},peer={};", self.role.as_str(), self.data, self.addr),
         };
     }

@@ -46,8 +46,8 @@ check_match "repl: status fields" "^0 $S repl primary passthrough peer 10.0.0.2:
 check_fails "repl: primary knows no messages yet" dmsetup message rp 0 marker x
 check "repl: suspend/resume" bash -c "dmsetup suspend rp && dmsetup resume rp"
 check "repl: remove primary" dmsetup remove rp
-check "repl: create secondary" dmsetup create rs --table "0 $S repl secondary $D 0.0.0.0:7789 3 freeze_on_marker freeze_timeout 5000"
-check_eq "repl: secondary table" "0 $S repl secondary $dn 0.0.0.0:7789 3 freeze_on_marker freeze_timeout 5000" "$(dmsetup table rs)"
+check "repl: create secondary" dmsetup create rs --table "0 $S repl secondary $D 0.0.0.0:7789 5 freeze_on_marker freeze_timeout 5000 auth wbrepl:k1"
+check_eq "repl: secondary table (canonical order)" "0 $S repl secondary $dn 0.0.0.0:7789 5 auth wbrepl:k1 freeze_on_marker freeze_timeout 5000" "$(dmsetup table rs)"
 check "repl: secondary serves reads" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if=/dev/mapper/rs bs=1M skip=2 count=4 iflag=direct status=none)
 check_fails "repl: secondary refuses writes from above" dd if=/dev/zero of=/dev/mapper/rs bs=4k count=1 oflag=direct status=none
 check "repl: ...and the data device is untouched" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$D" bs=1M skip=2 count=4 iflag=direct status=none)
