@@ -69,20 +69,11 @@ check_match "dmcore_test: ...with its ti->error" 'unknown or repeated option' "$
 
 # Kernel sockets live in the namespace of the process that sends the message.
 check "net: nodes up" nodes_up
-listen_once() { # PORT OUTFILE: accept one connection on node B, write "<peer ip> <data>" to OUTFILE
-  node_exec B python3 -c "
-import socket
-s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('$NODE_B_IP', $1)); s.listen(1); s.settimeout(20)
-c,a=s.accept(); c.settimeout(5)
-open('$2','w').write(a[0]+' '+c.recv(100).decode())" &
-  sleep 1
-}
-listen_once 7792 "$IMG_DIR/got"
+check "net: node B listens" node_listen B 7792 "$IMG_DIR/got"
 out=$(node_exec A dmsetup message dt 0 connect $NODE_B_IP:7792 3000)
 wait
 check_match "net: connect from node A's namespace" "^connected $NODE_A_IP:[0-9]+\$" "$out"
-check_eq "net: node B got the bytes, from A" "$NODE_A_IP hello dmcore" "$(cat "$IMG_DIR/got" 2>/dev/null)"
+check_eq "net: node B got the bytes, from A" "$NODE_A_IP hello dmcore" "$(cat "$IMG_DIR/got.peer" 2>/dev/null) $(cat "$IMG_DIR/got" 2>/dev/null)"
 check_eq "net: the root namespace has no route to node B" "error -101" "$(dmsetup message dt 0 connect $NODE_B_IP:7792 1000)"
 check_eq "net: nothing listening is a refusal" "error -111" "$(node_exec A dmsetup message dt 0 connect $NODE_B_IP:7799 1000)"
 check "net: cut the link" node_link A "loss 100%"
@@ -91,7 +82,8 @@ out=$(node_exec A dmsetup message dt 0 connect $NODE_B_IP:7793 1500)
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 check_eq "net: connect over a cut link times out" "error -110" "$out"
 check_match "net: ...after about the timeout (${ms} ms)" '^(1[4-9][0-9][0-9]|[2-4][0-9][0-9][0-9])$' "$ms"
-check "net: heal, nodes down" bash -c "$(declare -f node_link nodes_down); node_link A '' ; nodes_down"
+check "net: heal the link" node_link A ""
+check "net: nodes down" nodes_down
 
 check "dmcore_test: remove" dmsetup remove dt
 check "dmcore_test: rmmod" rmmod dmcore_kunit

@@ -99,3 +99,44 @@ node_link() {
   tc -n "wbrepl-$n" qdisc del dev "veth-$n" root 2>/dev/null
   [ -z "${2:-}" ] || tc -n "wbrepl-$n" qdisc add dev "veth-$n" root netem $2
 }
+
+node_ip() { case ${1,,} in a) echo "$NODE_A_IP";; b) echo "$NODE_B_IP";; esac; }
+node_other_ip() { case ${1,,} in a) echo "$NODE_B_IP";; b) echo "$NODE_A_IP";; esac; }
+
+# node_listen NODE PORT OUT [SECONDS]: in the background, accept one TCP connection on NODE's
+# address; what the peer sends goes to OUT and the peer's address to OUT.peer (neither is
+# written if nobody connects within SECONDS, default 30). Returns once the port is listening.
+node_listen() {
+  rm -f "$3" "$3.peer"
+  node_exec "$1" python3 -c "
+import socket
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('$(node_ip "$1")', $2)); s.listen(1); s.settimeout(${4:-30})
+try: c,a=s.accept()
+except socket.timeout: raise SystemExit(0)
+c.settimeout(30); data=b''
+while True:
+    b=c.recv(1<<16)
+    if not b: break
+    data+=b
+open('$3','wb').write(data); open('$3.peer','w').write(a[0])" &
+  local i
+  for i in $(seq 100); do
+    node_exec "$1" ss -Hltn "sport = :$2" | grep -q . && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# node_connect NODE PORT [FILE [SECONDS]]: connect from NODE to the other node's PORT (giving up
+# after SECONDS, default 10) and send FILE; prints connected, timeout or refused, and succeeds
+# only when connected.
+node_connect() {
+  node_exec "$1" python3 -c "
+import socket,sys
+try: c=socket.create_connection(('$(node_other_ip "$1")', $2), timeout=${4:-10})
+except socket.timeout: print('timeout'); sys.exit(1)
+except ConnectionRefusedError: print('refused'); sys.exit(1)
+if '${3:-}': c.sendall(open('${3:-}','rb').read())
+c.close(); print('connected')"
+}
