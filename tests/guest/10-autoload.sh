@@ -15,7 +15,7 @@ check "autoload: dm_repl got loaded" grep -qw '^dm_repl' /proc/modules
 check_match "autoload: dmsetup targets lists wbcache" 'wbcache +v0\.1\.0' "$(dmsetup targets)"
 check_match "autoload: dmsetup targets lists repl" 'repl +v0\.1\.0' "$(dmsetup targets)"
 check_fails "autoload: module in use cannot be removed" rmmod dm_wbcache
-check "autoload: remove devices" dmsetup remove auto_wbc auto_repl
+check "autoload: remove devices" dm_remove auto_wbc auto_repl
 check "autoload: rmmod dm_wbcache after use" rmmod dm_wbcache
 check "autoload: rmmod dm_repl after use" rmmod dm_repl
 cleanup_dm

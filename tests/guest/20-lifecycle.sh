@@ -34,7 +34,7 @@ check "wbcache: data kept across the reload" cmp -n $((4 << 20)) "$IMG_DIR/patte
 check_eq "wbcache: io_opt is the block size" "8192" "$(blockdev --getioopt /dev/mapper/wbc)"
 check "wbcache: discard passes through" blkdiscard -o 0 -l 1048576 /dev/mapper/wbc
 check "wbcache: write-zeroes passes through" blkdiscard -z -o 0 -l 1048576 /dev/mapper/wbc
-check "wbcache: remove" dmsetup remove wbc
+check "wbcache: remove" dm_remove wbc
 
 # --- repl -----------------------------------------------------------------------------------
 check "repl: create primary" dmsetup create rp --table "0 $S repl primary $D 10.0.0.2:7789 6 protocol sync meta_dev $M marker_sectors 16"
@@ -45,14 +45,14 @@ check "repl: they land on the data device" cmp -n $((4 << 20)) "$IMG_DIR/pattern
 check_match "repl: status fields" "^0 $S repl primary passthrough peer 10.0.0.2:7789 protocol sync writes [1-9][0-9]* refused 0\$" "$(dmsetup status rp)"
 check_fails "repl: primary knows no messages yet" dmsetup message rp 0 marker x
 check "repl: suspend/resume" bash -c "dmsetup suspend rp && dmsetup resume rp"
-check "repl: remove primary" dmsetup remove rp
+check "repl: remove primary" dm_remove rp
 check "repl: create secondary" dmsetup create rs --table "0 $S repl secondary $D 0.0.0.0:7789 5 freeze_on_marker freeze_timeout 5000 auth wbrepl:k1"
 check_eq "repl: secondary table (canonical order)" "0 $S repl secondary $dn 0.0.0.0:7789 5 auth wbrepl:k1 freeze_on_marker freeze_timeout 5000" "$(dmsetup table rs)"
 check "repl: secondary serves reads" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if=/dev/mapper/rs bs=1M skip=2 count=4 iflag=direct status=none)
 check_fails "repl: secondary refuses writes from above" dd if=/dev/zero of=/dev/mapper/rs bs=4k count=1 oflag=direct status=none
 check "repl: ...and the data device is untouched" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$D" bs=1M skip=2 count=4 iflag=direct status=none)
 check_match "repl: refused writes are counted" 'refused [1-9]' "$(dmsetup status rs)"
-check "repl: remove secondary" dmsetup remove rs
+check "repl: remove secondary" dm_remove rs
 
 # --- the stack: wbcache on repl on disk -------------------------------------------------------
 check "stack: repl primary" dmsetup create st_repl --table "0 $S repl primary $D 10.0.0.2:7789 0"
@@ -60,7 +60,7 @@ check "stack: wbcache on top of it" dmsetup create st_wbc --table "0 $S wbcache 
 check "stack: write through the stack" dd if="$IMG_DIR/pattern" of=/dev/mapper/st_wbc bs=1M seek=8 oflag=direct status=none
 check "stack: data reached the disk under repl" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$D" bs=1M skip=8 count=4 iflag=direct status=none)
 check_fails "stack: repl is busy while wbcache uses it" dmsetup remove st_repl
-check "stack: remove top down" dmsetup remove st_wbc st_repl
+check "stack: remove top down" dm_remove st_wbc st_repl
 
 cleanup_dm
 check "unload: rmmod dm_wbcache" rmmod dm_wbcache

@@ -22,7 +22,7 @@ verify_suite wbcache /dev/mapper/f_wbc
 check "wbcache: device equals origin after the workloads" same_data /dev/mapper/f_wbc "$O"
 check "wbcache: reload (mode switch) keeps data" bash -c "dmsetup reload f_wbc --table '0 $S wbcache $O $C 4096 2 mode writethrough' && dmsetup suspend f_wbc && dmsetup resume f_wbc"
 check "wbcache: re-verify after reload (verify_only)" fio_verify /dev/mapper/f_wbc --rw=randwrite --bs=4k --iodepth=32 --size=48M --verify_only
-check "wbcache: remove" dmsetup remove f_wbc
+check "wbcache: remove" dm_remove f_wbc
 
 check "repl: create primary" dmsetup create f_repl --table "0 $S repl primary $D 10.0.0.2:7789 0"
 verify_suite repl /dev/mapper/f_repl
@@ -31,7 +31,7 @@ check "repl: device equals data device" same_data /dev/mapper/f_repl "$D"
 check "stack: wbcache on repl" dmsetup create f_stack --table "0 $S wbcache /dev/mapper/f_repl $C 4096 0"
 verify_suite stack /dev/mapper/f_stack
 check "stack: top equals bottom" same_data /dev/mapper/f_stack "$D"
-check "stack: remove" dmsetup remove f_stack f_repl
+check "stack: remove" dm_remove f_stack f_repl
 
 cleanup_dm
 finish

@@ -86,7 +86,7 @@ check_fails "messages: extra words" dmsetup message msg_wbc 0 clear_stats please
 check_fails "messages: non-UTF-8 verb" dmsetup message msg_wbc 0 "$(printf '\xff')"
 check_fails "messages: very long verb" dmsetup message msg_wbc 0 "$(printf 'y%.0s' {1..4000})"
 check "messages: the device still works" fio_verify /dev/mapper/msg_wbc --rw=randwrite --bs=4k --size=4M --iodepth=4
-check "messages: remove" dmsetup remove msg_wbc
+check "messages: remove" dm_remove msg_wbc
 
 cleanup_dm
 finish

@@ -85,7 +85,7 @@ check_match "net: ...after about the timeout (${ms} ms)" '^(1[4-9][0-9][0-9]|[2-
 check "net: heal the link" node_link A ""
 check "net: nodes down" nodes_down
 
-check "dmcore_test: remove" dmsetup remove dt
+check "dmcore_test: remove" dm_remove dt
 check "dmcore_test: rmmod" rmmod dmcore_kunit
 cleanup_dm
 finish

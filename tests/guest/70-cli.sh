@@ -116,6 +116,6 @@ check_eq "cli: without root: exit 1" 1 $?
 check_match "cli: without root: says why" '^wbrepl: cannot open /dev/mapper/control: Permission denied.*root' "$(tr '\n' ' ' <"$E")"
 
 rm -f "$J" "$E"
-check "cli: remove the devices" dmsetup remove wbc0 repl0 sec0 wbplain lin0
+check "cli: remove the devices" dm_remove wbc0 repl0 sec0 wbplain lin0
 cleanup_dm
 finish

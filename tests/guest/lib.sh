@@ -140,3 +140,11 @@ except ConnectionRefusedError: print('refused'); sys.exit(1)
 if '${3:-}': c.sendall(open('${3:-}','rb').read())
 c.close(); print('connected')"
 }
+
+# dm_remove DEV...: `dmsetup remove` that waits out udev. Closing a device opened for writing
+# makes udev probe it (blkid), which holds it open for a moment: an immediate remove can fail
+# with EBUSY. Settle udev first, and let dmsetup retry while the device is still busy.
+dm_remove() {
+  udevadm settle 2>/dev/null
+  dmsetup remove --retry "$@"
+}
