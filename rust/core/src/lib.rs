@@ -16,3 +16,5 @@ extern crate std;
 pub mod error;
 pub mod parse;
 pub mod table;
+pub mod wbformat;
+pub mod wbindex;

@@ -1,0 +1,1256 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The in-memory index of dm-wbcache: which cache block holds which version of which origin
+//! block, and the state machine that keeps the on-disk entry table crash-safe.
+//!
+//! Storage is supplied by the caller (the kernel allocates it once, in the constructor; host
+//! tests use `Vec`), so this module never allocates. Memory per cache block: one 24-byte
+//! [`Slot`] and one 4-byte hash bucket (28 bytes), plus two bits per 128 blocks of metadata
+//! dirty bitmaps.
+//!
+//! # Rules (see `docs/wbcache.md`, "Crash safety")
+//!
+//! - A commit (`barrier` … write metadata … flush … superblock … `commit_done`) makes the
+//!   image of every changed slot durable. Only slots whose data writes completed before the
+//!   barrier are included as dirty; the caller waits for I/O mapped before the barrier.
+//! - A slot whose image is on disk (`ON_DISK`) is never written again in place: an overwrite
+//!   gets a new slot, and the old one is released.
+//! - A released slot is reused only after a commit has written it as free ("marking"), and it
+//!   is marked only by the commit *after* the barrier that followed its release: by then the
+//!   version that superseded it (or the origin, after a writeback and a flush) is durable.
+//! - A free entry is a *tombstone*: it keeps the block, `seq` and epoch of the version it held,
+//!   and at load it discards every version of that block that is not newer. Dirty entries of an
+//!   incomplete commit (`seq` above the superblock's) are ignored, but tombstones are always
+//!   applied (what they say was durable before their commit began). So when a commit tears
+//!   between the marks of two versions of one block, the newer mark still removes the older
+//!   version, and an older version never outlives a newer one.
+//! - Versions of one origin block are chained newest first. Reads use the newest version whose
+//!   data is complete; writeback takes only the oldest version of a block, so the origin sees
+//!   versions in order.
+//! - Epochs: every version carries the epoch it was written in. In ordered mode, a version of
+//!   an older epoch is kept when overwritten, and writeback goes strictly epoch by epoch.
+
+use crate::error::Error;
+use crate::wbformat::{Entry, EntryState, ENTRIES_PER_META_BLOCK};
+use core::ops::DerefMut;
+
+/// "No slot" in links and buckets.
+pub const NIL: u32 = u32::MAX;
+/// Largest number of origin blocks the index can address.
+pub const MAX_ORIGIN_BLOCKS: u64 = 1 << 48;
+/// Largest number of cache blocks (slot numbers are `u32`, `NIL` excluded).
+pub const MAX_CACHE_BLOCKS: u64 = NIL as u64;
+
+const BLOCK_MASK: u64 = MAX_ORIGIN_BLOCKS - 1;
+const FLAG_SHIFT: u32 = 48;
+
+// Slot states (3 bits).
+const ST_MASK: u16 = 0b111;
+const ST_FREE: u16 = 0;
+const ST_WRITING: u16 = 1;
+const ST_VALID: u16 = 2;
+const ST_RELEASED: u16 = 3;
+const ST_MARKING: u16 = 4;
+/// The slot's on-disk image is a dirty entry (committed, or in the commit being made).
+const F_ON_DISK: u16 = 1 << 3;
+/// A writeback copy of the slot is in flight.
+const F_UNDER_WB: u16 = 1 << 4;
+
+/// One cache block's in-memory state (24 bytes).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Slot {
+    /// Origin block (low 48 bits) and flags (high 16 bits).
+    key: u64,
+    /// Sequence number of the commit that wrote the slot's image.
+    seq: u64,
+    /// Epoch of the version held.
+    epoch: u32,
+    /// Next slot in the hash chain or in the list the slot is on.
+    next: u32,
+}
+
+impl Slot {
+    fn block(&self) -> u64 {
+        self.key & BLOCK_MASK
+    }
+    fn flags(&self) -> u16 {
+        (self.key >> FLAG_SHIFT) as u16
+    }
+    fn set_flags(&mut self, f: u16) {
+        self.key = (self.key & BLOCK_MASK) | (u64::from(f) << FLAG_SHIFT);
+    }
+    fn state(&self) -> u16 {
+        self.flags() & ST_MASK
+    }
+    fn set_state(&mut self, st: u16) {
+        let f = (self.flags() & !ST_MASK) | st;
+        self.set_flags(f);
+    }
+    fn has(&self, f: u16) -> bool {
+        self.flags() & f != 0
+    }
+    fn set(&mut self, f: u16, on: bool) {
+        let v = if on { self.flags() | f } else { self.flags() & !f };
+        self.set_flags(v);
+    }
+    fn holds_data(&self) -> bool {
+        matches!(self.state(), ST_WRITING | ST_VALID)
+    }
+}
+
+/// A singly linked list of slots threaded through `Slot::next`.
+#[derive(Clone, Copy, Debug)]
+struct List {
+    head: u32,
+    len: u32,
+}
+
+impl List {
+    const EMPTY: List = List { head: NIL, len: 0 };
+}
+
+/// What to do with a write bio (see [`Index::map_write`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMap {
+    /// Write into this slot (a new version, or the newest version, rewritten in place).
+    Slot(u32),
+    /// A partial write needing a new slot: the caller builds the block from `src` (a slot, or
+    /// the origin when `None`) plus the bio's data, then calls [`Index::alloc`].
+    NeedsCopy(Option<u32>),
+    /// No free slot; try again after writeback.
+    NoSpace,
+    /// A partial write over a version whose first write is still in flight (nothing to merge
+    /// with yet); try again shortly.
+    Busy,
+}
+
+/// Counters for status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Cache blocks.
+    pub total: u64,
+    /// Free cache blocks (ready for reuse).
+    pub free: u64,
+    /// Blocks holding data not yet written back.
+    pub dirty: u64,
+    /// Blocks with a writeback copy in flight.
+    pub under_writeback: u64,
+    /// Blocks released but not yet reusable (waiting for a commit).
+    pub releasing: u64,
+}
+
+/// The index over caller-supplied storage: `S` slots, `B` hash buckets (a power of two), and
+/// two metadata dirty bitmaps `M` (one bit per metadata block).
+pub struct Index<S, B, M> {
+    slots: S,
+    buckets: B,
+    meta_dirty: M,
+    meta_commit: M,
+    bucket_shift: u32,
+    free: List,
+    /// Released since the last barrier: marked free by the commit after next.
+    rel_next: List,
+    /// Released before the last barrier: marked free by the next commit.
+    rel_ripe: List,
+    marking: List,
+    dirty: u64,
+    under_wb: u64,
+    epoch: u32,
+    ordered: bool,
+    committed_seq: u64,
+    commit_in_progress: bool,
+    oldest_dirty_epoch: u32,
+    wb_cursor: u32,
+}
+
+fn bit(words: &[u64], i: u64) -> bool {
+    words.get((i / 64) as usize).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+fn set_bit(words: &mut [u64], i: u64) {
+    if let Some(w) = words.get_mut((i / 64) as usize) {
+        *w |= 1 << (i % 64);
+    }
+}
+
+impl<S, B, M> Index<S, B, M>
+where
+    S: DerefMut<Target = [Slot]>,
+    B: DerefMut<Target = [u32]>,
+    M: DerefMut<Target = [u64]>,
+{
+    /// Storage sizes for `nr` cache blocks: `(buckets, bitmap words)`.
+    pub fn storage_for(nr: u64) -> (usize, usize) {
+        let buckets = (nr.max(4) as usize).next_power_of_two() / 2;
+        let words = nr.div_ceil(ENTRIES_PER_META_BLOCK).div_ceil(64) as usize;
+        (buckets, words)
+    }
+
+    /// Wraps storage sized by [`Index::storage_for`]; every slot starts free, epoch 1.
+    pub fn new(slots: S, buckets: B, meta_dirty: M, meta_commit: M) -> Result<Self, Error> {
+        let nr = slots.len() as u64;
+        let (nb, nw) = Self::storage_for(nr);
+        if nr == 0 || nr >= MAX_CACHE_BLOCKS || buckets.len() != nb || meta_dirty.len() < nw || meta_commit.len() < nw {
+            return Err(err!("Cache index storage has the wrong size"));
+        }
+        let mut me = Self {
+            slots,
+            buckets,
+            meta_dirty,
+            meta_commit,
+            bucket_shift: 64 - nb.trailing_zeros(),
+            free: List::EMPTY,
+            rel_next: List::EMPTY,
+            rel_ripe: List::EMPTY,
+            marking: List::EMPTY,
+            dirty: 0,
+            under_wb: 0,
+            epoch: 1,
+            ordered: false,
+            committed_seq: 0,
+            commit_in_progress: false,
+            oldest_dirty_epoch: 1,
+            wb_cursor: 0,
+        };
+        me.reset(0, 1);
+        Ok(me)
+    }
+
+    fn reset(&mut self, seq: u64, epoch: u32) {
+        self.buckets.fill(NIL);
+        self.meta_dirty.fill(0);
+        self.meta_commit.fill(0);
+        self.free = List::EMPTY;
+        self.rel_next = List::EMPTY;
+        self.rel_ripe = List::EMPTY;
+        self.marking = List::EMPTY;
+        for s in self.slots.iter_mut() {
+            *s = Slot::default();
+        }
+        for i in (0..self.slots.len() as u32).rev() {
+            self.push(ListId::Free, i);
+        }
+        self.dirty = 0;
+        self.under_wb = 0;
+        self.epoch = epoch.max(1);
+        self.oldest_dirty_epoch = self.epoch;
+        self.committed_seq = seq;
+        self.commit_in_progress = false;
+        self.wb_cursor = 0;
+    }
+
+    /// Number of cache blocks.
+    pub fn len(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    /// Always false (an index has at least one block); for clippy.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Sets ordered mode (versions of older epochs are kept, writeback goes epoch by epoch).
+    pub fn set_ordered(&mut self, ordered: bool) {
+        self.ordered = ordered;
+    }
+
+    /// The current epoch (new writes belong to it).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Starts a new epoch; returns the one closed.
+    pub fn close_epoch(&mut self) -> u32 {
+        let old = self.epoch;
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+        old
+    }
+
+    /// Oldest epoch holding dirty data, as of the last writeback scan or load (the current
+    /// epoch when nothing is dirty).
+    pub fn oldest_dirty_epoch(&self) -> u32 {
+        if self.dirty == 0 {
+            self.epoch
+        } else {
+            self.oldest_dirty_epoch
+        }
+    }
+
+    /// Sequence number of the last completed commit.
+    pub fn committed_seq(&self) -> u64 {
+        self.committed_seq
+    }
+
+    /// Status counters.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            total: self.len(),
+            free: u64::from(self.free.len),
+            dirty: self.dirty,
+            under_writeback: self.under_wb,
+            releasing: u64::from(self.rel_next.len + self.rel_ripe.len + self.marking.len),
+        }
+    }
+
+    /// Origin block held by slot `i`.
+    pub fn block_of(&self, i: u32) -> u64 {
+        self.slots.get(i as usize).map_or(0, |s| s.block())
+    }
+
+    fn slot(&self, i: u32) -> Option<&Slot> {
+        self.slots.get(i as usize)
+    }
+
+    fn bucket(&self, block: u64) -> usize {
+        (block.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.bucket_shift) as usize
+    }
+
+    fn meta_block(i: u32) -> u64 {
+        u64::from(i) / ENTRIES_PER_META_BLOCK
+    }
+
+    fn touch(&mut self, i: u32) {
+        set_bit(&mut self.meta_dirty, Self::meta_block(i));
+    }
+
+    // --- lists
+
+    fn list(&mut self, id: ListId) -> &mut List {
+        match id {
+            ListId::Free => &mut self.free,
+            ListId::RelNext => &mut self.rel_next,
+            ListId::Marking => &mut self.marking,
+        }
+    }
+
+    fn push(&mut self, id: ListId, i: u32) {
+        let head = self.list(id).head;
+        if let Some(s) = self.slots.get_mut(i as usize) {
+            s.next = head;
+            let l = self.list(id);
+            l.head = i;
+            l.len = l.len.saturating_add(1);
+        }
+    }
+
+    fn pop(&mut self, id: ListId) -> Option<u32> {
+        let head = self.list(id).head;
+        let next = self.slot(head)?.next;
+        let l = self.list(id);
+        l.head = next;
+        l.len = l.len.saturating_sub(1);
+        Some(head)
+    }
+
+    // --- hash chains (newest version first)
+
+    fn chain_insert_head(&mut self, i: u32, block: u64) {
+        let b = self.bucket(block);
+        let head = self.buckets.get(b).copied().unwrap_or(NIL);
+        if let Some(s) = self.slots.get_mut(i as usize) {
+            s.next = head;
+        }
+        if let Some(h) = self.buckets.get_mut(b) {
+            *h = i;
+        }
+    }
+
+    fn chain_remove(&mut self, i: u32) {
+        let Some(s) = self.slot(i) else { return };
+        let (b, next) = (self.bucket(s.block()), s.next);
+        let mut cur = self.buckets.get(b).copied().unwrap_or(NIL);
+        if cur == i {
+            if let Some(h) = self.buckets.get_mut(b) {
+                *h = next;
+            }
+            return;
+        }
+        while let Some(c) = self.slot(cur) {
+            let n = c.next;
+            if n == i {
+                if let Some(c) = self.slots.get_mut(cur as usize) {
+                    c.next = next;
+                }
+                return;
+            }
+            cur = n;
+        }
+    }
+
+    /// Versions of `block`, newest first.
+    fn versions(&self, block: u64) -> Versions<'_> {
+        Versions { slots: &self.slots, cur: self.buckets.get(self.bucket(block)).copied().unwrap_or(NIL), block }
+    }
+
+    // --- I/O mapping
+
+    /// The slot to read `block` from: its newest version whose data is complete, if any
+    /// (otherwise the origin holds the current data).
+    pub fn lookup_read(&self, block: u64) -> Option<u32> {
+        self.versions(block).find(|&i| self.slot(i).is_some_and(|s| s.state() == ST_VALID))
+    }
+
+    /// Maps a write to `block` covering the whole block (`full`) or part of it.
+    pub fn map_write(&mut self, block: u64, full: bool) -> WriteMap {
+        let newest = self.versions(block).next();
+        if let Some(n) = newest {
+            if let Some(s) = self.slot(n) {
+                if !s.has(F_ON_DISK) && !s.has(F_UNDER_WB) && s.epoch == self.epoch {
+                    if full || s.state() == ST_VALID {
+                        return WriteMap::Slot(n);
+                    }
+                    return WriteMap::Busy;
+                }
+            }
+        }
+        if !full {
+            return WriteMap::NeedsCopy(self.lookup_read(block));
+        }
+        match self.alloc(block) {
+            Some(i) => WriteMap::Slot(i),
+            None => WriteMap::NoSpace,
+        }
+    }
+
+    /// Allocates a new version of `block` (state: writing). Older versions stay until the
+    /// write completes ([`Index::write_done`]).
+    pub fn alloc(&mut self, block: u64) -> Option<u32> {
+        if block >= MAX_ORIGIN_BLOCKS {
+            return None;
+        }
+        let i = self.pop(ListId::Free)?;
+        let epoch = self.epoch;
+        if let Some(s) = self.slots.get_mut(i as usize) {
+            s.key = block;
+            s.set_state(ST_WRITING);
+            s.epoch = epoch;
+            // Until included in a commit its image is a tombstone that discards nothing.
+            s.seq = 0;
+        }
+        self.chain_insert_head(i, block);
+        self.dirty = self.dirty.saturating_add(1);
+        self.touch(i);
+        Some(i)
+    }
+
+    /// A data write into slot `i` completed (`ok`) or failed. On success the version becomes
+    /// readable and the older versions it supersedes are released (kept only while under
+    /// writeback or, in ordered mode, when they belong to an older epoch).
+    pub fn write_done(&mut self, i: u32, ok: bool) {
+        let Some(s) = self.slot(i).copied() else { return };
+        match s.state() {
+            ST_WRITING | ST_VALID => {}
+            // Released while in flight (superseded by a newer write that completed first).
+            _ => return,
+        }
+        if !ok {
+            if s.state() == ST_WRITING {
+                // Never held data: it disappears; older versions stay readable.
+                self.chain_remove(i);
+                if let Some(m) = self.slots.get_mut(i as usize) {
+                    m.set(F_ON_DISK, false);
+                    m.set_state(ST_RELEASED);
+                    m.seq = 0;
+                }
+                self.dirty = self.dirty.saturating_sub(1);
+                self.touch(i);
+                self.push(ListId::RelNext, i);
+            }
+            return;
+        }
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            m.set_state(ST_VALID);
+        }
+        // Release older versions.
+        let block = s.block();
+        let ordered = self.ordered;
+        while let Some(v) = self.versions(block).skip_while(|&v| v != i).skip(1).find(|&v| {
+            self.slot(v).is_some_and(|o| !(o.has(F_UNDER_WB) || (ordered && o.epoch != s.epoch)))
+        }) {
+            self.release(v);
+        }
+    }
+
+    /// Removes a version from its chain and queues it to be marked free.
+    fn release(&mut self, i: u32) {
+        let Some(s) = self.slot(i).copied() else { return };
+        if !s.holds_data() {
+            return;
+        }
+        self.chain_remove(i);
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            m.set_state(ST_RELEASED);
+        }
+        self.dirty = self.dirty.saturating_sub(1);
+        self.push(ListId::RelNext, i);
+    }
+
+    // --- commits
+
+    /// Starts commit number `committed_seq + 1` and returns it. Every slot that holds data and
+    /// is not yet on disk is included (the caller must wait for I/O mapped before this call
+    /// before writing images); ripe released slots are marked free. Then the caller writes
+    /// every metadata block returned by [`Index::next_commit_block`] (images from
+    /// [`Index::image`]), flushes, writes the superblock and calls [`Index::commit_done`].
+    pub fn barrier(&mut self) -> u64 {
+        let k = self.committed_seq + 1;
+        self.commit_in_progress = true;
+        core::mem::swap(&mut self.meta_dirty, &mut self.meta_commit);
+        self.meta_dirty.fill(0);
+        // Include new versions.
+        let words = self.meta_commit.len();
+        for w in 0..words {
+            let mut bits = self.meta_commit.get(w).copied().unwrap_or(0);
+            while bits != 0 {
+                let b = (w as u64) * 64 + u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                let first = b * ENTRIES_PER_META_BLOCK;
+                let last = (first + ENTRIES_PER_META_BLOCK).min(self.len());
+                for i in first..last {
+                    if let Some(s) = self.slots.get_mut(i as usize) {
+                        if s.holds_data() && !s.has(F_ON_DISK) {
+                            s.set(F_ON_DISK, true);
+                            s.seq = k;
+                        }
+                    }
+                }
+            }
+        }
+        // Mark free the slots released before the previous barrier.
+        let ripe = core::mem::replace(&mut self.rel_ripe, self.rel_next);
+        self.rel_next = List::EMPTY;
+        {
+            let mut cur = ripe.head;
+            while let Some(s) = self.slot(cur) {
+                let next = s.next;
+                if let Some(m) = self.slots.get_mut(cur as usize) {
+                    // The image becomes the tombstone of the version held.
+                    m.set_state(ST_MARKING);
+                    m.set(F_ON_DISK, false);
+                }
+                set_bit(&mut self.meta_commit, Self::meta_block(cur));
+                self.push(ListId::Marking, cur);
+                cur = next;
+            }
+        }
+        k
+    }
+
+    /// Next metadata block (≥ `from`) the commit in progress must write.
+    pub fn next_commit_block(&self, from: u64) -> Option<u64> {
+        let total = self.len().div_ceil(ENTRIES_PER_META_BLOCK);
+        (from..total).find(|&b| bit(&self.meta_commit, b))
+    }
+
+    /// The on-disk image of slot `i` as of now.
+    pub fn image(&self, i: u32) -> Entry {
+        match self.slot(i) {
+            Some(s) => Entry {
+                block: s.block(),
+                seq: s.seq,
+                epoch: s.epoch,
+                state: if s.has(F_ON_DISK) { EntryState::Dirty } else { EntryState::Free },
+            },
+            None => Entry::free(0),
+        }
+    }
+
+    /// Ends the commit started by [`Index::barrier`]. On success the marked slots become free;
+    /// on failure nothing changes on disk that the caller can rely on, so the caller must stop
+    /// using the cache (the error is latched by the target).
+    pub fn commit_done(&mut self, k: u64, ok: bool) {
+        self.commit_in_progress = false;
+        if !ok {
+            return;
+        }
+        self.committed_seq = k;
+        while let Some(i) = self.pop(ListId::Marking) {
+            if let Some(m) = self.slots.get_mut(i as usize) {
+                m.set_flags(ST_FREE);
+            }
+            self.push(ListId::Free, i);
+        }
+    }
+
+    /// Whether a commit would change anything on disk.
+    pub fn needs_commit(&self) -> bool {
+        self.meta_dirty.iter().any(|&w| w != 0) || self.rel_ripe.len > 0 || self.rel_next.len > 0
+    }
+
+    // --- writeback
+
+    /// Picks up to `out.len()` committed dirty versions to write back and marks them under
+    /// writeback. Only the oldest version of a block is taken. In ordered mode only versions of
+    /// the oldest dirty epoch are taken, and only once that epoch is closed. With `max_seq`,
+    /// only versions committed at or before that sequence number.
+    pub fn select_writeback(&mut self, out: &mut [u32], max_seq: Option<u64>) -> usize {
+        let nr = self.slots.len() as u32;
+        // Oldest dirty epoch (epochs are compared by distance from the current one, so a
+        // wrapped counter still orders correctly).
+        let cur = self.epoch;
+        let mut oldest_age = 0u32;
+        for s in self.slots.iter() {
+            if s.holds_data() {
+                oldest_age = oldest_age.max(cur.wrapping_sub(s.epoch));
+            }
+        }
+        self.oldest_dirty_epoch = cur.wrapping_sub(oldest_age);
+        if self.ordered && oldest_age == 0 {
+            return 0;
+        }
+        let want_epoch = self.oldest_dirty_epoch;
+        let mut n = 0;
+        let start = self.wb_cursor.min(nr.saturating_sub(1));
+        for k in 0..nr {
+            if n == out.len() {
+                break;
+            }
+            let i = (u64::from(start) + u64::from(k)).checked_rem(u64::from(nr)).unwrap_or(0) as u32;
+            let Some(s) = self.slot(i).copied() else { break };
+            if s.state() != ST_VALID || !s.has(F_ON_DISK) || s.has(F_UNDER_WB) || s.seq > self.committed_seq {
+                continue;
+            }
+            if self.ordered && s.epoch != want_epoch {
+                continue;
+            }
+            if max_seq.is_some_and(|m| s.seq > m) {
+                continue;
+            }
+            // Oldest version of its block: no other data-holding version after it in chain.
+            let block = s.block();
+            if self.versions(block).skip_while(|&v| v != i).nth(1).is_some() {
+                continue;
+            }
+            if let Some(m) = self.slots.get_mut(i as usize) {
+                m.set(F_UNDER_WB, true);
+            }
+            self.under_wb = self.under_wb.saturating_add(1);
+            if let Some(o) = out.get_mut(n) {
+                *o = i;
+            }
+            n += 1;
+            self.wb_cursor = (u64::from(i) + 1).checked_rem(u64::from(nr)).unwrap_or(0) as u32;
+        }
+        n
+    }
+
+    /// A writeback of slot `i` finished. `ok` means the data reached the origin *and* the
+    /// origin was flushed since: the version is released. Otherwise it stays dirty.
+    pub fn writeback_done(&mut self, i: u32, ok: bool) {
+        let Some(s) = self.slot(i).copied() else { return };
+        if !s.has(F_UNDER_WB) {
+            return;
+        }
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            m.set(F_UNDER_WB, false);
+        }
+        self.under_wb = self.under_wb.saturating_sub(1);
+        if !ok {
+            return;
+        }
+        // A newer version of the same epoch may have been written meanwhile; either way the
+        // origin now holds this version, so this copy is no longer needed.
+        self.release(i);
+    }
+
+    // --- load
+
+    /// Formats: every slot free, commit sequence 0, epoch 1.
+    pub fn format(&mut self) {
+        self.reset(0, 1);
+    }
+
+    /// Rebuilds the index from entries read from disk. `entry(i)` returns entry `i`. Dirty
+    /// entries written by a commit after `sb_seq` are ignored (that commit never completed);
+    /// tombstones always apply. Fails on an entry that names a block beyond `origin_blocks`.
+    pub fn load(
+        &mut self,
+        sb_seq: u64,
+        sb_epoch: u64,
+        origin_blocks: u64,
+        mut entry: impl FnMut(u32) -> Result<Entry, Error>,
+    ) -> Result<LoadReport, Error> {
+        let mut max_epoch = sb_epoch.min(u64::from(u32::MAX - 1)) as u32;
+        self.reset(sb_seq, 1);
+        self.free = List::EMPTY;
+        let mut rep = LoadReport::default();
+        let nr = self.slots.len() as u32;
+        for i in 0..nr {
+            let e = entry(i)?;
+            if e.block >= origin_blocks && (e.state == EntryState::Dirty || e.seq != 0) {
+                return Err(err!("Cache metadata names a block beyond the origin"));
+            }
+            let Some(s) = self.slots.get_mut(i as usize) else { break };
+            *s = Slot::default();
+            s.key = e.block & BLOCK_MASK;
+            s.seq = e.seq;
+            s.epoch = e.epoch;
+            if e.state == EntryState::Dirty && e.seq > sb_seq {
+                // Written by a commit that never completed: the slot's previous image was a
+                // tombstone that was no longer needed. Rewrite it as one that discards nothing.
+                rep.ignored += 1;
+                s.seq = 0;
+                set_bit(&mut self.meta_dirty, Self::meta_block(i));
+            } else if e.state == EntryState::Dirty {
+                s.set_state(ST_VALID);
+                s.set(F_ON_DISK, true);
+                max_epoch = max_epoch.max(e.epoch);
+                rep.dirty += 1;
+                continue;
+            }
+            self.push(ListId::Free, i);
+        }
+        // Chain versions newest first: insert in ascending (seq, epoch) order.
+        for i in 0..nr {
+            if self.slot(i).is_some_and(|s| s.state() == ST_VALID) {
+                self.chain_insert_sorted(i);
+            }
+        }
+        self.dirty = rep.dirty;
+        // Apply tombstones, then drop duplicates within an epoch (the older one was superseded).
+        for i in 0..nr {
+            let Some(t) = self.slot(i).copied() else { break };
+            if t.state() != ST_FREE || t.seq == 0 {
+                continue;
+            }
+            while let Some(v) = self.versions(t.block()).find(|&v| self.slot(v).is_some_and(|o| !Self::newer(o, &t))) {
+                self.release(v);
+                rep.discarded += 1;
+            }
+        }
+        for i in 0..nr {
+            let Some(s) = self.slot(i).copied() else { break };
+            if s.state() != ST_VALID {
+                continue;
+            }
+            let newer_same_epoch = self
+                .versions(s.block())
+                .take_while(|&v| v != i)
+                .any(|v| self.slot(v).is_some_and(|o| o.epoch == s.epoch));
+            if newer_same_epoch {
+                self.release(i);
+                rep.discarded += 1;
+            }
+        }
+        // New writes after a restart start a new epoch.
+        self.epoch = max_epoch.wrapping_add(1).max(1);
+        let mut oldest_age = 0;
+        for s in self.slots.iter() {
+            if s.holds_data() {
+                oldest_age = oldest_age.max(self.epoch.wrapping_sub(s.epoch));
+            }
+        }
+        self.oldest_dirty_epoch = self.epoch.wrapping_sub(oldest_age);
+        Ok(rep)
+    }
+
+    fn newer(a: &Slot, b: &Slot) -> bool {
+        (a.seq, a.epoch) > (b.seq, b.epoch)
+    }
+
+    fn chain_insert_sorted(&mut self, i: u32) {
+        let Some(s) = self.slot(i).copied() else { return };
+        let b = self.bucket(s.block());
+        let mut prev = NIL;
+        let mut cur = self.buckets.get(b).copied().unwrap_or(NIL);
+        while let Some(c) = self.slot(cur) {
+            if c.block() == s.block() && !Self::newer(c, &s) {
+                break;
+            }
+            prev = cur;
+            cur = c.next;
+        }
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            m.next = cur;
+        }
+        if prev == NIL {
+            if let Some(h) = self.buckets.get_mut(b) {
+                *h = i;
+            }
+        } else if let Some(p) = self.slots.get_mut(prev as usize) {
+            p.next = i;
+        }
+    }
+}
+
+/// What [`Index::load`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Dirty versions loaded.
+    pub dirty: u64,
+    /// Entries of an incomplete commit, ignored.
+    pub ignored: u64,
+    /// Versions discarded by a tombstone or superseded within their epoch, released.
+    pub discarded: u64,
+}
+
+#[derive(Clone, Copy)]
+enum ListId {
+    Free,
+    RelNext,
+    Marking,
+}
+
+struct Versions<'a> {
+    slots: &'a [Slot],
+    cur: u32,
+    block: u64,
+}
+
+impl Iterator for Versions<'_> {
+    type Item = u32;
+    fn next(&mut self) -> Option<u32> {
+        loop {
+            let s = self.slots.get(self.cur as usize)?;
+            let i = self.cur;
+            self.cur = s.next;
+            if s.block() == self.block && s.holds_data() {
+                return Some(i);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wbformat::Entry;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use std::vec;
+    use std::vec::Vec;
+
+    type Ix = Index<Vec<Slot>, Vec<u32>, Vec<u64>>;
+
+    fn index(nr: u64) -> Ix {
+        let (nb, nw) = Ix::storage_for(nr);
+        Index::new(vec![Slot::default(); nr as usize], vec![0; nb], vec![0; nw], vec![0; nw]).unwrap()
+    }
+
+    #[test]
+    fn memory_per_block_is_at_most_32_bytes() {
+        assert_eq!(core::mem::size_of::<Slot>(), 24);
+        for nr in [1u64, 7, 1000, 1 << 20] {
+            let (nb, nw) = Ix::storage_for(nr);
+            let bytes = nr * 24 + nb as u64 * 4 + 2 * nw as u64 * 8;
+            assert!(bytes <= nr * 32 + 64, "{nr}: {bytes}");
+        }
+    }
+
+    #[test]
+    fn storage_size_is_checked() {
+        let (nb, nw) = Ix::storage_for(10);
+        assert!(Index::new(vec![Slot::default(); 10], vec![0u32; nb + 1], vec![0u64; nw], vec![0u64; nw]).is_err());
+        assert!(Index::new(Vec::<Slot>::new(), vec![0u32; 2], vec![0u64; 1], vec![0u64; 1]).is_err());
+    }
+
+    #[test]
+    fn overwrite_of_committed_version_gets_a_new_slot_and_releases_the_old_after_two_commits() {
+        let mut ix = index(4);
+        let WriteMap::Slot(a) = ix.map_write(7, true) else { panic!() };
+        ix.write_done(a, true);
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        let WriteMap::Slot(b) = ix.map_write(7, true) else { panic!() };
+        assert_ne!(a, b);
+        assert_eq!(ix.lookup_read(7), Some(a), "the old version is read until the new write completes");
+        ix.write_done(b, true);
+        assert_eq!(ix.lookup_read(7), Some(b));
+        assert_eq!(ix.counts().free, 2);
+        // Commit 2 makes b durable; a is marked free only by commit 3.
+        let k = ix.barrier();
+        assert_eq!(ix.image(a).state, EntryState::Dirty);
+        ix.commit_done(k, true);
+        assert_eq!(ix.counts().free, 2);
+        let k = ix.barrier();
+        assert_eq!(ix.image(a), Entry { block: 7, seq: 1, epoch: 1, state: EntryState::Free }, "a tombstone");
+        ix.commit_done(k, true);
+        assert_eq!(ix.counts().free, 3);
+    }
+
+    /// Found by the model test: a commit that tears between the marks of an old version
+    /// (superseded) and a newer one (written back) must not bring the old version back.
+    #[test]
+    fn torn_marks_never_resurrect_an_older_version() {
+        let mut ix = index(4);
+        let mut disk = [Entry::free(0); 4];
+        let commit = |ix: &mut Ix, disk: &mut [Entry; 4], land: &dyn Fn(u32) -> bool, finish: bool| {
+            let k = ix.barrier();
+            for i in 0..4 {
+                if land(i) {
+                    disk[i as usize] = ix.image(i);
+                }
+            }
+            if finish {
+                ix.commit_done(k, true);
+            }
+            k
+        };
+        let WriteMap::Slot(a) = ix.map_write(5, true) else { panic!() };
+        ix.write_done(a, true);
+        commit(&mut ix, &mut disk, &|_| true, true);
+        let WriteMap::Slot(b) = ix.map_write(5, true) else { panic!() };
+        // b is in flight at the barrier and completes before the images are written: it is
+        // part of this commit, and a is released after the barrier.
+        let k = ix.barrier();
+        ix.write_done(b, true);
+        for i in 0..4 {
+            disk[i as usize] = ix.image(i);
+        }
+        ix.commit_done(k, true);
+        let mut out = [0u32; 4];
+        assert_eq!(ix.select_writeback(&mut out, None), 1);
+        assert_eq!(out[0], b);
+        ix.writeback_done(b, true); // the origin holds b's data now
+        let sb_seq = commit(&mut ix, &mut disk, &|_| true, true);
+        // The commit marking a and b tears: only b's sector lands.
+        commit(&mut ix, &mut disk, &|i| i == b, false);
+        let mut fresh = index(4);
+        let rep = fresh.load(sb_seq, 1, 100, |i| Ok(disk[i as usize])).unwrap();
+        assert_eq!(fresh.lookup_read(5), None, "block 5 must come from the origin, not from a");
+        assert_eq!(rep.discarded, 1);
+    }
+
+    #[test]
+    fn uncommitted_version_is_rewritten_in_place_until_a_barrier() {
+        let mut ix = index(4);
+        let WriteMap::Slot(a) = ix.map_write(1, true) else { panic!() };
+        assert_eq!(ix.map_write(1, true), WriteMap::Slot(a));
+        assert_eq!(ix.map_write(1, false), WriteMap::Busy);
+        ix.write_done(a, true);
+        assert_eq!(ix.map_write(1, false), WriteMap::Slot(a));
+        let _k = ix.barrier();
+        assert_ne!(ix.map_write(1, true), WriteMap::Slot(a));
+        assert_eq!(ix.map_write(2, false), WriteMap::NeedsCopy(None));
+    }
+
+    #[test]
+    fn cache_full_reports_no_space() {
+        let mut ix = index(2);
+        assert!(matches!(ix.map_write(1, true), WriteMap::Slot(_)));
+        assert!(matches!(ix.map_write(2, true), WriteMap::Slot(_)));
+        assert_eq!(ix.map_write(3, true), WriteMap::NoSpace);
+    }
+
+    #[test]
+    fn ordered_mode_keeps_older_epochs_and_writes_back_epoch_by_epoch() {
+        let mut ix = index(8);
+        ix.set_ordered(true);
+        let WriteMap::Slot(a) = ix.map_write(5, true) else { panic!() };
+        ix.write_done(a, true);
+        let WriteMap::Slot(x) = ix.map_write(6, true) else { panic!() };
+        ix.write_done(x, true);
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        let mut out = [0u32; 8];
+        assert_eq!(ix.select_writeback(&mut out, None), 0, "the current epoch is open");
+        assert_eq!(ix.close_epoch(), 1);
+        let WriteMap::Slot(b) = ix.map_write(5, true) else { panic!() };
+        ix.write_done(b, true);
+        assert_eq!(ix.counts().dirty, 3, "the epoch-1 version of block 5 is kept");
+        assert_eq!(ix.lookup_read(5), Some(b));
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        ix.close_epoch();
+        let n = ix.select_writeback(&mut out, None);
+        let mut got = out[..n].to_vec();
+        got.sort();
+        let mut want = vec![a, x];
+        want.sort();
+        assert_eq!(got, want, "only epoch 1, and only the oldest version of block 5");
+        for &i in &want {
+            ix.writeback_done(i, true);
+        }
+        assert_eq!(ix.lookup_read(5), Some(b));
+        assert_eq!(ix.oldest_dirty_epoch(), 1, "as of the last scan");
+        assert_eq!(ix.select_writeback(&mut out, None), 1);
+        assert_eq!(ix.oldest_dirty_epoch(), 2);
+    }
+
+    #[test]
+    fn failed_first_write_leaves_the_older_version_readable() {
+        let mut ix = index(4);
+        let WriteMap::Slot(a) = ix.map_write(3, true) else { panic!() };
+        ix.write_done(a, true);
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        let WriteMap::Slot(b) = ix.map_write(3, true) else { panic!() };
+        ix.write_done(b, false);
+        assert_eq!(ix.lookup_read(3), Some(a));
+        assert_eq!(ix.counts().dirty, 1);
+    }
+
+    // --- model-based test: random operations, crashes with torn commits, reloads.
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Write(u64),
+        Complete(usize),
+        Barrier,
+        WriteImages(Vec<bool>),
+        Sb,
+        Writeback(usize),
+        WritebackDone,
+        CloseEpoch,
+        Crash,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u64..6).prop_map(Op::Write),
+            6 => (0usize..8).prop_map(Op::Complete),
+            2 => Just(Op::Barrier),
+            2 => proptest::collection::vec(any::<bool>(), 8).prop_map(Op::WriteImages),
+            2 => Just(Op::Sb),
+            2 => (1usize..5).prop_map(Op::Writeback),
+            2 => Just(Op::WritebackDone),
+            1 => Just(Op::CloseEpoch),
+            1 => Just(Op::Crash),
+        ]
+    }
+
+    const NR: u64 = 40; // three 16-entry sectors: commits can tear between them
+    const SECTOR_ENTRIES: u64 = 16;
+
+    struct Model {
+        ix: Ix,
+        ordered: bool,
+        next_id: u64,
+        /// In-flight writes: (slot, block, id, mapped before the current barrier).
+        inflight: Vec<(u32, u64, u64, bool)>,
+        slot_data: Vec<u64>,
+        origin: BTreeMap<u64, u64>,
+        /// Latest completed write per block.
+        latest: BTreeMap<u64, u64>,
+        /// Durable lower bound per block (latest completed before the last committed barrier).
+        durable: BTreeMap<u64, u64>,
+        at_barrier: Option<(u64, BTreeMap<u64, u64>)>,
+        images_written: bool,
+        disk: Vec<Entry>,
+        disk_seq: u64,
+        disk_epoch: u64,
+        wb: Vec<(u32, u64, u64)>,
+        ids_of: BTreeMap<u64, Vec<u64>>,
+        pending_images: Vec<(u64, Entry)>,
+    }
+
+    impl Model {
+        fn new(ordered: bool) -> Self {
+            let mut ix = index(NR);
+            ix.set_ordered(ordered);
+            Self {
+                ix,
+                ordered,
+                next_id: 1,
+                inflight: vec![],
+                slot_data: vec![0; NR as usize],
+                origin: BTreeMap::new(),
+                latest: BTreeMap::new(),
+                durable: BTreeMap::new(),
+                at_barrier: None,
+                images_written: false,
+                disk: vec![Entry::free(0); NR as usize],
+                disk_seq: 0,
+                disk_epoch: 1,
+                wb: vec![],
+                ids_of: BTreeMap::new(),
+                pending_images: vec![],
+            }
+        }
+
+        fn read(&self, b: u64) -> u64 {
+            match self.ix.lookup_read(b) {
+                Some(i) => self.slot_data[i as usize],
+                None => self.origin.get(&b).copied().unwrap_or(0),
+            }
+        }
+
+        fn check_reads(&self) {
+            for b in 0..6 {
+                let want = self.latest.get(&b).copied().unwrap_or(0);
+                assert_eq!(self.read(b), want, "block {b}");
+            }
+        }
+
+        fn step(&mut self, op: &Op) {
+            match op {
+                Op::Write(b) => {
+                    if self.inflight.iter().any(|w| w.1 == *b) {
+                        return; // one write per block in flight (ordered by the submitter)
+                    }
+                    if let WriteMap::Slot(i) = self.ix.map_write(*b, true) {
+                        let id = self.next_id;
+                        self.next_id += 1;
+                        self.inflight.push((i, *b, id, false));
+                        self.ids_of.entry(*b).or_default().push(id);
+                    }
+                }
+                Op::Complete(n) => {
+                    if self.inflight.is_empty() {
+                        return;
+                    }
+                    let w = self.inflight.remove(n % self.inflight.len());
+                    self.complete(w);
+                }
+                Op::Barrier => {
+                    if self.at_barrier.is_some() {
+                        return;
+                    }
+                    for w in &mut self.inflight {
+                        w.3 = true;
+                    }
+                    let k = self.ix.barrier();
+                    self.at_barrier = Some((k, self.latest.clone()));
+                    self.images_written = false;
+                }
+                Op::WriteImages(torn) => {
+                    let Some((_, _)) = self.at_barrier else { return };
+                    if self.images_written {
+                        return;
+                    }
+                    // The target waits for I/O mapped before the barrier.
+                    while let Some(p) = self.inflight.iter().position(|w| w.3) {
+                        let w = self.inflight.remove(p);
+                        self.complete(w);
+                    }
+                    let mut mb = 0;
+                    while let Some(m) = self.ix.next_commit_block(mb) {
+                        let first = m * ENTRIES_PER_META_BLOCK;
+                        for i in first..(first + ENTRIES_PER_META_BLOCK).min(NR) {
+                            // Each 512-byte sector lands or not (torn write before a crash).
+                            if torn.get((i / SECTOR_ENTRIES) as usize).copied().unwrap_or(true) {
+                                self.disk[i as usize] = self.ix.image(i as u32);
+                            }
+                        }
+                        mb = m + 1;
+                    }
+                    // A torn pattern models a crash in the middle: make it whole if we go on.
+                    self.images_written = true;
+                    let mut mb = 0;
+                    let snapshot: Vec<(u64, Entry)> = {
+                        let mut v = vec![];
+                        while let Some(m) = self.ix.next_commit_block(mb) {
+                            let first = m * ENTRIES_PER_META_BLOCK;
+                            for i in first..(first + ENTRIES_PER_META_BLOCK).min(NR) {
+                                v.push((i, self.ix.image(i as u32)));
+                            }
+                            mb = m + 1;
+                        }
+                        v
+                    };
+                    self.pending_images = snapshot;
+                }
+                Op::Sb => {
+                    let Some((k, snap)) = self.at_barrier.take() else { return };
+                    if !self.images_written {
+                        self.at_barrier = Some((k, snap));
+                        return;
+                    }
+                    for (i, e) in self.pending_images.drain(..) {
+                        self.disk[i as usize] = e;
+                    }
+                    self.disk_seq = k;
+                    self.disk_epoch = u64::from(self.ix.epoch());
+                    self.ix.commit_done(k, true);
+                    for (b, id) in snap {
+                        let d = self.durable.entry(b).or_insert(0);
+                        *d = (*d).max(id);
+                    }
+                }
+                Op::Writeback(n) => {
+                    let mut out = vec![0u32; *n];
+                    let got = self.ix.select_writeback(&mut out, None);
+                    for &i in &out[..got] {
+                        let b = self.ix.block_of(i);
+                        // The copy reads the cache block now.
+                        self.wb.push((i, b, self.slot_data[i as usize]));
+                    }
+                }
+                Op::WritebackDone => {
+                    // Data written and the origin flushed.
+                    for (i, b, id) in self.wb.drain(..) {
+                        self.origin.insert(b, id);
+                        self.ix.writeback_done(i, true);
+                    }
+                }
+                Op::CloseEpoch => {
+                    self.ix.close_epoch();
+                }
+                Op::Crash => self.crash(),
+            }
+            if !matches!(op, Op::Crash) {
+                self.check_reads();
+            }
+            self.check_invariants();
+        }
+
+        fn complete(&mut self, (i, b, id, before_barrier): (u32, u64, u64, bool)) {
+            self.slot_data[i as usize] = id;
+            self.ix.write_done(i, true);
+            self.latest.insert(b, id);
+            if before_barrier {
+                if let Some((_, snap)) = &mut self.at_barrier {
+                    snap.insert(b, id);
+                }
+            }
+        }
+
+        fn check_invariants(&self) {
+            let c = self.ix.counts();
+            assert_eq!(c.free + c.dirty + c.releasing, c.total, "{c:?}");
+        }
+
+        fn crash(&mut self) {
+            // In-flight writes and writebacks are lost (writebacks never reached a flush).
+            let mut fresh = index(NR);
+            fresh.set_ordered(self.ordered);
+            let disk = self.disk.clone();
+            let rep = fresh.load(self.disk_seq, self.disk_epoch, 1 << 20, |i| Ok(disk[i as usize])).unwrap();
+            let _ = rep;
+            for b in 0..6u64 {
+                let got = match fresh.lookup_read(b) {
+                    Some(i) => self.slot_data[i as usize],
+                    None => self.origin.get(&b).copied().unwrap_or(0),
+                };
+                let d = self.durable.get(&b).copied().unwrap_or(0);
+                assert!(got >= d, "block {b}: read {got} after crash, but {d} was durable");
+                if got != 0 {
+                    assert!(self.ids_of.get(&b).is_some_and(|v| v.contains(&got)), "block {b}: data {got} of another block");
+                }
+            }
+            // Continue from the recovered state.
+            self.ix = fresh;
+            self.inflight.clear();
+            self.wb.clear();
+            self.at_barrier = None;
+            self.images_written = false;
+            self.pending_images.clear();
+            self.latest.clear();
+            for b in 0..6u64 {
+                let v = match self.ix.lookup_read(b) {
+                    Some(i) => self.slot_data[i as usize],
+                    None => self.origin.get(&b).copied().unwrap_or(0),
+                };
+                self.latest.insert(b, v);
+                self.durable.insert(b, v);
+            }
+        }
+    }
+
+    proptest! {
+        // 2000 cases in `make test`; `make test-long` sets PROPTEST_CASES higher.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn index_matches_the_model_and_survives_crashes(ordered in any::<bool>(), ops in proptest::collection::vec(op(), 1..120)) {
+            let mut m = Model::new(ordered);
+            for o in &ops {
+                m.step(o);
+            }
+            m.crash();
+        }
+    }
+}
