@@ -5,6 +5,8 @@
 #   make modules    build dm-wbcache.ko, dm-repl.ko, dmcore_kunit.ko   (KDIR=... for your own tree)
 #   make test       host tests + kernel + modules + every guest test   (what CI runs)
 #                   (make guest-test TESTS="30-fio.sh" runs chosen guest test files)
+#   make test-long  the same with long property-test and power-loss campaigns
+#   make bench-wbcache  dm-wbcache vs dm-writecache vs the origin alone (a benchmark, not a test)
 #   make demo       boot a guest, build the stack with dmsetup, run fio through it
 #   make clean
 
@@ -25,7 +27,7 @@ endif
 KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=$(KRUSTC) BINDGEN=$(KBINDGEN) RUST_LIB_SRC=$(KRUST_LIB_SRC)
 export KDIR
 
-.PHONY: all setup kernel modules modules-clean cli host-test guest-test test demo clean
+.PHONY: all setup kernel modules modules-clean cli host-test guest-test test test-long bench-wbcache demo clean
 
 all: modules
 
@@ -49,6 +51,7 @@ modules-clean:
 host-test: setup
 	cd $(ROOT) && cargo test --workspace --locked
 	python3 $(ROOT)/tests/ktap.py --self-test
+	python3 $(ROOT)/tests/logreplay_selftest.py
 
 # The CLI runs in the guest (it needs device-mapper), built on the host.
 cli: setup
@@ -59,6 +62,19 @@ guest-test: modules cli
 
 # What CI runs (.ci/run): everything, host and guest.
 test: host-test guest-test
+
+# Longer campaigns: 200k cases of each property test (the wbindex crash model among them) and
+# 400 + 100 power-loss replay points.
+test-long: export PROPTEST_CASES = 200000
+test-long: export WBREPL_PL_POINTS_BLOCK = 400
+test-long: export WBREPL_PL_POINTS_EXT4 = 100
+test-long: export WBREPL_GUEST_TIMEOUT = 7200
+test-long:
+	cd $(ROOT) && cargo test --workspace --locked --release
+	$(MAKE) -C $(ROOT) guest-test TESTS="85-wbcache-powerloss.sh"
+
+bench-wbcache: modules
+	$(ROOT)/qemu/run-guest.sh --logdir $(ROOT)/logs/bench-wbcache $(ROOT)/tests/bench/wbcache.sh
 
 demo: modules cli
 	$(ROOT)/qemu/run-guest.sh $(ROOT)/tests/guest/demo.sh

@@ -36,7 +36,10 @@ logdir=$(cd "$logdir" && pwd)
 
 accel=(--disable-kvm)
 [ "${WBREPL_KVM:-0}" = 1 ] && accel=()
-cmd=$(printf '%q ' "$root/qemu/guest-init.sh" "$root" "$logdir" "$@")
+# WBREPL_* settings of the caller (e.g. test sizes) reach the guest command.
+fwd=()
+while IFS= read -r v; do fwd+=("$v"); done < <(env | grep -E '^WBREPL_[A-Z0-9_]+=' || true)
+cmd=$(printf '%q ' env "${fwd[@]}" "$root/qemu/guest-init.sh" "$root" "$logdir" "$@")
 
 set +e
 timeout -k 10 "$timeout" vng --run "$kdir" "${accel[@]}" --cpus 2 --memory 2G -v \

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* Input of the module-local bindgen run (see Kbuild): what kernel::bindings lacks on 6.12. */
 #include <linux/device-mapper.h>
+#include <linux/dm-io.h>
+#include <linux/dm-kcopyd.h>
+#include <linux/crc32c.h>
 #include <linux/bio.h>
 #include <linux/completion.h>
 #include <linux/net.h>

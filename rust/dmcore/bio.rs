@@ -303,6 +303,16 @@ impl<P: PerBio> Bio<P> {
         }
     }
 
+    /// Submits a bio that `map` took ([`super::target::MapResult::Submitted`]) after remapping
+    /// it with [`Bio::remap`] (`dm_submit_bio_remap`). Its completion goes through the target's
+    /// `end_io` like a remapped bio's.
+    pub fn submit_remapped(self) {
+        let ptr = self.into_raw();
+        // SAFETY: `ptr` is a bio device-mapper gave to `map`, which returned "submitted", so
+        // the target may submit it; responsibility passes to the block layer here.
+        unsafe { bindings::dm_submit_bio_remap(ptr, core::ptr::null_mut()) };
+    }
+
     /// Clones the bio onto `dev` at `sector` and submits the clone; the parent is handed to
     /// `ctx.clone_done` when the clone completes (or at once with an error if no clone could be
     /// allocated). The clone shares the parent's pages, which is why the parent stays owned
@@ -508,5 +518,95 @@ impl Segment<'_> {
             bindings::dmcore_kunmap_local(va.cast());
         }
         n
+    }
+}
+
+/// A FIFO of bios a target holds (`struct bio_list`-style, linked through `bi_next`).
+///
+/// # Invariants
+///
+/// `head` … `tail` is a `bi_next`-linked chain of `len` bios, each a [`Bio<P>`] released with
+/// `into_raw` whose responsibility the list holds; `begin` is their target's first sector.
+pub struct BioList<P: PerBio> {
+    head: *mut bindings::bio,
+    tail: *mut bindings::bio,
+    len: usize,
+    begin: u64,
+    _p: PhantomData<P>,
+}
+
+// SAFETY: the list owns the responsibility for its bios, which may move between threads.
+unsafe impl<P: PerBio> Send for BioList<P> {}
+// SAFETY: `&BioList` only reads the length.
+unsafe impl<P: PerBio> Sync for BioList<P> {}
+
+impl<P: PerBio> Default for BioList<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: PerBio> BioList<P> {
+    /// An empty list.
+    pub const fn new() -> Self {
+        // INVARIANT: empty chain.
+        Self { head: core::ptr::null_mut(), tail: core::ptr::null_mut(), len: 0, begin: 0, _p: PhantomData }
+    }
+
+    /// Number of bios held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a bio (no allocation: safe in `map`).
+    pub fn push(&mut self, bio: Bio<P>) {
+        self.begin = bio.begin;
+        let p = bio.into_raw();
+        // SAFETY: `p` is a live bio we now hold; `tail` (if any) is a live bio of the chain.
+        unsafe {
+            (*p).bi_next = core::ptr::null_mut();
+            if self.tail.is_null() {
+                self.head = p;
+            } else {
+                (*self.tail).bi_next = p;
+            }
+        }
+        self.tail = p;
+        self.len += 1;
+    }
+
+    /// Removes the oldest bio.
+    pub fn pop(&mut self) -> Option<Bio<P>> {
+        let p = NonNull::new(self.head)?;
+        // SAFETY: `p` is the live head of the chain (type invariant).
+        unsafe {
+            self.head = (*p.as_ptr()).bi_next;
+            (*p.as_ptr()).bi_next = core::ptr::null_mut();
+        }
+        if self.head.is_null() {
+            self.tail = core::ptr::null_mut();
+        }
+        self.len = self.len.saturating_sub(1);
+        // SAFETY: the responsibility held by the list passes to the returned `Bio`.
+        let mut bio = unsafe { Bio::<P>::from_owned_raw(p.as_ptr()) };
+        bio.begin = self.begin;
+        Some(bio)
+    }
+
+    /// Takes every bio, leaving the list empty.
+    pub fn take(&mut self) -> Self {
+        core::mem::take(self)
+    }
+}
+
+impl<P: PerBio> Drop for BioList<P> {
+    fn drop(&mut self) {
+        // Dropped bios are failed (see `Bio`'s `Drop`); a target completes its lists first.
+        while self.pop().is_some() {}
     }
 }

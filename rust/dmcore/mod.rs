@@ -10,6 +10,10 @@
 //! - [`device`]: [`device::Device`], a `dm_get_device` reference;
 //! - [`args`] / [`status`]: table-line and message arguments, `DMEMIT`-style output;
 //! - [`wq`]: owned workqueues (`WQ_MEM_RECLAIM`) and completions;
+//! - [`sync`]: a spinlock usable from bio completion (interrupt) context;
+//! - [`dmio`] / [`kcopyd`]: synchronous block I/O on buffers (`dm-io`) and batched device-to-device
+//!   copies (`dm-kcopyd`);
+//! - [`crc`]: CRC-32C from the kernel crypto library for `rust/core`'s codecs;
 //! - [`net`]: kernel TCP sockets in a network namespace, safe on the I/O path;
 //! - [`kunit`]: a KUnit suite made of Rust functions.
 //!
@@ -21,10 +25,14 @@
 pub mod args;
 pub mod bindings;
 pub mod bio;
+pub mod crc;
 pub mod device;
+pub mod dmio;
+pub mod kcopyd;
 pub mod kunit;
 pub mod mem;
 pub mod net;
 pub mod status;
+pub mod sync;
 pub mod target;
 pub mod wq;

@@ -10,6 +10,9 @@
 #include <linux/nsproxy.h>
 #include <linux/sched.h>
 #include <linux/sched/mm.h>
+#include <linux/spinlock.h>
+#include <linux/mm.h>
+#include <linux/ioprio.h>
 #include <net/net_namespace.h>
 #include <net/sock.h>
 #include <linux/tcp.h>
@@ -55,6 +58,34 @@ unsigned int dmcore_memalloc_noio_save(void)
 void dmcore_memalloc_noio_restore(unsigned int flags)
 {
 	memalloc_noio_restore(flags);
+}
+
+void dmcore_spin_lock_init(spinlock_t *lock)
+{
+	spin_lock_init(lock);
+}
+
+unsigned long dmcore_spin_lock_irqsave(spinlock_t *lock)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(lock, flags);
+	return flags;
+}
+
+void dmcore_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
+{
+	spin_unlock_irqrestore(lock, flags);
+}
+
+unsigned short dmcore_ioprio_default(void)
+{
+	return IOPRIO_DEFAULT;
+}
+
+bool dmcore_is_vmalloc_addr(const void *p)
+{
+	return is_vmalloc_addr(p);
 }
 
 void dmcore_init_completion(struct completion *c)

@@ -8,6 +8,7 @@
 #define WBREPL_DMCORE_SHIM_H
 
 #include <linux/types.h>
+#include <linux/spinlock_types.h>
 
 struct bio;
 struct bio_vec;
@@ -29,6 +30,17 @@ void dmcore_kunmap_local(const void *addr);
 /* memory allocation scope: no I/O recursion */
 unsigned int dmcore_memalloc_noio_save(void);
 void dmcore_memalloc_noio_restore(unsigned int flags);
+
+/* interrupt-safe spinlocks */
+void dmcore_spin_lock_init(spinlock_t *lock);
+unsigned long dmcore_spin_lock_irqsave(spinlock_t *lock);
+void dmcore_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
+
+/* I/O priority for dm-io requests (IOPRIO_DEFAULT is not a constant expression) */
+unsigned short dmcore_ioprio_default(void);
+
+/* memory */
+bool dmcore_is_vmalloc_addr(const void *p);
 
 /* completions */
 void dmcore_init_completion(struct completion *c);

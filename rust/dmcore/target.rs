@@ -228,6 +228,13 @@ impl CtrTarget<'_> {
         unsafe { (*self.ti()).num_write_zeroes_bios = n };
     }
 
+    /// Splits bios so that none crosses a multiple of `sectors` (counted from the target's
+    /// start): every bio `map` sees then lies within one such chunk.
+    pub fn set_max_io_len(&mut self, sectors: u32) -> Result {
+        // SAFETY: `ti` is valid and ours during `ctr`.
+        kernel::error::to_result(unsafe { bindings::dm_set_target_max_io_len(self.ti(), u64::from(sectors)) })
+    }
+
     /// A handle for raising events later.
     pub fn handle(&self) -> TargetHandle {
         // INVARIANT: see `TargetHandle`.

@@ -119,3 +119,9 @@ impl Completion {
         unsafe { bindings::completion_done(self.c.get()) }
     }
 }
+
+/// Sleeps for about `ms` milliseconds (`msleep`). Process context only.
+pub fn sleep_ms(ms: u32) {
+    // SAFETY: `msleep` may be called from any sleepable context, which is documented above.
+    unsafe { bindings::msleep(ms) };
+}

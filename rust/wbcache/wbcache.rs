@@ -1,30 +1,47 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! dm-wbcache: a write-back cache device-mapper target (wbrepl).
+//! dm-wbcache: a persistent, crash-safe write-back cache device-mapper target with epochs
+//! (wbrepl).
 //!
 //! Table line: `<start> <len> wbcache <origin_dev> <cache_dev> <block_size> <#opt_args> [opt_args...]`
 //! (see `docs/wbcache.md`).
 //!
-//! This is the foundation slice: the table line is parsed and validated in full and both devices
-//! are opened, but no data is cached yet. All I/O is remapped to the origin, so a write is
-//! acknowledged only once the origin has completed it and the origin always holds every
-//! acknowledged write (the guarantees of `writethrough`, whatever `mode` says). Caching comes
-//! with the dm-wbcache issue.
+//! Whole-block writes go to a cache block and are acknowledged from there; reads of cached
+//! blocks come from the cache, others from the origin. Everything else (partial writes, FUA
+//! writes, writes that must wait for space, write-through updates of cached blocks) takes the
+//! slow path: an ordered worker that builds the block in a buffer and writes it with dm-io. A
+//! background worker commits the metadata every second and writes dirty blocks back with
+//! dm-kcopyd between the watermarks. The state machine that keeps the metadata crash-safe is
+//! `rust/core/src/wbindex.rs`; the on-disk format is `rust/core/src/wbformat.rs`.
 
 #![deny(unsafe_code)]
+// `pin_init!` of the shared state expands one recursion level per field.
+#![recursion_limit = "256"]
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use kernel::alloc::AllocError;
 use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex};
+use kernel::workqueue::{impl_has_work, new_work, Work, WorkItem};
+use kernel::{new_mutex, time::Ktime};
 
 include!("../dmcore/crate_root.rs");
 
 use dmcore::args::Args;
-use dmcore::bio::{BlkStatus, Bio, Op};
+use dmcore::bio::{BioList, BlkStatus, Bio, Op};
+use dmcore::crc::KernelCrc32c;
 use dmcore::device::Device;
+use dmcore::dmio::{IoClient, IoFlags, Region};
+use dmcore::kcopyd::Kcopyd;
 use dmcore::status::StatusWriter;
+use dmcore::sync::IrqSpinLock;
 use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, EndIo, MapResult, QueueLimits, StatusType, Stop, Target, TargetModule};
-use wbrepl_core::table::{WbcacheOptions, WbcacheTable};
+use dmcore::wq::{sleep_ms, Completion, WorkQueue};
+use wbrepl_core::parse::parse_u32;
+use wbrepl_core::table::{CacheMode, WbcacheOptions, WbcacheTable};
+use wbrepl_core::wbformat::{choose_superblock, Entry, Geometry, SbRead, Superblock, ENTRIES_PER_META_BLOCK, ENTRY_BYTES, META_BLOCK, META_START};
+use wbrepl_core::wbindex::{Index, LoadReport, Slot, WriteMap, MAX_CACHE_BLOCKS, MAX_ORIGIN_BLOCKS};
 
 module! {
     type: WbcacheModule,
@@ -37,28 +54,731 @@ module! {
 
 type WbcacheModule = TargetModule<Wbcache>;
 
-#[derive(Default)]
-struct Stats {
-    reads: AtomicU64,
-    writes: AtomicU64,
-    flushes: AtomicU64,
-    errors: AtomicU64,
+/// Metadata commit interval without flushes from above (like dm-writecache's autocommit).
+const AUTOCOMMIT_MS: u32 = 1000;
+/// Metadata I/O unit: this many 4 KiB metadata blocks at most per request.
+const META_RUN: usize = 16;
+/// Blocks copied per writeback round, at most.
+const MAX_WB_BATCH: usize = 256;
+
+/// Per-bio data: which slot the bio maps to and which in-flight generation it counts in.
+#[derive(Clone, Copy, Default)]
+struct PerBio {
+    slot: u32,
+    flags: u8,
 }
 
-struct Wbcache {
+const PB_GEN0: u8 = 1;
+const PB_GEN1: u8 = 2;
+const PB_SLOT_WRITE: u8 = 4;
+
+fn gen_flag(gen: usize) -> u8 {
+    if gen == 0 {
+        PB_GEN0
+    } else {
+        PB_GEN1
+    }
+}
+
+type Ix = Index<KVVec<Slot>, KVVec<u32>, KVVec<u64>>;
+
+/// Commit times, for `max_age`: the newest commit at least `max_age` old bounds what is due.
+#[derive(Clone, Copy, Default)]
+struct AgeMark {
+    seq: u64,
+    ms: i64,
+}
+
+const AGE_MARKS: usize = 32;
+
+struct Inner {
+    ix: Ix,
+    /// In-flight generation new I/O counts in (flipped by each commit barrier).
+    gen: usize,
+    slow: BioList<PerBio>,
+    flushes: BioList<PerBio>,
+    loaded: bool,
+    mode: CacheMode,
+    high: u32,
+    low: u32,
+    /// Writeback running because the high watermark was crossed (until the low one).
+    wb_active: bool,
+    ages: [AgeMark; AGE_MARKS],
+    age_next: usize,
+}
+
+#[derive(Default)]
+struct Stats {
+    read_hits: AtomicU64,
+    read_misses: AtomicU64,
+    write_hits: AtomicU64,
+    write_misses: AtomicU64,
+    write_through: AtomicU64,
+    slow_writes: AtomicU64,
+    writebacks: AtomicU64,
+    wb_errors: AtomicU64,
+    flushes: AtomicU64,
+    commits: AtomicU64,
+    io_errors: AtomicU64,
+}
+
+struct WbScratch {
+    slots: KVec<u32>,
+    pairs: KVec<(u64, u64)>,
+}
+
+#[pin_data]
+struct Shared {
     len: u64,
     origin: Device,
     cache: Device,
     block_size: u32,
+    block_shift: u32,
+    geom: Geometry,
+    origin_blocks: u64,
     opts: WbcacheOptions,
+    #[pin]
+    inner: IrqSpinLock<Inner>,
+    inflight: [AtomicU32; 2],
+    #[pin]
+    inflight_done: Completion,
+    /// Wakes the writeback worker.
+    #[pin]
+    wake: Completion,
+    /// Signalled when blocks were freed or written back.
+    #[pin]
+    space: Completion,
+    #[pin]
+    commit_buf: Mutex<KVec<u8>>,
+    #[pin]
+    slow_buf: Mutex<KVec<u8>>,
+    #[pin]
+    wb_scratch: Mutex<WbScratch>,
+    dmio: IoClient,
+    kcopyd: Kcopyd,
+    stop: AtomicBool,
+    drains: AtomicU32,
+    /// Latched metadata error (errno, 0: none): writes and flushes fail from then on.
+    meta_error: AtomicI32,
+    /// Latched writeback error (cleared by a successful writeback round).
+    wb_error: AtomicBool,
+    origin_dirty: AtomicBool,
     stats: Stats,
+    #[pin]
+    io_work: Work<Shared, 0>,
+    #[pin]
+    wb_work: Work<Shared, 1>,
+}
+
+impl_has_work! {
+    impl HasWork<Self, 0> for Shared { self.io_work }
+    impl HasWork<Self, 1> for Shared { self.wb_work }
+}
+
+struct Wbcache {
+    shared: Arc<Shared>,
+    io_wq: WorkQueue,
+    wb_wq: WorkQueue,
+}
+
+fn ms_now() -> i64 {
+    Ktime::ktime_get().to_ms()
+}
+
+impl Shared {
+    fn block_sectors(&self) -> u64 {
+        1 << self.block_shift
+    }
+
+    fn slot_sector(&self, i: u32) -> u64 {
+        self.geom.data_start / 512 + (u64::from(i) << self.block_shift)
+    }
+
+    fn slot_region(&self, i: u32, off: u64, sectors: u64) -> Region<'_> {
+        Region { dev: &self.cache, sector: self.slot_sector(i) + off, sectors }
+    }
+
+    fn io_enter(&self, gen: usize) {
+        if let Some(c) = self.inflight.get(gen) {
+            c.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn io_exit(&self, gen: usize) {
+        if let Some(c) = self.inflight.get(gen) {
+            if c.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.inflight_done.complete();
+            }
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.meta_error.load(Ordering::Relaxed) != 0
+    }
+
+    fn latch_meta_error(&self, e: Error, what: &str) {
+        if self.meta_error.swap(e.to_errno(), Ordering::Relaxed) == 0 {
+            pr_err!("wbcache {}: {} failed ({:?}); the cache is failed: writes and flushes now return errors\n", self.cache, what, e);
+        }
+    }
+
+    // --- metadata
+
+    /// Makes everything completed so far durable (see `Index::barrier`). With `force`, commits
+    /// even when nothing changed.
+    fn commit(&self, force: bool) -> Result {
+        let mut buf = self.commit_buf.lock();
+        if self.failed() {
+            return Err(EIO);
+        }
+        let (k, old) = {
+            let mut g = self.inner.lock();
+            if !force && !g.ix.needs_commit() {
+                return Ok(());
+            }
+            let k = g.ix.barrier();
+            let old = g.gen;
+            g.gen ^= 1;
+            (k, old)
+        };
+        while self.inflight.get(old).is_some_and(|c| c.load(Ordering::Acquire) != 0) {
+            self.inflight_done.wait_timeout_ms(100);
+        }
+        let r = self.write_meta_blocks(&mut buf).and_then(|_| self.write_superblock(&mut buf, k));
+        {
+            let mut g = self.inner.lock();
+            g.ix.commit_done(k, r.is_ok());
+            if r.is_ok() {
+                let n = g.age_next;
+                if let Some(a) = g.ages.get_mut(n % AGE_MARKS) {
+                    *a = AgeMark { seq: k, ms: ms_now() };
+                }
+                g.age_next = n.wrapping_add(1);
+            }
+        }
+        match r {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.space.complete();
+                Ok(())
+            }
+            Err(e) => {
+                self.latch_meta_error(e, "metadata commit");
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits until released blocks are durably free (at most three commits).
+    fn settle(&self) -> Result {
+        for _ in 0..3 {
+            let busy = {
+                let g = self.inner.lock();
+                g.ix.counts().releasing > 0 || g.ix.needs_commit()
+            };
+            if !busy {
+                break;
+            }
+            self.commit(true)?;
+        }
+        Ok(())
+    }
+
+    fn encode_meta_block(&self, ix: &Ix, m: u64, out: &mut [u8]) {
+        out.fill(0);
+        let first = m * ENTRIES_PER_META_BLOCK;
+        let last = (first + ENTRIES_PER_META_BLOCK).min(ix.len());
+        for (n, i) in (first..last).enumerate() {
+            if let Some(dst) = out.get_mut(n * ENTRY_BYTES..(n + 1) * ENTRY_BYTES) {
+                ix.image(i as u32).encode(i, dst, &KernelCrc32c);
+            }
+        }
+    }
+
+    fn meta_region(&self, first: u64, count: usize) -> Region<'_> {
+        Region { dev: &self.cache, sector: (META_START + first * META_BLOCK) / 512, sectors: count as u64 * (META_BLOCK / 512) }
+    }
+
+    /// Writes every metadata block of the commit in progress, in runs of contiguous blocks.
+    fn write_meta_blocks(&self, buf: &mut KVec<u8>) -> Result {
+        let mb = META_BLOCK as usize;
+        let mut from = 0;
+        loop {
+            let (first, n) = {
+                let g = self.inner.lock();
+                let Some(first) = g.ix.next_commit_block(from) else { break };
+                let mut n = 0;
+                while n < META_RUN && g.ix.next_commit_block(first + n as u64) == Some(first + n as u64) {
+                    if let Some(out) = buf.get_mut(n * mb..(n + 1) * mb) {
+                        self.encode_meta_block(&g.ix, first + n as u64, out);
+                    }
+                    n += 1;
+                }
+                (first, n)
+            };
+            let data = buf.get(..n * mb).ok_or(EINVAL)?;
+            self.dmio.write(&[self.meta_region(first, n)], data, IoFlags::default())?;
+            from = first + n as u64;
+        }
+        Ok(())
+    }
+
+    fn superblock(&self, seq: u64, epoch: u64) -> Superblock {
+        Superblock {
+            block_size: self.block_size,
+            nr_blocks: self.geom.nr_blocks,
+            data_start: self.geom.data_start,
+            cache_sectors: self.cache.sectors(),
+            origin_sectors: self.len,
+            seq,
+            epoch,
+        }
+    }
+
+    /// Writes superblock copy `seq & 1` with PREFLUSH (everything before is durable first) and
+    /// FUA.
+    fn write_superblock(&self, buf: &mut KVec<u8>, seq: u64) -> Result {
+        let epoch = u64::from(self.inner.lock().ix.epoch());
+        let out = buf.get_mut(..META_BLOCK as usize).ok_or(EINVAL)?;
+        out.fill(0);
+        self.superblock(seq, epoch).encode(out, &KernelCrc32c);
+        let region = Region { dev: &self.cache, sector: Superblock::offset_for(seq) / 512, sectors: META_BLOCK / 512 };
+        self.dmio.write(&[region], out, IoFlags { preflush: true, fua: true })
+    }
+
+    fn read_superblock(&self, buf: &mut KVec<u8>, copy: u64) -> Result<core::result::Result<SbRead, wbrepl_core::error::Error>> {
+        let b = buf.get_mut(..META_BLOCK as usize).ok_or(EINVAL)?;
+        self.dmio.read(Region { dev: &self.cache, sector: copy * META_BLOCK / 512, sectors: META_BLOCK / 512 }, b)?;
+        Ok(Superblock::decode(b, &KernelCrc32c))
+    }
+
+    /// Reads and validates the metadata, or formats a blank cache device. Runs at the first
+    /// resume of a table (never in the constructor: an older table may still be live).
+    fn load(&self) -> Result {
+        let mut buf = self.commit_buf.lock();
+        let a = self.read_superblock(&mut buf, 0)?;
+        let b = self.read_superblock(&mut buf, 1)?;
+        if a.is_err() != b.is_err() {
+            pr_warn!("wbcache {}: one superblock copy is unreadable ({}); using the other\n", self.cache,
+                a.err().or(b.err()).map_or("", |e| e.as_str()));
+        }
+        let sb = match choose_superblock(a, b) {
+            Ok(SbRead::Blank) => return self.format(&mut buf),
+            Ok(SbRead::Valid(sb)) => sb,
+            Err(e) => {
+                pr_err!("wbcache {}: cannot use the cache device: {}\n", self.cache, e.as_str());
+                return Err(EINVAL);
+            }
+        };
+        if let Err(e) = sb.check_table(self.block_size, self.cache.sectors(), self.len) {
+            pr_err!("wbcache {}: cannot use the cache device: {}\n", self.cache, e.as_str());
+            return Err(EINVAL);
+        }
+        let mut rep = self.inner.lock().ix.load_begin(sb.seq);
+        let mb = META_BLOCK as usize;
+        let total = self.geom.meta_blocks();
+        let mut first = 0;
+        while first < total {
+            let n = (total - first).min(META_RUN as u64) as usize;
+            let data = buf.get_mut(..n * mb).ok_or(EINVAL)?;
+            self.dmio.read(self.meta_region(first, n), data)?;
+            let mut g = self.inner.lock();
+            for k in 0..n as u64 * ENTRIES_PER_META_BLOCK {
+                let i = first * ENTRIES_PER_META_BLOCK + k;
+                if i >= self.geom.nr_blocks {
+                    break;
+                }
+                let off = k as usize * ENTRY_BYTES;
+                let raw = data.get(off..off + ENTRY_BYTES).ok_or(EINVAL)?;
+                let r = Entry::decode(i, raw, &KernelCrc32c)
+                    .and_then(|e| g.ix.load_entry(i as u32, e, self.origin_blocks, &mut rep));
+                if let Err(e) = r {
+                    drop(g);
+                    pr_err!("wbcache {}: cannot use the cache device: metadata entry {}: {}\n", self.cache, i, e.as_str());
+                    return Err(EINVAL);
+                }
+            }
+            first += n as u64;
+        }
+        let epoch = {
+            let mut g = self.inner.lock();
+            g.ix.load_finish(sb.epoch, &mut rep);
+            g.loaded = true;
+            g.ix.epoch()
+        };
+        self.report_load(&sb, &rep, epoch);
+        Ok(())
+    }
+
+    fn report_load(&self, sb: &Superblock, rep: &LoadReport, epoch: u32) {
+        pr_info!(
+            "wbcache {}: loaded commit {}: {} dirty blocks, {} discarded, {} entries of an incomplete commit ignored; epoch {}\n",
+            self.cache, sb.seq, rep.dirty - rep.discarded.min(rep.dirty), rep.discarded, rep.ignored, epoch
+        );
+    }
+
+    fn format(&self, buf: &mut KVec<u8>) -> Result {
+        let mb = META_BLOCK as usize;
+        let total = self.geom.meta_blocks();
+        {
+            let mut g = self.inner.lock();
+            g.ix.format();
+        }
+        let mut first = 0;
+        while first < total {
+            let n = (total - first).min(META_RUN as u64) as usize;
+            {
+                let g = self.inner.lock();
+                for k in 0..n {
+                    if let Some(out) = buf.get_mut(k * mb..(k + 1) * mb) {
+                        self.encode_meta_block(&g.ix, first + k as u64, out);
+                    }
+                }
+            }
+            self.dmio.write(&[self.meta_region(first, n)], buf.get(..n * mb).ok_or(EINVAL)?, IoFlags::default())?;
+            first += n as u64;
+        }
+        // Both superblock copies, seq 0; copy 0 first (a valid copy 0 next to a blank copy 1 is
+        // a format interrupted after its first superblock, which loads).
+        for copy in [0u64, 1] {
+            let out = buf.get_mut(..mb).ok_or(EINVAL)?;
+            out.fill(0);
+            self.superblock(0, 1).encode(out, &KernelCrc32c);
+            let region = Region { dev: &self.cache, sector: copy * META_BLOCK / 512, sectors: META_BLOCK / 512 };
+            self.dmio.write(&[region], out, IoFlags { preflush: true, fua: true })?;
+        }
+        self.inner.lock().loaded = true;
+        pr_info!("wbcache {}: formatted: {} blocks of {} bytes\n", self.cache, self.geom.nr_blocks, self.block_size);
+        Ok(())
+    }
+
+    // --- slow path (ordered worker)
+
+    fn run_io(&self) {
+        loop {
+            let (flushes, bio) = {
+                let mut g = self.inner.lock();
+                (g.flushes.take(), g.slow.pop())
+            };
+            let had_flushes = !flushes.is_empty();
+            if had_flushes {
+                self.process_flushes(flushes);
+            }
+            match bio {
+                Some(b) => self.slow_write(b),
+                None if had_flushes => {}
+                None => break,
+            }
+        }
+    }
+
+    fn process_flushes(&self, mut list: BioList<PerBio>) {
+        let mut r = self.commit(false);
+        if r.is_ok() && self.origin_dirty.swap(false, Ordering::AcqRel) {
+            r = self.dmio.flush(&self.origin);
+        }
+        let status = match r {
+            Ok(()) => BlkStatus::OK,
+            Err(_) => BlkStatus::IOERR,
+        };
+        while let Some(b) = list.pop() {
+            b.end(status);
+        }
+    }
+
+    fn wait_space(&self) {
+        self.wake.complete();
+        self.space.wait_timeout_ms(100);
+    }
+
+    fn slow_write(&self, mut bio: Bio<PerBio>) {
+        self.stats.slow_writes.fetch_add(1, Ordering::Relaxed);
+        let ts = bio.target_sector();
+        let block = ts >> self.block_shift;
+        let off = ts & (self.block_sectors() - 1);
+        let len = bio.size() as usize;
+        let fua = bio.is_fua();
+        let full = off == 0 && len == self.block_size as usize;
+        let mut buf = self.slow_buf.lock();
+        loop {
+            if self.failed() {
+                bio.end(BlkStatus::IOERR);
+                return;
+            }
+            let mut g = self.inner.lock();
+            let wt = g.mode == CacheMode::Writethrough;
+            if wt && self.may_write_around(&g) {
+                drop(g);
+                self.stats.write_through.fetch_add(1, Ordering::Relaxed);
+                self.origin_dirty.store(true, Ordering::Release);
+                bio.remap(&self.origin, ts);
+                bio.submit_remapped();
+                return;
+            }
+            let (slot, src) = match g.ix.map_write(block, full) {
+                WriteMap::Slot(i) => (i, None),
+                WriteMap::NeedsCopy(src) => match g.ix.alloc(block) {
+                    Some(i) => (i, Some(src)),
+                    None => {
+                        drop(g);
+                        self.wait_space();
+                        continue;
+                    }
+                },
+                WriteMap::NoSpace => {
+                    drop(g);
+                    self.wait_space();
+                    continue;
+                }
+                WriteMap::Busy => {
+                    drop(g);
+                    sleep_ms(1);
+                    continue;
+                }
+            };
+            let gen = g.gen;
+            self.io_enter(gen);
+            drop(g);
+            let r = self.write_slot(&mut bio, &mut buf, slot, src, block, off, len, wt, fua);
+            self.inner.lock().ix.write_done(slot, r.is_ok());
+            self.io_exit(gen);
+            let r = if r.is_ok() && fua { self.commit(false) } else { r };
+            if r.is_err() {
+                self.stats.io_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            bio.end(if r.is_ok() { BlkStatus::OK } else { BlkStatus::IOERR });
+            return;
+        }
+    }
+
+    /// Whether a write-through write may go to the origin alone: nothing is cached and no
+    /// released version waits for its tombstone (or it could come back after a crash).
+    fn may_write_around(&self, g: &Inner) -> bool {
+        let c = g.ix.counts();
+        c.dirty == 0 && c.releasing == 0
+    }
+
+    /// Writes the bio's data to slot `slot` (and the origin in write-through). `src`: a new
+    /// slot for a partial write, built from this version (a slot, or the origin when `None`).
+    #[allow(clippy::too_many_arguments)]
+    fn write_slot(
+        &self,
+        bio: &mut Bio<PerBio>,
+        buf: &mut KVec<u8>,
+        slot: u32,
+        src: Option<Option<u32>>,
+        block: u64,
+        off: u64,
+        len: usize,
+        wt: bool,
+        fua: bool,
+    ) -> Result {
+        let flags = IoFlags { fua, preflush: false };
+        let bs = self.block_size as usize;
+        match src {
+            None => {
+                // The whole bio goes to its place in the slot.
+                let data = buf.get_mut(..len).ok_or(EINVAL)?;
+                bio.copy_to(data);
+                let sectors = len as u64 / 512;
+                let cache = self.slot_region(slot, off, sectors);
+                let origin = Region { dev: &self.origin, sector: (block << self.block_shift) + off, sectors };
+                let regions = [cache, origin];
+                self.dmio.write(if wt { &regions[..] } else { &regions[..1] }, data, flags)
+            }
+            Some(from) => {
+                let whole = buf.get_mut(..bs).ok_or(EINVAL)?;
+                let src_region = match from {
+                    Some(i) => self.slot_region(i, 0, self.block_sectors()),
+                    None => Region { dev: &self.origin, sector: block << self.block_shift, sectors: self.block_sectors() },
+                };
+                self.dmio.read(src_region, whole)?;
+                let o = (off * 512) as usize;
+                let part = whole.get_mut(o..o + len).ok_or(EINVAL)?;
+                bio.copy_to(part);
+                let cache = self.slot_region(slot, 0, self.block_sectors());
+                let origin = Region { dev: &self.origin, sector: block << self.block_shift, sectors: self.block_sectors() };
+                let regions = [cache, origin];
+                self.dmio.write(if wt { &regions[..] } else { &regions[..1] }, whole, flags)
+            }
+        }
+    }
+
+    // --- writeback (background worker)
+
+    fn tick_ms(&self) -> u32 {
+        match self.opts.max_age_ms {
+            Some(a) => (a / 4).clamp(10, AUTOCOMMIT_MS),
+            None => AUTOCOMMIT_MS,
+        }
+    }
+
+    fn run_wb(&self) {
+        while !self.stop.load(Ordering::Acquire) {
+            self.writeback_round(false);
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let t = if self.drains.load(Ordering::Relaxed) > 0 { 10 } else { self.tick_ms() };
+            self.wake.wait_timeout_ms(t);
+        }
+    }
+
+    /// What is due for writeback now: `None` nothing, `Some(None)` anything, `Some(Some(s))`
+    /// versions committed at or before commit `s` (`max_age`).
+    fn due(&self, g: &mut Inner) -> Option<Option<u64>> {
+        let c = g.ix.counts();
+        if c.dirty == 0 {
+            g.wb_active = false;
+            return None;
+        }
+        let pct = c.dirty * 100 / c.total.max(1);
+        if pct >= u64::from(g.high) {
+            g.wb_active = true;
+        } else if pct < u64::from(g.low) || g.low == 0 && pct == 0 {
+            g.wb_active = false;
+        }
+        // No free block left: writes are waiting for space, whatever the watermarks say.
+        if c.free == 0 || self.drains.load(Ordering::Relaxed) > 0 || g.mode == CacheMode::Writethrough || g.wb_active {
+            return Some(None);
+        }
+        let age = i64::from(self.opts.max_age_ms?);
+        let now = ms_now();
+        let seq = g.ages.iter().filter(|a| a.seq != 0 && now - a.ms >= age).map(|a| a.seq).max()?;
+        Some(Some(seq))
+    }
+
+    /// Commits, then writes back what is due, batch by batch. `inline`: called by a drain
+    /// while the worker is stopped (suspended device).
+    fn writeback_round(&self, inline: bool) {
+        let mut scratch = self.wb_scratch.lock();
+        let WbScratch { slots, pairs } = &mut *scratch;
+        loop {
+            if (!inline && self.stop.load(Ordering::Acquire)) || self.failed() {
+                return;
+            }
+            if self.commit(false).is_err() {
+                return;
+            }
+            let n = {
+                let mut g = self.inner.lock();
+                let Some(max_seq) = self.due(&mut g) else { return };
+                let n = g.ix.select_writeback(slots.as_mut_slice(), max_seq);
+                if n == 0 {
+                    let ordered = g.mode == CacheMode::Ordered;
+                    if ordered && max_seq.is_none() && g.ix.oldest_dirty_epoch() == g.ix.epoch() {
+                        // Everything dirty is in the open epoch: close it so it can go.
+                        g.ix.close_epoch();
+                        continue;
+                    }
+                    if g.ix.needs_commit() {
+                        continue;
+                    }
+                    return;
+                }
+                for (&i, p) in slots.iter().take(n).zip(pairs.iter_mut()) {
+                    *p = (self.slot_sector(i), g.ix.block_of(i) << self.block_shift);
+                }
+                n
+            };
+            let r = self
+                .kcopyd
+                .copy_all(&self.cache, &self.origin, self.block_sectors(), pairs.get(..n).unwrap_or(&[]))
+                .and_then(|_| self.dmio.flush(&self.origin));
+            {
+                let mut g = self.inner.lock();
+                for &i in slots.get(..n).unwrap_or(&[]) {
+                    g.ix.writeback_done(i, r.is_ok());
+                }
+            }
+            if let Err(e) = r {
+                self.stats.wb_errors.fetch_add(1, Ordering::Relaxed);
+                if !self.wb_error.swap(true, Ordering::Relaxed) {
+                    pr_err!("wbcache {}: writeback to the origin failed ({:?}); the blocks stay dirty and are retried\n", self.cache, e);
+                }
+                return;
+            }
+            self.wb_error.store(false, Ordering::Relaxed);
+            self.stats.writebacks.fetch_add(n as u64, Ordering::Relaxed);
+            self.space.complete();
+        }
+    }
+
+    /// Writes everything back (the `flush` message, `flush_on_suspend`).
+    fn drain(&self) -> Result {
+        self.drains.fetch_add(1, Ordering::AcqRel);
+        let r = self.drain_wait();
+        self.drains.fetch_sub(1, Ordering::AcqRel);
+        r.and_then(|_| self.settle())
+    }
+
+    fn drain_wait(&self) -> Result {
+        let errors_before = self.stats.wb_errors.load(Ordering::Relaxed);
+        loop {
+            self.wake.complete();
+            if self.failed() {
+                return Err(EIO);
+            }
+            if self.stats.wb_errors.load(Ordering::Relaxed) != errors_before {
+                return Err(EIO);
+            }
+            if self.inner.lock().ix.counts().dirty == 0 {
+                return Ok(());
+            }
+            if self.stop.load(Ordering::Acquire) {
+                // No writeback worker (suspended): do the rounds here.
+                self.writeback_round(true);
+                if self.inner.lock().ix.counts().dirty != 0 && self.stats.wb_errors.load(Ordering::Relaxed) == errors_before {
+                    sleep_ms(1);
+                }
+                continue;
+            }
+            self.space.wait_timeout_ms(50);
+        }
+    }
+}
+
+impl WorkItem<0> for Shared {
+    type Pointer = Arc<Shared>;
+    fn run(this: Arc<Shared>) {
+        this.run_io();
+    }
+}
+
+impl WorkItem<1> for Shared {
+    type Pointer = Arc<Shared>;
+    fn run(this: Arc<Shared>) {
+        this.run_wb();
+    }
+}
+
+impl Wbcache {
+    fn kick_io(&self) {
+        let _ = self.io_wq.enqueue::<Arc<Shared>, 0>(self.shared.clone());
+    }
+
+    fn start_writeback(&self) {
+        self.shared.stop.store(false, Ordering::Release);
+        let _ = self.wb_wq.enqueue::<Arc<Shared>, 1>(self.shared.clone());
+    }
+
+    fn stop_writeback(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        // The worker checks `stop` before each wait, so one wake-up is enough.
+        self.shared.wake.complete();
+        self.wb_wq.flush();
+    }
+}
+
+fn alloc_err(_: AllocError) -> CtrError {
+    CtrError::new(kernel::c_str!("Cannot allocate the cache index"), ENOMEM)
 }
 
 #[vtable]
 impl Target for Wbcache {
     const NAME: &'static CStr = kernel::c_str!("wbcache");
-    const VERSION: [u32; 3] = [0, 1, 0];
-    type PerBio = ();
+    const VERSION: [u32; 3] = [1, 0, 0];
+    type PerBio = PerBio;
 
     fn ctr(ti: &mut CtrTarget<'_>, args: Args<'_>) -> Result<Pin<KBox<Self>>, CtrError> {
         let t = WbcacheTable::parse(&mut { args })?;
@@ -81,107 +801,356 @@ impl Target for Wbcache {
         if ti.len() > origin.sectors() {
             return Err(CtrError::inval(kernel::c_str!("Origin device is smaller than the target")));
         }
+        let origin_blocks = ti.len() / block_sectors;
+        if origin_blocks >= MAX_ORIGIN_BLOCKS {
+            return Err(CtrError::inval(kernel::c_str!("Origin has too many blocks for this block size")));
+        }
+        let geom = Geometry::compute(cache.sectors().saturating_mul(512), t.block_size)
+            .map_err(|_| CtrError::inval(kernel::c_str!("Cache device too small for one cache block")))?;
+        if geom.nr_blocks >= MAX_CACHE_BLOCKS {
+            return Err(CtrError::inval(kernel::c_str!("Cache device has too many blocks for this block size")));
+        }
+        let nr = geom.nr_blocks as usize;
+        let (nb, nw) = Ix::storage_for(geom.nr_blocks);
+        let ix = Index::new(
+            KVVec::from_elem(Slot::default(), nr, GFP_KERNEL).map_err(alloc_err)?,
+            KVVec::from_elem(0u32, nb, GFP_KERNEL).map_err(alloc_err)?,
+            KVVec::from_elem(0u64, nw, GFP_KERNEL).map_err(alloc_err)?,
+            KVVec::from_elem(0u64, nw, GFP_KERNEL).map_err(alloc_err)?,
+        )
+        .map_err(CtrError::from)?;
+        ti.set_max_io_len(block_sectors as u32)
+            .map_err(|e| CtrError::new(kernel::c_str!("Cannot set the maximum I/O size"), e))?;
         ti.set_num_flush_bios(1);
-        ti.set_num_discard_bios(1);
-        ti.set_num_write_zeroes_bios(1);
-        let me = Self { len: ti.len(), origin, cache, block_size: t.block_size, opts: t.opts, stats: Stats::default() };
-        KBox::pin(me, GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))
+        ti.set_num_discard_bios(0);
+        ti.set_num_write_zeroes_bios(0);
+        let mode = t.opts.mode();
+        let jobs = (t.opts.jobs() as usize).min(MAX_WB_BATCH);
+        let mut ix = ix;
+        ix.set_ordered(mode == CacheMode::Ordered);
+        let inner = Inner {
+            ix,
+            gen: 0,
+            slow: BioList::new(),
+            flushes: BioList::new(),
+            loaded: false,
+            mode,
+            high: t.opts.high(),
+            low: t.opts.low(),
+            wb_active: false,
+            ages: [AgeMark::default(); AGE_MARKS],
+            age_next: 0,
+        };
+        let scratch = WbScratch {
+            slots: KVec::from_elem(0u32, jobs, GFP_KERNEL).map_err(alloc_err)?,
+            pairs: KVec::from_elem((0u64, 0u64), jobs, GFP_KERNEL).map_err(alloc_err)?,
+        };
+        let commit_buf = KVec::from_elem(0u8, META_RUN * META_BLOCK as usize, GFP_KERNEL).map_err(alloc_err)?;
+        let slow_buf = KVec::from_elem(0u8, t.block_size as usize, GFP_KERNEL).map_err(alloc_err)?;
+        let dmio = IoClient::new().map_err(|e| CtrError::new(kernel::c_str!("Cannot create a dm-io client"), e))?;
+        let kcopyd = Kcopyd::new().map_err(|e| CtrError::new(kernel::c_str!("Cannot create a kcopyd client"), e))?;
+        let io_wq = WorkQueue::new(kernel::c_str!("wbcache_io"), 1, true)
+            .map_err(|e| CtrError::new(kernel::c_str!("Cannot create a workqueue"), e))?;
+        let wb_wq = WorkQueue::new(kernel::c_str!("wbcache_wb"), 1, true)
+            .map_err(|e| CtrError::new(kernel::c_str!("Cannot create a workqueue"), e))?;
+        let shared = Arc::pin_init(
+            pin_init!(Shared {
+                len: ti.len(),
+                origin,
+                cache,
+                block_size: t.block_size,
+                block_shift: block_sectors.trailing_zeros(),
+                geom,
+                origin_blocks,
+                opts: t.opts,
+                inner <- IrqSpinLock::new(inner),
+                inflight: [AtomicU32::new(0), AtomicU32::new(0)],
+                inflight_done <- Completion::new(),
+                wake <- Completion::new(),
+                space <- Completion::new(),
+                commit_buf <- new_mutex!(commit_buf),
+                slow_buf <- new_mutex!(slow_buf),
+                wb_scratch <- new_mutex!(scratch),
+                dmio,
+                kcopyd,
+                stop: AtomicBool::new(true),
+                drains: AtomicU32::new(0),
+                meta_error: AtomicI32::new(0),
+                wb_error: AtomicBool::new(false),
+                origin_dirty: AtomicBool::new(false),
+                stats: Stats::default(),
+                io_work <- new_work!("wbcache::io"),
+                wb_work <- new_work!("wbcache::wb"),
+            }),
+            GFP_KERNEL,
+        )
+        .map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))?;
+        KBox::pin(Self { shared, io_wq, wb_wq }, GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))
     }
 
-    fn map(&self, mut bio: Bio<()>) -> MapResult<()> {
-        let sector = bio.target_sector();
-        match bio.op() {
+    fn map(&self, mut bio: Bio<PerBio>) -> MapResult<PerBio> {
+        let sh = &*self.shared;
+        let ts = bio.target_sector();
+        let block = ts >> sh.block_shift;
+        let off = ts & (sh.block_sectors() - 1);
+        // device-mapper sends flushes as empty writes with PREFLUSH (and any data separately).
+        let op = if bio.is_preflush() && bio.size() == 0 { Op::Flush } else { bio.op() };
+        match op {
+            Op::Flush => {
+                sh.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                let mut g = sh.inner.lock();
+                if g.mode == CacheMode::Ordered {
+                    // A flush from above closes the epoch: everything completed before it is in
+                    // this epoch or an older one.
+                    g.ix.close_epoch();
+                }
+                g.flushes.push(bio);
+                drop(g);
+                self.kick_io();
+                MapResult::Submitted
+            }
             Op::Read => {
-                self.stats.reads.fetch_add(1, Ordering::Relaxed);
-                bio.remap(&self.origin, sector);
+                let g = sh.inner.lock();
+                match g.ix.lookup_read(block) {
+                    Some(i) => {
+                        let gen = g.gen;
+                        sh.io_enter(gen);
+                        drop(g);
+                        *bio.data_mut() = PerBio { slot: i, flags: gen_flag(gen) };
+                        sh.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                        let s = sh.slot_sector(i) + off;
+                        bio.remap(&sh.cache, s);
+                    }
+                    None => {
+                        drop(g);
+                        sh.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                        bio.remap(&sh.origin, ts);
+                    }
+                }
                 MapResult::Remapped(bio)
             }
             Op::Write => {
-                self.stats.writes.fetch_add(1, Ordering::Relaxed);
-                if bio.is_preflush() {
-                    self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                if sh.failed() {
+                    return MapResult::Kill(bio);
                 }
-                bio.remap(&self.origin, sector);
-                MapResult::Remapped(bio)
+                let full = off == 0 && u64::from(bio.sectors()) == sh.block_sectors();
+                let mut g = sh.inner.lock();
+                let slow = bio.is_fua() || !full || g.mode == CacheMode::Writethrough;
+                if slow {
+                    if g.mode == CacheMode::Writethrough && sh.may_write_around(&g) {
+                        drop(g);
+                        sh.stats.write_through.fetch_add(1, Ordering::Relaxed);
+                        sh.origin_dirty.store(true, Ordering::Release);
+                        bio.remap(&sh.origin, ts);
+                        return MapResult::Remapped(bio);
+                    }
+                    g.slow.push(bio);
+                    drop(g);
+                    self.kick_io();
+                    return MapResult::Submitted;
+                }
+                let hit = g.ix.has_versions(block);
+                match g.ix.map_write(block, true) {
+                    WriteMap::Slot(i) => {
+                        let gen = g.gen;
+                        sh.io_enter(gen);
+                        drop(g);
+                        let c = if hit { &sh.stats.write_hits } else { &sh.stats.write_misses };
+                        c.fetch_add(1, Ordering::Relaxed);
+                        *bio.data_mut() = PerBio { slot: i, flags: gen_flag(gen) | PB_SLOT_WRITE };
+                        let s = sh.slot_sector(i);
+                        bio.remap(&sh.cache, s);
+                        MapResult::Remapped(bio)
+                    }
+                    _ => {
+                        g.slow.push(bio);
+                        drop(g);
+                        self.kick_io();
+                        MapResult::Submitted
+                    }
+                }
             }
-            Op::Flush => {
-                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-                bio.remap(&self.origin, sector);
-                MapResult::Remapped(bio)
-            }
-            _ => {
-                bio.remap(&self.origin, sector);
-                MapResult::Remapped(bio)
-            }
+            // Discards and write-zeroes are not enabled (num_*_bios = 0).
+            _ => MapResult::Kill(bio),
         }
     }
 
-    fn end_io(&self, bio: &Bio<()>, status: &mut BlkStatus) -> EndIo {
-        if !status.is_ok() && bio.is_write() {
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+    fn end_io(&self, bio: &Bio<PerBio>, status: &mut BlkStatus) -> EndIo {
+        let sh = &*self.shared;
+        let p = *bio.data();
+        if p.flags & PB_SLOT_WRITE != 0 {
+            sh.inner.lock().ix.write_done(p.slot, status.is_ok());
+        }
+        if p.flags & PB_GEN0 != 0 {
+            sh.io_exit(0);
+        } else if p.flags & PB_GEN1 != 0 {
+            sh.io_exit(1);
+        }
+        if !status.is_ok() {
+            sh.stats.io_errors.fetch_add(1, Ordering::Relaxed);
         }
         EndIo::Done
     }
 
+    fn preresume(&self) -> Result {
+        let loaded = self.shared.inner.lock().loaded;
+        if !loaded {
+            self.shared.load()?;
+        }
+        Ok(())
+    }
+
+    fn resume(&self) {
+        self.start_writeback();
+    }
+
     fn postsuspend(&self) {
-        if self.opts.flush_on_suspend {
-            if let Err(e) = self.origin.flush() {
-                pr_err!("flush on suspend failed: {:?}\n", e);
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        let sh = &*self.shared;
+        self.stop_writeback();
+        if sh.opts.flush_on_suspend {
+            if let Err(e) = sh.drain() {
+                pr_err!("wbcache {}: flush on suspend failed ({:?})\n", sh.cache, e);
             }
+        }
+        // Leave the metadata current for a table that may be loaded next.
+        if let Err(e) = sh.commit(false).and_then(|_| sh.settle()) {
+            pr_err!("wbcache {}: metadata commit on suspend failed ({:?})\n", sh.cache, e);
         }
     }
 
     fn status(&self, ty: StatusType, out: &mut StatusWriter<'_>) {
+        let sh = &*self.shared;
         let _ = match ty {
             StatusType::Info => {
-                let s = &self.stats;
+                let (c, mode, epoch, oldest, loaded) = {
+                    let g = sh.inner.lock();
+                    (g.ix.counts(), g.mode, g.ix.epoch(), g.ix.oldest_dirty_epoch(), g.loaded)
+                };
+                let state = if !loaded {
+                    "unloaded"
+                } else if sh.failed() {
+                    "failed"
+                } else if sh.wb_error.load(Ordering::Relaxed) {
+                    "degraded"
+                } else {
+                    "ok"
+                };
+                let s = &sh.stats;
+                let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
                 write!(
                     out,
-                    "passthrough {} {} reads {} writes {} flushes {} errors {}",
-                    self.opts.mode().as_str(),
-                    self.block_size,
-                    s.reads.load(Ordering::Relaxed),
-                    s.writes.load(Ordering::Relaxed),
-                    s.flushes.load(Ordering::Relaxed),
-                    s.errors.load(Ordering::Relaxed),
+                    "{} {} {} blocks {} free {} dirty {} writeback {} releasing {} epoch {} oldest_epoch {} \
+                     read_hits {} read_misses {} write_hits {} write_misses {} write_through {} slow_writes {} \
+                     writebacks {} wb_errors {} flushes {} commits {} io_errors {}",
+                    state,
+                    mode.as_str(),
+                    sh.block_size,
+                    c.total,
+                    c.free,
+                    c.dirty,
+                    c.under_writeback,
+                    c.releasing,
+                    epoch,
+                    oldest,
+                    l(&s.read_hits),
+                    l(&s.read_misses),
+                    l(&s.write_hits),
+                    l(&s.write_misses),
+                    l(&s.write_through),
+                    l(&s.slow_writes),
+                    l(&s.writebacks),
+                    l(&s.wb_errors),
+                    l(&s.flushes),
+                    l(&s.commits),
+                    l(&s.io_errors),
                 )
             }
-            StatusType::Table => write!(out, "{} {} {} {}", self.origin, self.cache, self.block_size, self.opts),
+            StatusType::Table => write!(out, "{} {} {} {}", sh.origin, sh.cache, sh.block_size, sh.opts),
             StatusType::Ima => write!(
                 out,
                 "origin={},cache={},block_size={},mode={};",
-                self.origin,
-                self.cache,
-                self.block_size,
-                self.opts.mode().as_str()
+                sh.origin,
+                sh.cache,
+                sh.block_size,
+                sh.opts.mode().as_str()
             ),
         };
     }
 
     fn message(&self, mut args: Args<'_>, out: &mut StatusWriter<'_>) -> Result {
+        let sh = &*self.shared;
         let verb = args.next().unwrap_or("");
+        let arg = args.next();
         if args.next().is_some() {
-            pr_warn!("message '{}': too many arguments\n", verb);
+            pr_warn!("wbcache {}: message '{}': too many arguments\n", sh.cache, verb);
             return Err(EINVAL);
         }
+        let no_arg = |a: Option<&str>| -> Result {
+            if a.is_some() {
+                pr_warn!("wbcache {}: message '{}' takes no argument\n", sh.cache, verb);
+                return Err(EINVAL);
+            }
+            Ok(())
+        };
         match verb {
             "flush" => {
-                // Nothing is held in the cache yet, so "flush" means: make every acknowledged
-                // write durable on the origin.
-                self.origin.flush()?;
+                no_arg(arg)?;
+                if !sh.inner.lock().loaded {
+                    pr_warn!("wbcache {}: flush: the device was never resumed\n", sh.cache);
+                    return Err(EBUSY);
+                }
+                sh.drain()?;
                 let _ = write!(out, "flushed");
                 Ok(())
             }
             "clear_stats" => {
-                let s = &self.stats;
-                for c in [&s.reads, &s.writes, &s.flushes, &s.errors] {
+                no_arg(arg)?;
+                let s = &sh.stats;
+                for c in [
+                    &s.read_hits, &s.read_misses, &s.write_hits, &s.write_misses, &s.write_through,
+                    &s.slow_writes, &s.writebacks, &s.wb_errors, &s.flushes, &s.commits, &s.io_errors,
+                ] {
                     c.store(0, Ordering::Relaxed);
                 }
                 Ok(())
             }
+            "mode" => {
+                let m = CacheMode::parse(arg.unwrap_or("")).map_err(|e| {
+                    pr_warn!("wbcache {}: message 'mode': {}\n", sh.cache, e.as_str());
+                    EINVAL
+                })?;
+                // Versions kept for older epochs stay until written back in any mode.
+                let mut g = sh.inner.lock();
+                g.mode = m;
+                g.ix.set_ordered(m == CacheMode::Ordered);
+                drop(g);
+                sh.wake.complete();
+                let _ = write!(out, "mode {}", m.as_str());
+                Ok(())
+            }
+            "high_watermark" | "low_watermark" => {
+                let v = match arg.map(parse_u32) {
+                    Some(Ok(v)) if v <= 100 => v,
+                    _ => {
+                        pr_warn!("wbcache {}: message '{}': value must be 0..100\n", sh.cache, verb);
+                        return Err(EINVAL);
+                    }
+                };
+                let mut g = sh.inner.lock();
+                let (high, low) = if verb == "high_watermark" { (v, g.low) } else { (g.high, v) };
+                if low > high {
+                    drop(g);
+                    pr_warn!("wbcache {}: message '{}': low_watermark must not exceed high_watermark\n", sh.cache, verb);
+                    return Err(EINVAL);
+                }
+                g.high = high;
+                g.low = low;
+                drop(g);
+                sh.wake.complete();
+                Ok(())
+            }
             _ => {
-                pr_warn!("unrecognised message '{}'\n", verb);
+                pr_warn!("wbcache {}: unrecognised message '{}'\n", sh.cache, verb);
                 Err(EINVAL)
             }
         }
@@ -189,10 +1158,18 @@ impl Target for Wbcache {
 
     fn iterate_devices(&self, visit: &mut DeviceVisitor<'_>) -> core::result::Result<(), Stop> {
         // The origin backs the whole mapped range; the cache device is private to the target.
-        visit.visit(&self.origin, 0, self.len)
+        visit.visit(&self.shared.origin, 0, self.shared.len)
     }
 
     fn io_hints(&self, limits: &mut QueueLimits<'_>) {
-        limits.set_io_opt(self.block_size);
+        limits.set_io_opt(self.shared.block_size);
+    }
+}
+
+impl Drop for Wbcache {
+    fn drop(&mut self) {
+        // Normally stopped by postsuspend already; make sure no worker outlives the target.
+        self.stop_writeback();
+        self.io_wq.flush();
     }
 }

@@ -10,30 +10,40 @@ on=$(devnum "$O"); cn=$(devnum "$C"); dn=$(devnum "$D"); mn=$(devnum "$M")
 check "wbcache: create" dmsetup create wbc --table "0 $S wbcache $O $C 4096 5 mode writethrough high_watermark 60 flush_on_suspend"
 check_eq "wbcache: table prints the line back (canonical order, major:minor)" \
   "0 $S wbcache $on $cn 4096 5 high_watermark 60 mode writethrough flush_on_suspend" "$(dmsetup table wbc)"
-check_match "wbcache: status fields" "^0 $S wbcache passthrough writethrough 4096 reads [0-9]+ writes 0 flushes [0-9]+ errors 0\$" "$(dmsetup status wbc)"
+check_match "wbcache: status fields" "^0 $S wbcache ok writethrough 4096 blocks [0-9]+ free [0-9]+ dirty 0 writeback 0 releasing 0 epoch 1 oldest_epoch 1 read_hits 0 read_misses [0-9]+ write_hits 0 write_misses 0 write_through 0 slow_writes 0 writebacks 0 wb_errors 0 flushes [0-9]+ commits [0-9]+ io_errors 0\$" "$(dmsetup status wbc)"
 dd if=/dev/urandom of="$IMG_DIR/pattern" bs=1M count=4 status=none
 check "wbcache: write 4 MiB at 1 MiB" dd if="$IMG_DIR/pattern" of=/dev/mapper/wbc bs=1M seek=1 oflag=direct status=none
-check "wbcache: the data is on the origin at the same offset" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$O" bs=1M skip=1 count=4 iflag=direct status=none)
+check "wbcache: writethrough with nothing cached writes to the origin directly" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$O" bs=1M skip=1 count=4 iflag=direct status=none)
 check "wbcache: and reads back through the target" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if=/dev/mapper/wbc bs=1M skip=1 count=4 iflag=direct status=none)
-check_match "wbcache: writes are counted" 'writes [1-9][0-9]* ' "$(dmsetup status wbc)"
+check_match "wbcache: write-through writes are counted" 'write_through [1-9][0-9]* ' "$(dmsetup status wbc)"
 check_eq "wbcache: message flush answers" "flushed" "$(dmsetup message wbc 0 flush)"
 check "wbcache: message clear_stats" dmsetup message wbc 0 clear_stats
-check_match "wbcache: counters cleared" 'reads 0 writes 0 flushes 0 errors 0$' "$(dmsetup status wbc)"
+check_match "wbcache: counters cleared" 'read_hits 0 read_misses 0 write_hits 0 write_misses 0 write_through 0 slow_writes 0 writebacks 0 wb_errors 0 flushes 0 commits 0 io_errors 0$' "$(dmsetup status wbc)"
 check_fails "wbcache: unknown message refused" dmsetup message wbc 0 frobnicate
 check_fails "wbcache: message with extra words refused" dmsetup message wbc 0 flush now
 check "wbcache: suspend" dmsetup suspend wbc
 check_match "wbcache: info says suspended" 'State: +SUSPENDED' "$(dmsetup info wbc)"
 check "wbcache: resume" dmsetup resume wbc
 check_match "wbcache: info says active" 'State: +ACTIVE' "$(dmsetup info wbc)"
-check "wbcache: reload a new table" dmsetup reload wbc --table "0 $S wbcache $O $C 8192 2 mode ordered"
+check "wbcache: reload a new table" dmsetup reload wbc --table "0 $S wbcache $O $C 4096 2 mode ordered"
 check_eq "wbcache: the live table is unchanged until resume" \
   "0 $S wbcache $on $cn 4096 5 high_watermark 60 mode writethrough flush_on_suspend" "$(dmsetup table wbc)"
 check "wbcache: suspend + resume swaps tables" bash -c "dmsetup suspend wbc && dmsetup resume wbc"
-check_eq "wbcache: new table live" "0 $S wbcache $on $cn 8192 2 mode ordered" "$(dmsetup table wbc)"
+check_eq "wbcache: new table live" "0 $S wbcache $on $cn 4096 2 mode ordered" "$(dmsetup table wbc)"
 check "wbcache: data kept across the reload" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if=/dev/mapper/wbc bs=1M skip=1 count=4 iflag=direct status=none)
-check_eq "wbcache: io_opt is the block size" "8192" "$(blockdev --getioopt /dev/mapper/wbc)"
-check "wbcache: discard passes through" blkdiscard -o 0 -l 1048576 /dev/mapper/wbc
-check "wbcache: write-zeroes passes through" blkdiscard -z -o 0 -l 1048576 /dev/mapper/wbc
+check_eq "wbcache: io_opt is the block size" "4096" "$(blockdev --getioopt /dev/mapper/wbc)"
+dmesg_mark
+check "wbcache: reload with another block size" dmsetup reload wbc --table "0 $S wbcache $O $C 8192 0"
+check_fails "wbcache: ... is refused at resume (the metadata says 4096)" bash -c "dmsetup suspend wbc && dmsetup resume wbc"
+check_match "wbcache: ... with a clear kernel-log line" "wbcache $cn: cannot use the cache device: Cache was formatted with a different block size" "$(dmesg_since)"
+# device-mapper swaps the table in before preresume: the device stays suspended with it.
+check_match "wbcache: ... the device stays suspended" 'State: +SUSPENDED' "$(dmsetup info wbc)"
+check "wbcache: loading a good table again and resuming recovers" bash -c "dmsetup reload wbc --table '0 $S wbcache $O $C 4096 2 mode ordered' && dmsetup resume wbc"
+check_eq "wbcache: good table live again" "0 $S wbcache $on $cn 4096 2 mode ordered" "$(dmsetup table wbc)"
+check "wbcache: data still there" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if=/dev/mapper/wbc bs=1M skip=1 count=4 iflag=direct status=none)
+check_fails "wbcache: discard is not supported" blkdiscard -o 0 -l 1048576 /dev/mapper/wbc
+check "wbcache: write-zeroes is emulated with writes" blkdiscard -z -o 0 -l 1048576 /dev/mapper/wbc
+check "wbcache: ... and reads back zeroes" cmp -n 1048576 /dev/zero <(dd if=/dev/mapper/wbc bs=1M count=1 iflag=direct status=none)
 check "wbcache: remove" dm_remove wbc
 
 # --- repl -----------------------------------------------------------------------------------
@@ -58,6 +68,7 @@ check "repl: remove secondary" dm_remove rs
 check "stack: repl primary" dmsetup create st_repl --table "0 $S repl primary $D 10.0.0.2:7789 0"
 check "stack: wbcache on top of it" dmsetup create st_wbc --table "0 $S wbcache /dev/mapper/st_repl $C 4096 0"
 check "stack: write through the stack" dd if="$IMG_DIR/pattern" of=/dev/mapper/st_wbc bs=1M seek=8 oflag=direct status=none
+check "stack: flush the cache" dmsetup message st_wbc 0 flush
 check "stack: data reached the disk under repl" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$D" bs=1M skip=8 count=4 iflag=direct status=none)
 check_fails "stack: repl is busy while wbcache uses it" dmsetup remove st_repl
 check "stack: remove top down" dm_remove st_wbc st_repl

@@ -19,7 +19,9 @@ verify_suite() {
 
 check "wbcache: create" dmsetup create f_wbc --table "0 $S wbcache $O $C 4096 0"
 verify_suite wbcache /dev/mapper/f_wbc
-check "wbcache: device equals origin after the workloads" same_data /dev/mapper/f_wbc "$O"
+check "wbcache: message flush writes everything back" dmsetup message f_wbc 0 flush
+check_match "wbcache: nothing dirty after the flush" ' dirty 0 ' "$(dmsetup status f_wbc)"
+check "wbcache: device equals origin after the flush" same_data /dev/mapper/f_wbc "$O"
 check "wbcache: reload (mode switch) keeps data" bash -c "dmsetup reload f_wbc --table '0 $S wbcache $O $C 4096 2 mode writethrough' && dmsetup suspend f_wbc && dmsetup resume f_wbc"
 check "wbcache: re-verify after reload (verify_only)" fio_verify /dev/mapper/f_wbc --rw=randwrite --bs=4k --iodepth=32 --size=48M --verify_only
 check "wbcache: remove" dm_remove f_wbc
@@ -30,6 +32,7 @@ check "repl: device equals data device" same_data /dev/mapper/f_repl "$D"
 
 check "stack: wbcache on repl" dmsetup create f_stack --table "0 $S wbcache /dev/mapper/f_repl $C 4096 0"
 verify_suite stack /dev/mapper/f_stack
+check "stack: flush" dmsetup message f_stack 0 flush
 check "stack: top equals bottom" same_data /dev/mapper/f_stack "$D"
 check "stack: remove" dm_remove f_stack f_repl
 

@@ -29,6 +29,9 @@ fio --name=demo --filename=/dev/mapper/demo_wbc --direct=1 --ioengine=libaio --i
     --rw=randrw --bssplit=4k/60:64k/30:512k/10 --size=64M --verify=crc32c --verify_fatal=1 \
     --verify_state_save=0 --group_reporting | grep -E 'read:|write:|lat \(usec\): min|err='
 say "status after the workload"; dmsetup status | grep '^demo_'
+say "write everything back: dmsetup message demo_wbc 0 flush"
+dmsetup message demo_wbc 0 flush
+dmsetup status demo_wbc
 say "the disk under the stack holds exactly what the application sees"
 if cmp <(dd if=/dev/mapper/demo_wbc iflag=direct bs=1M status=none) <(dd if="$DISK" iflag=direct bs=1M status=none); then
   echo "identical ($((S / 2048)) MiB compared)"

@@ -35,7 +35,7 @@ pub const NOTE_NOT_REPL: &str = "origin is not a repl device";
 /// Note on a stack whose wbcache origin is a repl device with an unparsable table.
 pub const NOTE_BAD_REPL: &str = "origin is a repl device whose table could not be parsed";
 
-/// Leading positional words of the wbcache INFO status (`passthrough <mode> <block_size>`),
+/// Leading positional words of the wbcache INFO status (`<state> <mode> <block_size>`),
 /// skipped before reading `key value` pairs. Update together with the kernel's status format.
 const WBCACHE_INFO_POSITIONAL: usize = 3;
 /// Leading positional words of the repl INFO status (`<role> <state>`).

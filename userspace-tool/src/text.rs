@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! wbc0 (253:1) wbcache: cache 7:1, block size 4096, mode writeback
-//!   status: passthrough writeback 4096 reads 5 writes 7 flushes 0 errors 0
+//!   status: ok writeback 4096 blocks 16255 free 16251 dirty 4 writeback 0 ...
 //!   `- repl0 (253:0) repl: primary, data 7:2, peer 10.0.0.2:7789, protocol async
 //!        status: primary passthrough peer 10.0.0.2:7789 protocol async writes 3 refused 0
 //! ```

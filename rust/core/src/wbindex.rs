@@ -663,6 +663,8 @@ where
     /// Rebuilds the index from entries read from disk. `entry(i)` returns entry `i`. Dirty
     /// entries written by a commit after `sb_seq` are ignored (that commit never completed);
     /// tombstones always apply. Fails on an entry that names a block beyond `origin_blocks`.
+    /// (The kernel feeds entries in pieces with [`Index::load_begin`], [`Index::load_entry`]
+    /// and [`Index::load_finish`], so that no lock is held across its reads.)
     pub fn load(
         &mut self,
         sb_seq: u64,
@@ -670,40 +672,68 @@ where
         origin_blocks: u64,
         mut entry: impl FnMut(u32) -> Result<Entry, Error>,
     ) -> Result<LoadReport, Error> {
-        let mut max_epoch = sb_epoch.min(u64::from(u32::MAX - 1)) as u32;
+        let mut rep = self.load_begin(sb_seq);
+        for i in 0..self.slots.len() as u32 {
+            self.load_entry(i, entry(i)?, origin_blocks, &mut rep)?;
+        }
+        self.load_finish(sb_epoch, &mut rep);
+        Ok(rep)
+    }
+
+    /// Starts a load: forgets everything.
+    pub fn load_begin(&mut self, sb_seq: u64) -> LoadReport {
         self.reset(sb_seq, 1);
         self.free = List::EMPTY;
-        let mut rep = LoadReport::default();
-        let nr = self.slots.len() as u32;
-        for i in 0..nr {
-            let e = entry(i)?;
-            if e.block >= origin_blocks && (e.state == EntryState::Dirty || e.seq != 0) {
-                return Err(err!("Cache metadata names a block beyond the origin"));
-            }
-            let Some(s) = self.slots.get_mut(i as usize) else { break };
-            *s = Slot::default();
-            s.key = e.block & BLOCK_MASK;
-            s.seq = e.seq;
-            s.epoch = e.epoch;
-            if e.state == EntryState::Dirty && e.seq > sb_seq {
-                // Written by a commit that never completed: the slot's previous image was a
-                // tombstone that was no longer needed. Rewrite it as one that discards nothing.
-                rep.ignored += 1;
-                s.seq = 0;
-                set_bit(&mut self.meta_dirty, Self::meta_block(i));
-            } else if e.state == EntryState::Dirty {
-                s.set_state(ST_VALID);
-                s.set(F_ON_DISK, true);
-                max_epoch = max_epoch.max(e.epoch);
-                rep.dirty += 1;
-                continue;
-            }
-            self.push(ListId::Free, i);
+        for s in self.slots.iter_mut() {
+            // Not yet loaded: neither free nor holding data.
+            s.set_state(ST_RELEASED);
         }
+        LoadReport::default()
+    }
+
+    /// Loads entry `i` (every entry exactly once, between `load_begin` and `load_finish`).
+    pub fn load_entry(&mut self, i: u32, e: Entry, origin_blocks: u64, rep: &mut LoadReport) -> Result<(), Error> {
+        let sb_seq = self.committed_seq;
+        if e.block >= origin_blocks && (e.state == EntryState::Dirty || e.seq != 0) {
+            return Err(err!("Cache metadata names a block beyond the origin"));
+        }
+        if e.state == EntryState::Dirty && e.seq > sb_seq.saturating_add(1) {
+            return Err(err!("Cache metadata entry is newer than the superblock allows"));
+        }
+        let Some(s) = self.slots.get_mut(i as usize) else {
+            return Err(err!("Cache metadata entry index out of range"));
+        };
+        *s = Slot::default();
+        s.key = e.block & BLOCK_MASK;
+        s.seq = e.seq;
+        s.epoch = e.epoch;
+        if e.state == EntryState::Dirty && e.seq > sb_seq {
+            // Written by the commit that never completed: the slot's previous image was a
+            // tombstone that was no longer needed. Rewrite it as one that discards nothing.
+            rep.ignored += 1;
+            s.seq = 0;
+            set_bit(&mut self.meta_dirty, Self::meta_block(i));
+        } else if e.state == EntryState::Dirty {
+            s.set_state(ST_VALID);
+            s.set(F_ON_DISK, true);
+            rep.dirty += 1;
+            return Ok(());
+        }
+        self.push(ListId::Free, i);
+        Ok(())
+    }
+
+    /// Ends a load: builds the version chains, applies tombstones, starts a new epoch.
+    pub fn load_finish(&mut self, sb_epoch: u64, rep: &mut LoadReport) {
+        let nr = self.slots.len() as u32;
+        let mut max_epoch = sb_epoch.min(u64::from(u32::MAX - 1)) as u32;
         // Chain versions newest first: insert in ascending (seq, epoch) order.
         for i in 0..nr {
-            if self.slot(i).is_some_and(|s| s.state() == ST_VALID) {
-                self.chain_insert_sorted(i);
+            if let Some(s) = self.slot(i).copied() {
+                if s.state() == ST_VALID {
+                    max_epoch = max_epoch.max(s.epoch);
+                    self.chain_insert_sorted(i);
+                }
             }
         }
         self.dirty = rep.dirty;
@@ -741,7 +771,11 @@ where
             }
         }
         self.oldest_dirty_epoch = self.epoch.wrapping_sub(oldest_age);
-        Ok(rep)
+    }
+
+    /// Whether any version of `block` (holding data) is cached.
+    pub fn has_versions(&self, block: u64) -> bool {
+        self.versions(block).next().is_some()
     }
 
     fn newer(a: &Slot, b: &Slot) -> bool {

@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Batched device-to-device copies (`dm-kcopyd`).
+//!
+//! C header: [`include/linux/dm-kcopyd.h`](srctree/include/linux/dm-kcopyd.h)
+
+use super::bindings;
+use super::device::Device;
+use super::dmio::Region;
+use super::mem::NoIoScope;
+use super::wq::Completion;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use kernel::error::{code::*, Result};
+use kernel::prelude::*;
+
+/// A kcopyd client.
+///
+/// # Invariants
+///
+/// `kc` came from `dm_kcopyd_client_create` and is destroyed only in `Drop`.
+pub struct Kcopyd {
+    kc: NonNull<bindings::dm_kcopyd_client>,
+}
+
+// SAFETY: kcopyd clients accept jobs from any thread.
+unsafe impl Send for Kcopyd {}
+// SAFETY: as above.
+unsafe impl Sync for Kcopyd {}
+
+#[pin_data]
+struct Batch {
+    remaining: AtomicUsize,
+    failed: AtomicBool,
+    #[pin]
+    done: Completion,
+}
+
+unsafe extern "C" fn notify(read_err: kernel::ffi::c_int, write_err: kernel::ffi::c_ulong, ctx: *mut kernel::ffi::c_void) {
+    // SAFETY: `ctx` is the pinned `Batch` of `copy_all`, which waits until every job has
+    // notified before it frees the batch.
+    let b = unsafe { &*(ctx as *const Batch) };
+    if read_err != 0 || write_err != 0 {
+        b.failed.store(true, Ordering::Relaxed);
+    }
+    if b.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        b.done.complete_all();
+    }
+}
+
+impl Kcopyd {
+    /// Creates a client (may sleep).
+    pub fn new() -> Result<Self> {
+        // SAFETY: a NULL throttle is allowed.
+        let kc = unsafe { bindings::dm_kcopyd_client_create(core::ptr::null_mut()) };
+        let kc = kernel::error::from_err_ptr(kc)?;
+        // INVARIANT: a successful `dm_kcopyd_client_create`.
+        Ok(Self { kc: NonNull::new(kc).ok_or(ENOMEM)? })
+    }
+
+    /// Copies `sectors` sectors from `from` to `to` for each `(from sector, to sector)` pair,
+    /// all concurrently, and waits for all of them. Fails with `EIO` if any copy failed (which
+    /// ones is not reported: callers retry the batch).
+    pub fn copy_all(&self, from: &Device, to: &Device, sectors: u64, pairs: &[(u64, u64)]) -> Result {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        if sectors == 0 {
+            return Err(EINVAL);
+        }
+        // Writeback frees cache space: its allocations must not wait for I/O.
+        let _noio = NoIoScope::enter();
+        let batch = KBox::pin_init(
+            pin_init!(Batch {
+                remaining: AtomicUsize::new(pairs.len()),
+                failed: AtomicBool::new(false),
+                done <- Completion::new(),
+            }),
+            GFP_KERNEL,
+        )?;
+        let ctx = &*batch as *const Batch as *mut kernel::ffi::c_void;
+        for &(f, t) in pairs {
+            let mut from = Region { dev: from, sector: f, sectors }.raw();
+            let mut to = Region { dev: to, sector: t, sectors }.raw();
+            // SAFETY: the client is live; `from`/`to` are read during the call; `ctx` stays
+            // valid until every job has notified, because we wait for that below.
+            unsafe { bindings::dm_kcopyd_copy(self.kc.as_ptr(), &mut from, 1, &mut to, 0, Some(notify), ctx) };
+        }
+        // Wait on the completion, not on the counter: `complete_all` is the last access to the
+        // batch by the notifier, and a wait returns only after it released the completion.
+        while !batch.done.wait_timeout_ms(1000) {}
+        if batch.failed.load(Ordering::Relaxed) {
+            return Err(EIO);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Kcopyd {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, destroyed once; `copy_all` never returns with jobs in
+        // flight.
+        unsafe { bindings::dm_kcopyd_client_destroy(self.kc.as_ptr()) };
+    }
+}

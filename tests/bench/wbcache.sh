@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# make bench-wbcache: dm-wbcache vs in-tree dm-writecache (SSD mode) vs the origin alone, in one
+# guest run on the same devices. A benchmark, not a test: it reports numbers and ratios.
+#
+# Devices: the cache is a loop device on tmpfs (fast); the origin is a loop device on tmpfs
+# behind dm-delay (slow: WBREPL_BENCH_DELAY_MS per write, default 2 ms). Workloads (fio, direct
+# I/O, libaio), each after a ramp-up: 4k random writes at QD32 and QD1 with a zipf:1.2 access
+# pattern, and 1M sequential writes. Ends with one "RATIO ..." line per comparison.
+set -u
+: "${WBREPL_ROOT:?run me through qemu/run-guest.sh}"
+DELAY=${WBREPL_BENCH_DELAY_MS:-2}
+RUNTIME=${WBREPL_BENCH_RUNTIME:-10}
+mkdir -p /dev/shm/bench
+truncate -s 384M /dev/shm/bench/origin
+truncate -s 128M /dev/shm/bench/cache
+O=$(losetup -f --show /dev/shm/bench/origin)
+C=$(losetup -f --show /dev/shm/bench/cache)
+S=$(blockdev --getsz "$O")
+dmsetup create b_slow --table "0 $S delay $O 0 0 $O 0 $DELAY"
+SLOW=/dev/mapper/b_slow
+
+fresh_cache() { dd if=/dev/zero of="$C" bs=1M count=1 oflag=direct status=none; }
+
+# run NAME DEV FIO-ARGS...: prints "iops p50_us p99_us MBps"
+run() {
+  local dev=$2; shift 2
+  fio --name=b --filename="$dev" --direct=1 --ioengine=libaio --time_based --runtime="$RUNTIME" \
+      --ramp_time=3 --size=256M --output-format=json "$@" 2>/dev/null |
+    python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]["write"]
+p = j["clat_ns"]["percentile"]
+print("%.0f %.0f %.0f %.1f" % (j["iops"], p["50.000000"] / 1000, p["99.000000"] / 1000, j["bw_bytes"] / 1e6))'
+}
+
+declare -A R
+bench_dev() {
+  local name=$1 dev=$2
+  R[$name,qd32]=$(run "$name" "$dev" --rw=randwrite --bs=4k --iodepth=32 --random_distribution=zipf:1.2)
+  R[$name,qd1]=$(run "$name" "$dev" --rw=randwrite --bs=4k --iodepth=1 --random_distribution=zipf:1.2)
+  R[$name,seq]=$(run "$name" "$dev" --rw=write --bs=1M --iodepth=4)
+}
+
+echo "# origin alone (dm-delay ${DELAY} ms per write)"
+bench_dev origin "$SLOW"
+
+echo "# dm-writecache (SSD mode, block 4096, defaults)"
+fresh_cache
+dmsetup create b_wc --table "0 $S writecache s $SLOW $C 4096 0"
+bench_dev writecache /dev/mapper/b_wc
+dmsetup status b_wc
+dmsetup remove b_wc
+
+echo "# dm-wbcache (block 4096, defaults)"
+fresh_cache
+vm0=$(awk '/VmallocUsed/ {print $2}' /proc/meminfo)
+dmsetup create b_wbc --table "0 $S wbcache $SLOW $C 4096 0"
+vm1=$(awk '/VmallocUsed/ {print $2}' /proc/meminfo)
+blocks=$(dmsetup status b_wbc | sed -n 's/.* blocks \([0-9]*\) .*/\1/p')
+bench_dev wbcache /dev/mapper/b_wbc
+dmsetup status b_wbc
+dmsetup remove b_wbc
+
+printf '\n%-12s %-22s %10s %10s %10s %10s\n' target workload IOPS p50_us p99_us MB/s
+for n in origin writecache wbcache; do
+  for w in qd32 qd1 seq; do
+    read -r iops p50 p99 mbps <<<"${R[$n,$w]}"
+    case $w in qd32) wl="4k randwrite QD32 zipf";; qd1) wl="4k randwrite QD1 zipf";; seq) wl="1M seq write QD4";; esac
+    printf '%-12s %-22s %10s %10s %10s %10s\n' "$n" "$wl" "$iops" "$p50" "$p99" "$mbps"
+  done
+done
+ratio() { python3 -c "print('%.2f' % ($1 / $2 if $2 else 0))"; }
+read -r wq32 _ _ _ <<<"${R[wbcache,qd32]}"; read -r cq32 _ _ _ <<<"${R[writecache,qd32]}"
+read -r wq1 _ w99 _ <<<"${R[wbcache,qd1]}"; read -r cq1 _ c99 _ <<<"${R[writecache,qd1]}"
+read -r _ _ _ wseq <<<"${R[wbcache,seq]}"; read -r _ _ _ cseq <<<"${R[writecache,seq]}"
+echo
+echo "MEM bytes-per-cache-block $(python3 -c "print('%.1f' % (($vm1 - $vm0) * 1024 / $blocks))") (VmallocUsed delta over $blocks blocks)"
+echo "RATIO iops-4k-randwrite-qd32 wbcache/dm-writecache = $(ratio "$wq32" "$cq32")"
+echo "RATIO iops-4k-randwrite-qd1 wbcache/dm-writecache = $(ratio "$wq1" "$cq1")"
+echo "RATIO p99-4k-randwrite-qd1 dm-writecache/wbcache = $(ratio "$c99" "$w99")"
+echo "RATIO mbps-1m-seqwrite wbcache/dm-writecache = $(ratio "$wseq" "$cseq")"
+dmsetup remove b_slow
+losetup -d "$O" "$C"
