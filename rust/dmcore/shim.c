@@ -93,6 +93,11 @@ void dmcore_init_completion(struct completion *c)
 	init_completion(c);
 }
 
+void dmcore_reinit_completion(struct completion *c)
+{
+	reinit_completion(c);
+}
+
 struct net *dmcore_get_current_net(void)
 {
 	return get_net(current->nsproxy->net_ns);

@@ -44,6 +44,7 @@ bool dmcore_is_vmalloc_addr(const void *p);
 
 /* completions */
 void dmcore_init_completion(struct completion *c);
+void dmcore_reinit_completion(struct completion *c);
 
 /* network namespaces and sockets */
 struct net *dmcore_get_current_net(void);

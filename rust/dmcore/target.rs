@@ -216,6 +216,14 @@ impl CtrTarget<'_> {
         unsafe { (*self.ti()).num_flush_bios = n };
     }
 
+    /// Declares that the target handles flushes and FUA itself (it has a volatile cache of its
+    /// own): the mapped device then advertises a write cache and FUA whatever the devices below
+    /// it support, so flushes and FUA always reach `map` (`ti->flush_supported`).
+    pub fn set_flush_supported(&mut self) {
+        // SAFETY: `ti` is valid and ours during `ctr`.
+        unsafe { (*self.ti()).set_flush_supported(true) };
+    }
+
     /// Number of discard bios per discard (0: discards not supported).
     pub fn set_num_discard_bios(&mut self, n: u32) {
         // SAFETY: as above.
@@ -302,6 +310,14 @@ impl QueueLimits<'_> {
     /// Sets the optimal I/O size in bytes.
     pub fn set_io_opt(&mut self, bytes: u32) {
         self.l.io_opt = bytes;
+    }
+
+    /// Raises the logical (and physical) block size and `io_min` to at least `bytes`: for a
+    /// target that remaps bios to a device the stacked limits do not include.
+    pub fn raise_block_size(&mut self, bytes: u32) {
+        self.l.logical_block_size = self.l.logical_block_size.max(bytes);
+        self.l.physical_block_size = self.l.physical_block_size.max(bytes);
+        self.l.io_min = self.l.io_min.max(bytes);
     }
 }
 

@@ -113,6 +113,13 @@ impl Completion {
         unsafe { bindings::wait_for_completion_timeout(self.c.get(), j) != 0 }
     }
 
+    /// Makes it not completed again (`reinit_completion`), so that it can be used as an event:
+    /// reinit, check the condition, then wait.
+    pub fn reinit(&self) {
+        // SAFETY: initialised by `new` and pinned.
+        unsafe { bindings::dmcore_reinit_completion(self.c.get()) };
+    }
+
     /// Whether it has been completed (and not consumed by a `wait`).
     pub fn is_done(&self) -> bool {
         // SAFETY: as above.

@@ -60,6 +60,10 @@ const AUTOCOMMIT_MS: u32 = 1000;
 const META_RUN: usize = 16;
 /// Blocks copied per writeback round, at most.
 const MAX_WB_BATCH: usize = 256;
+/// Slots examined per step of a writeback scan (one hold of the index lock).
+const SCAN_STEP: u32 = 16384;
+/// A write waiting for space fails after this long if writeback keeps failing meanwhile.
+const WAIT_SPACE_MAX_MS: i64 = 30_000;
 
 /// Per-bio data: which slot the bio maps to and which in-flight generation it counts in.
 #[derive(Clone, Copy, Default)]
@@ -241,7 +245,11 @@ impl Shared {
             g.gen ^= 1;
             (k, old)
         };
-        while self.inflight.get(old).is_some_and(|c| c.load(Ordering::Acquire) != 0) {
+        loop {
+            self.inflight_done.reinit();
+            if self.inflight.get(old).is_none_or(|c| c.load(Ordering::Acquire) == 0) {
+                break;
+            }
             self.inflight_done.wait_timeout_ms(100);
         }
         let r = self.write_meta_blocks(&mut buf).and_then(|_| self.write_superblock(&mut buf, k));
@@ -486,9 +494,22 @@ impl Shared {
         }
     }
 
+    /// Waits (briefly) for writeback to free blocks; the caller re-checks. Completes the flushes
+    /// queued meanwhile, so that they do not wait behind this write.
     fn wait_space(&self) {
+        self.space.reinit();
         self.wake.complete();
+        let flushes = self.inner.lock().flushes.take();
+        if !flushes.is_empty() {
+            self.process_flushes(flushes);
+        }
         self.space.wait_timeout_ms(100);
+    }
+
+    /// Whether a write waiting for space should give up: writeback has been failing for as long
+    /// as the write has waited, and at least `WAIT_SPACE_MAX_MS`.
+    fn give_up_waiting(&self, since: i64) -> bool {
+        self.wb_error.load(Ordering::Relaxed) && ms_now() - since >= WAIT_SPACE_MAX_MS
     }
 
     fn slow_write(&self, mut bio: Bio<PerBio>) {
@@ -500,8 +521,10 @@ impl Shared {
         let fua = bio.is_fua();
         let full = off == 0 && len == self.block_size as usize;
         let mut buf = self.slow_buf.lock();
+        let since = ms_now();
         loop {
-            if self.failed() {
+            if self.failed() || self.give_up_waiting(since) {
+                self.stats.io_errors.fetch_add(1, Ordering::Relaxed);
                 bio.end(BlkStatus::IOERR);
                 return;
             }
@@ -615,6 +638,8 @@ impl Shared {
 
     fn run_wb(&self) {
         while !self.stop.load(Ordering::Acquire) {
+            // Wake-ups from now on start another round; older ones are covered by this one.
+            self.wake.reinit();
             self.writeback_round(false);
             if self.stop.load(Ordering::Acquire) {
                 break;
@@ -653,6 +678,7 @@ impl Shared {
     fn writeback_round(&self, inline: bool) {
         let mut scratch = self.wb_scratch.lock();
         let WbScratch { slots, pairs } = &mut *scratch;
+        let mut recommitted = false;
         loop {
             if (!inline && self.stop.load(Ordering::Acquire)) || self.failed() {
                 return;
@@ -660,18 +686,26 @@ impl Shared {
             if self.commit(false).is_err() {
                 return;
             }
-            let n = {
+            let (mut scan, due_all) = {
                 let mut g = self.inner.lock();
                 let Some(max_seq) = self.due(&mut g) else { return };
-                let n = g.ix.select_writeback(slots.as_mut_slice(), max_seq);
+                (g.ix.scan_begin(max_seq), max_seq.is_none())
+            };
+            // The scan covers every slot: in bounded steps, so interrupts are never off long.
+            while !self.inner.lock().ix.scan_step(&mut scan, slots.as_mut_slice(), SCAN_STEP) {}
+            let n = {
+                let mut g = self.inner.lock();
+                let n = scan.found;
                 if n == 0 {
                     let ordered = g.mode == CacheMode::Ordered;
-                    if ordered && max_seq.is_none() && g.ix.oldest_dirty_epoch() == g.ix.epoch() {
+                    if ordered && due_all && g.ix.oldest_dirty_epoch() == g.ix.epoch() {
                         // Everything dirty is in the open epoch: close it so it can go.
                         g.ix.close_epoch();
                         continue;
                     }
-                    if g.ix.needs_commit() {
+                    // What is dirty may just need committing first (once per round).
+                    if g.ix.needs_commit() && !recommitted {
+                        recommitted = true;
                         continue;
                     }
                     return;
@@ -715,6 +749,7 @@ impl Shared {
     fn drain_wait(&self) -> Result {
         let errors_before = self.stats.wb_errors.load(Ordering::Relaxed);
         loop {
+            self.space.reinit();
             self.wake.complete();
             if self.failed() {
                 return Err(EIO);
@@ -821,6 +856,9 @@ impl Target for Wbcache {
         .map_err(CtrError::from)?;
         ti.set_max_io_len(block_sectors as u32)
             .map_err(|e| CtrError::new(kernel::c_str!("Cannot set the maximum I/O size"), e))?;
+        // The cache device is a volatile cache of our own: flushes and FUA must reach `map` even
+        // when the origin has no write cache.
+        ti.set_flush_supported();
         ti.set_num_flush_bios(1);
         ti.set_num_discard_bios(0);
         ti.set_num_write_zeroes_bios(0);
@@ -1163,6 +1201,8 @@ impl Target for Wbcache {
 
     fn io_hints(&self, limits: &mut QueueLimits<'_>) {
         limits.set_io_opt(self.shared.block_size);
+        // Bios are remapped to the cache device too, which the stacked limits do not include.
+        limits.raise_block_size(self.shared.cache.logical_block_size());
     }
 }
 

@@ -74,6 +74,12 @@ check "remove with dirty blocks" dm_remove wbc
 check "create again on the same devices" dmsetup create wbc --table "0 $S wbcache $O $C 4096 0"
 check_eq "all dirty blocks are back" "$dirty" "$(field wbc dirty)"
 verify_all "after remove and create"
+check "flush_on_suspend: reload with it" bash -c "dmsetup reload wbc --table '0 $S wbcache $O $C 4096 1 flush_on_suspend' && dmsetup suspend wbc && dmsetup resume wbc"
+check "flush_on_suspend: dirty the cache" wl_mixed /dev/mapper/wbc
+check "flush_on_suspend: suspend" dmsetup suspend wbc
+check_match "flush_on_suspend: suspended with nothing dirty" ' dirty 0 writeback 0 releasing 0 ' "$(status wbc)"
+check "flush_on_suspend: the origin alone verifies" wl_mixed "$O" --verify_only
+check "flush_on_suspend: reload without it and resume" bash -c "dmsetup reload wbc --table '0 $S wbcache $O $C 4096 0' && dmsetup resume wbc"
 
 # --- watermarks ------------------------------------------------------------------------------------
 check "watermarks: low 5" dmsetup message wbc 0 low_watermark 5
@@ -193,6 +199,12 @@ check "legs: origin back" swap lo "0 $S linear $O 0"
 check_eq "legs: flush succeeds once the origin is back" "flushed" "$(timeout 120 dmsetup message wbl 0 flush)"
 check_match "legs: healthy again, nothing dirty" "^0 $S wbcache ok .* dirty 0 " "$(status wbl)"
 check "legs: all data reached the origin" wl_leg "$O" --verify_only
+wl_leg2() { fio_verify "$1" --rw=randwrite --bs=4k --iodepth=16 --size=16M --offset=32M --randrepeat=1 --randseed=15 "${@:2}"; }
+check "legs: new dirty data" wl_leg2 /dev/mapper/wbl
+check "legs: origin flaky (dm-flakey: up 2 s, down 1 s)" swap lo "0 $S flakey $O 0 2 1"
+check "legs: flush retried until it gets through" bash -c 'for i in $(seq 40); do timeout 60 dmsetup message wbl 0 flush >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1'
+check "legs: origin steady again" swap lo "0 $S linear $O 0"
+check "legs: nothing lost through the flaky origin" wl_leg2 "$O" --verify_only
 (fio --name=load --filename=/dev/mapper/wbl --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
    --iodepth=16 --size=64M --time_based --runtime=8 >/dev/null 2>&1; echo "fio exit $?" >"$IMG_DIR/fio.rc") &
 sleep 3

@@ -119,8 +119,8 @@ pub enum WriteMap {
     NeedsCopy(Option<u32>),
     /// No free slot; try again after writeback.
     NoSpace,
-    /// A partial write over a version whose first write is still in flight (nothing to merge
-    /// with yet); try again shortly.
+    /// A partial write over a version whose write is still in flight (nothing to merge with
+    /// yet); try again shortly.
     Busy,
 }
 
@@ -161,10 +161,6 @@ pub struct Index<S, B, M> {
     commit_in_progress: bool,
     oldest_dirty_epoch: u32,
     wb_cursor: u32,
-}
-
-fn bit(words: &[u64], i: u64) -> bool {
-    words.get((i / 64) as usize).is_some_and(|w| w & (1 << (i % 64)) != 0)
 }
 
 fn set_bit(words: &mut [u64], i: u64) {
@@ -393,14 +389,15 @@ where
     /// Maps a write to `block` covering the whole block (`full`) or part of it.
     pub fn map_write(&mut self, block: u64, full: bool) -> WriteMap {
         let newest = self.versions(block).next();
-        if let Some(n) = newest {
-            if let Some(s) = self.slot(n) {
-                if !s.has(F_ON_DISK) && !s.has(F_UNDER_WB) && s.epoch == self.epoch {
-                    if full || s.state() == ST_VALID {
-                        return WriteMap::Slot(n);
-                    }
-                    return WriteMap::Busy;
-                }
+        if let Some(s) = newest.and_then(|n| self.slot(n)) {
+            // In place only over complete data: a first write still in flight (or a
+            // read-modify-write building the slot) must not be overwritten or merged with.
+            if s.state() == ST_VALID && !s.has(F_ON_DISK) && !s.has(F_UNDER_WB) && s.epoch == self.epoch {
+                return newest.map_or(WriteMap::NoSpace, WriteMap::Slot);
+            }
+            if !full && s.state() == ST_WRITING {
+                // A partial write must merge with that version's data, which is not there yet.
+                return WriteMap::Busy;
             }
         }
         if !full {
@@ -539,7 +536,16 @@ where
     /// Next metadata block (≥ `from`) the commit in progress must write.
     pub fn next_commit_block(&self, from: u64) -> Option<u64> {
         let total = self.len().div_ceil(ENTRIES_PER_META_BLOCK);
-        (from..total).find(|&b| bit(&self.meta_commit, b))
+        let mut w = from / 64;
+        while let Some(&word) = self.meta_commit.get(w as usize) {
+            let bits = if w == from / 64 { word & (!0u64).checked_shl((from % 64) as u32).unwrap_or(0) } else { word };
+            if bits != 0 {
+                let b = w * 64 + u64::from(bits.trailing_zeros());
+                return (b < total).then_some(b);
+            }
+            w += 1;
+        }
+        None
     }
 
     /// The on-disk image of slot `i` as of now.
@@ -582,56 +588,91 @@ where
     /// Picks up to `out.len()` committed dirty versions to write back and marks them under
     /// writeback. Only the oldest version of a block is taken. In ordered mode only versions of
     /// the oldest dirty epoch are taken, and only once that epoch is closed. With `max_seq`,
-    /// only versions committed at or before that sequence number.
+    /// only versions committed at or before that sequence number. (One call does the whole
+    /// scan; the kernel uses [`Index::scan_begin`] / [`Index::scan_step`] to do it in pieces.)
     pub fn select_writeback(&mut self, out: &mut [u32], max_seq: Option<u64>) -> usize {
+        let mut scan = self.scan_begin(max_seq);
+        while !self.scan_step(&mut scan, out, u32::MAX) {}
+        scan.found
+    }
+
+    /// Starts a writeback selection done in pieces (see [`WbScan`]).
+    pub fn scan_begin(&self, max_seq: Option<u64>) -> WbScan {
+        WbScan {
+            reference: self.epoch,
+            oldest_age: 0,
+            pos: 0,
+            selecting: false,
+            want_epoch: 0,
+            start: self.wb_cursor,
+            max_seq,
+            found: 0,
+        }
+    }
+
+    /// Advances `scan` by at most `budget` slots; candidates go to `out[scan.found..]` and are
+    /// marked under writeback. Returns true when the selection is complete.
+    pub fn scan_step(&mut self, scan: &mut WbScan, out: &mut [u32], budget: u32) -> bool {
         let nr = self.slots.len() as u32;
-        // Oldest dirty epoch (epochs are compared by distance from the current one, so a
-        // wrapped counter still orders correctly).
-        let cur = self.epoch;
-        let mut oldest_age = 0u32;
-        for s in self.slots.iter() {
-            if s.holds_data() {
-                oldest_age = oldest_age.max(cur.wrapping_sub(s.epoch));
+        if !scan.selecting {
+            // First pass: the oldest dirty epoch. Epochs are compared by signed distance from
+            // the epoch current when the scan began (a wrapped counter still orders; versions
+            // written after an epoch closed during the scan count as age 0).
+            let end = scan.pos.saturating_add(budget).min(nr);
+            for i in scan.pos..end {
+                if let Some(s) = self.slot(i) {
+                    if s.holds_data() {
+                        let age = scan.reference.wrapping_sub(s.epoch) as i32;
+                        scan.oldest_age = scan.oldest_age.max(age.max(0) as u32);
+                    }
+                }
             }
+            scan.pos = end;
+            if scan.pos < nr {
+                return false;
+            }
+            self.oldest_dirty_epoch = scan.reference.wrapping_sub(scan.oldest_age);
+            if self.ordered && scan.oldest_age == 0 {
+                return true;
+            }
+            scan.want_epoch = self.oldest_dirty_epoch;
+            scan.selecting = true;
+            scan.pos = 0;
+            return false;
         }
-        self.oldest_dirty_epoch = cur.wrapping_sub(oldest_age);
-        if self.ordered && oldest_age == 0 {
-            return 0;
-        }
-        let want_epoch = self.oldest_dirty_epoch;
-        let mut n = 0;
-        let start = self.wb_cursor.min(nr.saturating_sub(1));
-        for k in 0..nr {
-            if n == out.len() {
-                break;
+        let start = scan.start.min(nr.saturating_sub(1));
+        let end = scan.pos.saturating_add(budget).min(nr);
+        for k in scan.pos..end {
+            scan.pos = k + 1;
+            if scan.found >= out.len() {
+                return true;
             }
             let i = (u64::from(start) + u64::from(k)).checked_rem(u64::from(nr)).unwrap_or(0) as u32;
             let Some(s) = self.slot(i).copied() else { break };
             if s.state() != ST_VALID || !s.has(F_ON_DISK) || s.has(F_UNDER_WB) || s.seq > self.committed_seq {
                 continue;
             }
-            if self.ordered && s.epoch != want_epoch {
+            if self.ordered && s.epoch != scan.want_epoch {
                 continue;
             }
-            if max_seq.is_some_and(|m| s.seq > m) {
+            if scan.max_seq.is_some_and(|m| s.seq > m) {
                 continue;
             }
             // Oldest version of its block: no other data-holding version after it in chain.
-            let block = s.block();
-            if self.versions(block).skip_while(|&v| v != i).nth(1).is_some() {
+            if self.versions(s.block()).skip_while(|&v| v != i).nth(1).is_some() {
                 continue;
             }
             if let Some(m) = self.slots.get_mut(i as usize) {
                 m.set(F_UNDER_WB, true);
             }
             self.under_wb = self.under_wb.saturating_add(1);
-            if let Some(o) = out.get_mut(n) {
+            if let Some(o) = out.get_mut(scan.found) {
                 *o = i;
             }
-            n += 1;
+            scan.found += 1;
             self.wb_cursor = (u64::from(i) + 1).checked_rem(u64::from(nr)).unwrap_or(0) as u32;
         }
-        n
+        scan.found >= out.len() || scan.pos >= nr
     }
 
     /// A writeback of slot `i` finished. `ok` means the data reached the origin *and* the
@@ -807,6 +848,25 @@ where
     }
 }
 
+/// A writeback selection in progress ([`Index::scan_begin`], [`Index::scan_step`]): a pass
+/// over every slot for the oldest dirty epoch, then a pass from the writeback cursor for
+/// candidates. Each step handles a bounded number of slots, so a caller holding a lock with
+/// interrupts disabled can release it between steps. Interleaved changes are harmless: the
+/// oldest epoch found is never newer than the true one (new versions only go to the current
+/// epoch), and every candidate is checked when it is taken.
+#[derive(Clone, Copy, Debug)]
+pub struct WbScan {
+    reference: u32,
+    oldest_age: u32,
+    pos: u32,
+    selecting: bool,
+    want_epoch: u32,
+    start: u32,
+    max_seq: Option<u64>,
+    /// Candidates found so far.
+    pub found: usize,
+}
+
 /// What [`Index::load`] found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoadReport {
@@ -949,10 +1009,14 @@ mod tests {
     fn uncommitted_version_is_rewritten_in_place_until_a_barrier() {
         let mut ix = index(4);
         let WriteMap::Slot(a) = ix.map_write(1, true) else { panic!() };
-        assert_eq!(ix.map_write(1, true), WriteMap::Slot(a));
-        assert_eq!(ix.map_write(1, false), WriteMap::Busy);
+        assert_eq!(ix.map_write(1, false), WriteMap::Busy, "no merging with data in flight");
+        let WriteMap::Slot(b) = ix.map_write(1, true) else { panic!() };
+        assert_ne!(a, b, "a write in flight is never overwritten in place");
+        ix.write_done(b, true);
         ix.write_done(a, true);
-        assert_eq!(ix.map_write(1, false), WriteMap::Slot(a));
+        assert_eq!(ix.lookup_read(1), Some(b), "the newer version wins whatever the completion order");
+        assert_eq!(ix.map_write(1, false), WriteMap::Slot(b));
+        assert_eq!(ix.map_write(1, true), WriteMap::Slot(b));
         let _k = ix.barrier();
         assert_ne!(ix.map_write(1, true), WriteMap::Slot(a));
         assert_eq!(ix.map_write(2, false), WriteMap::NeedsCopy(None));
@@ -1192,8 +1256,11 @@ mod tests {
                     }
                 }
                 Op::Writeback(n) => {
+                    // In small steps, as the kernel does between lock drops.
                     let mut out = vec![0u32; *n];
-                    let got = self.ix.select_writeback(&mut out, None);
+                    let mut scan = self.ix.scan_begin(None);
+                    while !self.ix.scan_step(&mut scan, &mut out, 7) {}
+                    let got = scan.found;
                     for &i in &out[..got] {
                         let b = self.ix.block_of(i);
                         // The copy reads the cache block now.
