@@ -58,28 +58,28 @@ impl Kcopyd {
         Ok(Self { kc: NonNull::new(kc).ok_or(ENOMEM)? })
     }
 
-    /// Copies `sectors` sectors from `from` to `to` for each `(from sector, to sector)` pair,
-    /// all concurrently, and waits for all of them. Fails with `EIO` if any copy failed (which
-    /// ones is not reported: callers retry the batch).
-    pub fn copy_all(&self, from: &Device, to: &Device, sectors: u64, pairs: &[(u64, u64)]) -> Result {
-        if pairs.is_empty() {
+    /// Copies from `from` to `to` for each `(from sector, to sector, sectors)` job, all
+    /// concurrently, and waits for all of them. Fails with `EIO` if any copy failed (which ones
+    /// is not reported: callers retry the batch).
+    pub fn copy_all(&self, from: &Device, to: &Device, jobs: &[(u64, u64, u64)]) -> Result {
+        if jobs.is_empty() {
             return Ok(());
         }
-        if sectors == 0 {
+        if jobs.iter().any(|j| j.2 == 0) {
             return Err(EINVAL);
         }
         // Writeback frees cache space: its allocations must not wait for I/O.
         let _noio = NoIoScope::enter();
         let batch = KBox::pin_init(
             pin_init!(Batch {
-                remaining: AtomicUsize::new(pairs.len()),
+                remaining: AtomicUsize::new(jobs.len()),
                 failed: AtomicBool::new(false),
                 done <- Completion::new(),
             }),
             GFP_KERNEL,
         )?;
         let ctx = &*batch as *const Batch as *mut kernel::ffi::c_void;
-        for &(f, t) in pairs {
+        for &(f, t, sectors) in jobs {
             let mut from = Region { dev: from, sector: f, sectors }.raw();
             let mut to = Region { dev: to, sector: t, sectors }.raw();
             // SAFETY: the client is live; `from`/`to` are read during the call; `ctx` stays

@@ -58,8 +58,9 @@ type WbcacheModule = TargetModule<Wbcache>;
 const AUTOCOMMIT_MS: u32 = 1000;
 /// Metadata I/O unit: this many 4 KiB metadata blocks at most per request.
 const META_RUN: usize = 16;
-/// Blocks copied per writeback round, at most.
-const MAX_WB_BATCH: usize = 256;
+/// Blocks written back per writeback batch, at most (contiguous ones are merged into one copy;
+/// at most `writeback_jobs` copies run at once).
+const MAX_WB_BATCH: usize = 1024;
 /// Slots examined per step of a writeback scan (one hold of the index lock).
 const SCAN_STEP: u32 = 16384;
 /// A write waiting for space fails after this long if writeback keeps failing meanwhile.
@@ -128,7 +129,8 @@ struct Stats {
 
 struct WbScratch {
     slots: KVec<u32>,
-    pairs: KVec<(u64, u64)>,
+    /// Copies: (cache sector, origin sector, sectors).
+    jobs: KVec<(u64, u64, u64)>,
 }
 
 #[pin_data]
@@ -187,6 +189,36 @@ struct Wbcache {
 
 fn ms_now() -> i64 {
     Ktime::ktime_get().to_ms()
+}
+
+/// Sorts copies `(from, to, sectors)` by destination and merges those contiguous on both sides;
+/// returns how many copies are left (at the front of `jobs`).
+fn merge_runs(jobs: &mut [(u64, u64, u64)]) -> usize {
+    // Insertion sort: at most MAX_WB_BATCH entries, usually already in order.
+    for i in 1..jobs.len() {
+        let mut k = i;
+        while k > 0 && jobs.get(k - 1).map(|j| j.1) > jobs.get(k).map(|j| j.1) {
+            jobs.swap(k - 1, k);
+            k -= 1;
+        }
+    }
+    let mut out = 0;
+    for i in 0..jobs.len() {
+        let Some(&j) = jobs.get(i) else { break };
+        if out > 0 {
+            if let Some(last) = jobs.get_mut(out - 1) {
+                if last.0 + last.2 == j.0 && last.1 + last.2 == j.1 {
+                    last.2 += j.2;
+                    continue;
+                }
+            }
+        }
+        if let Some(slot) = jobs.get_mut(out) {
+            *slot = j;
+        }
+        out += 1;
+    }
+    out
 }
 
 impl Shared {
@@ -562,6 +594,14 @@ impl Shared {
             let gen = g.gen;
             self.io_enter(gen);
             drop(g);
+            if src.is_none() && !wt && !fua {
+                // Nothing to merge or copy (it only waited for space, or is a partial write
+                // over a complete version): submit it like the fast path, asynchronously.
+                *bio.data_mut() = PerBio { slot, flags: gen_flag(gen) | PB_SLOT_WRITE };
+                bio.remap(&self.cache, self.slot_sector(slot) + off);
+                bio.submit_remapped();
+                return;
+            }
             let r = self.write_slot(&mut bio, &mut buf, slot, src, block, off, len, wt, fua);
             self.inner.lock().ix.write_done(slot, r.is_ok());
             self.io_exit(gen);
@@ -677,7 +717,7 @@ impl Shared {
     /// while the worker is stopped (suspended device).
     fn writeback_round(&self, inline: bool) {
         let mut scratch = self.wb_scratch.lock();
-        let WbScratch { slots, pairs } = &mut *scratch;
+        let WbScratch { slots, jobs } = &mut *scratch;
         let mut recommitted = false;
         loop {
             if (!inline && self.stop.load(Ordering::Acquire)) || self.failed() {
@@ -710,14 +750,17 @@ impl Shared {
                     }
                     return;
                 }
-                for (&i, p) in slots.iter().take(n).zip(pairs.iter_mut()) {
-                    *p = (self.slot_sector(i), g.ix.block_of(i) << self.block_shift);
+                for (&i, j) in slots.iter().take(n).zip(jobs.iter_mut()) {
+                    *j = (self.slot_sector(i), g.ix.block_of(i) << self.block_shift, self.block_sectors());
                 }
                 n
             };
-            let r = self
-                .kcopyd
-                .copy_all(&self.cache, &self.origin, self.block_sectors(), pairs.get(..n).unwrap_or(&[]))
+            let nj = merge_runs(jobs.get_mut(..n).unwrap_or(&mut []));
+            let r = jobs
+                .get(..nj)
+                .unwrap_or(&[])
+                .chunks(self.opts.jobs().max(1) as usize)
+                .try_for_each(|wave| self.kcopyd.copy_all(&self.cache, &self.origin, wave))
                 .and_then(|_| self.dmio.flush(&self.origin));
             {
                 let mut g = self.inner.lock();
@@ -863,7 +906,6 @@ impl Target for Wbcache {
         ti.set_num_discard_bios(0);
         ti.set_num_write_zeroes_bios(0);
         let mode = t.opts.mode();
-        let jobs = (t.opts.jobs() as usize).min(MAX_WB_BATCH);
         let mut ix = ix;
         ix.set_ordered(mode == CacheMode::Ordered);
         let inner = Inner {
@@ -880,8 +922,8 @@ impl Target for Wbcache {
             age_next: 0,
         };
         let scratch = WbScratch {
-            slots: KVec::from_elem(0u32, jobs, GFP_KERNEL).map_err(alloc_err)?,
-            pairs: KVec::from_elem((0u64, 0u64), jobs, GFP_KERNEL).map_err(alloc_err)?,
+            slots: KVec::from_elem(0u32, MAX_WB_BATCH, GFP_KERNEL).map_err(alloc_err)?,
+            jobs: KVec::from_elem((0u64, 0u64, 0u64), MAX_WB_BATCH, GFP_KERNEL).map_err(alloc_err)?,
         };
         let commit_buf = KVec::from_elem(0u8, META_RUN * META_BLOCK as usize, GFP_KERNEL).map_err(alloc_err)?;
         let slow_buf = KVec::from_elem(0u8, t.block_size as usize, GFP_KERNEL).map_err(alloc_err)?;

@@ -53,10 +53,7 @@ dmsetup remove b_wc
 
 echo "# dm-wbcache (block 4096, defaults)"
 fresh_cache
-vm0=$(awk '/VmallocUsed/ {print $2}' /proc/meminfo)
 dmsetup create b_wbc --table "0 $S wbcache $SLOW $C 4096 0"
-vm1=$(awk '/VmallocUsed/ {print $2}' /proc/meminfo)
-blocks=$(dmsetup status b_wbc | sed -n 's/.* blocks \([0-9]*\) .*/\1/p')
 bench_dev wbcache /dev/mapper/b_wbc
 dmsetup status b_wbc
 dmsetup remove b_wbc
@@ -74,7 +71,25 @@ read -r wq32 _ _ _ <<<"${R[wbcache,qd32]}"; read -r cq32 _ _ _ <<<"${R[writecach
 read -r wq1 _ w99 _ <<<"${R[wbcache,qd1]}"; read -r cq1 _ c99 _ <<<"${R[writecache,qd1]}"
 read -r _ _ _ wseq <<<"${R[wbcache,seq]}"; read -r _ _ _ cseq <<<"${R[writecache,seq]}"
 echo
-echo "MEM bytes-per-cache-block $(python3 -c "print('%.1f' % (($vm1 - $vm0) * 1024 / $blocks))") (VmallocUsed delta over $blocks blocks)"
+# Kernel memory per cache block: MemFree drop when creating a device over a 4 GiB (sparse)
+# cache minus the drop for a 64 MiB one, over the difference in blocks (fixed costs cancel).
+# (tmpfs pages the metadata occupies are counted back: MemFree + Shmem.)
+memfree() { sync; echo 3 >/proc/sys/vm/drop_caches; awk '/^MemFree:/ {f=$2} /^Shmem:/ {s=$2} END {print f + s}' /proc/meminfo; }
+mem_per_block() {  # TARGET-NAME TABLE-PREFIX(up to the cache) TABLE-SUFFIX
+  local sizes=(64M 4G) d=() n=() k
+  for k in 0 1; do
+    truncate -s 0 /dev/shm/bench/mcache; truncate -s "${sizes[$k]}" /dev/shm/bench/mcache
+    local mc; mc=$(losetup -f --show /dev/shm/bench/mcache)
+    local before; before=$(memfree)
+    dmsetup create b_mem --table "$2 $mc $3"
+    d[$k]=$((before - $(memfree)))
+    if [ "$1" = wbcache ]; then n[$k]=$(dmsetup status b_mem | sed -n 's/.* blocks \([0-9]*\) .*/\1/p')
+    else n[$k]=$(dmsetup status b_mem | awk '{print $5}'); fi
+    dmsetup remove b_mem; losetup -d "$mc"
+  done
+  python3 -c "print('%.1f' % ((${d[1]} - ${d[0]}) * 1024 / (${n[1]} - ${n[0]})))"
+}
+echo "MEM bytes-per-cache-block wbcache $(mem_per_block wbcache "0 $S wbcache $SLOW" "4096 0") dm-writecache $(mem_per_block writecache "0 $S writecache s $SLOW" "4096 0") (MemFree+Shmem drop, 4 GiB cache minus 64 MiB cache, per block)"
 echo "RATIO iops-4k-randwrite-qd32 wbcache/dm-writecache = $(ratio "$wq32" "$cq32")"
 echo "RATIO iops-4k-randwrite-qd1 wbcache/dm-writecache = $(ratio "$wq1" "$cq1")"
 echo "RATIO p99-4k-randwrite-qd1 dm-writecache/wbcache = $(ratio "$c99" "$w99")"

@@ -570,6 +570,18 @@ where
             return;
         }
         self.committed_seq = k;
+        // Free them so that they are allocated again in the order they were released, which is
+        // slot order within a writeback batch: a sequential stream then gets contiguous cache
+        // blocks, and its writeback can be merged into large copies.
+        let (mut prev, mut cur) = (NIL, self.marking.head);
+        while let Some(next) = self.slot(cur).map(|s| s.next) {
+            if let Some(m) = self.slots.get_mut(cur as usize) {
+                m.next = prev;
+            }
+            prev = cur;
+            cur = next;
+        }
+        self.marking.head = prev;
         while let Some(i) = self.pop(ListId::Marking) {
             if let Some(m) = self.slots.get_mut(i as usize) {
                 m.set_flags(ST_FREE);
@@ -1020,6 +1032,37 @@ mod tests {
         let _k = ix.barrier();
         assert_ne!(ix.map_write(1, true), WriteMap::Slot(a));
         assert_eq!(ix.map_write(2, false), WriteMap::NeedsCopy(None));
+    }
+
+    #[test]
+    fn blocks_written_back_in_slot_order_are_reallocated_in_that_order() {
+        let mut ix = index(8);
+        let mut slots = vec![];
+        for b in 0..8 {
+            let WriteMap::Slot(i) = ix.map_write(b, true) else { panic!() };
+            ix.write_done(i, true);
+            slots.push(i);
+        }
+        assert_eq!(slots, (0..8).collect::<Vec<u32>>(), "a fresh index allocates ascending");
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        let mut out = [0u32; 8];
+        assert_eq!(ix.select_writeback(&mut out, None), 8);
+        for &i in &out {
+            ix.writeback_done(i, true);
+        }
+        for _ in 0..3 {
+            let k = ix.barrier();
+            ix.commit_done(k, true);
+        }
+        assert_eq!(ix.counts().free, 8);
+        let again: Vec<u32> = (100..108)
+            .map(|b| match ix.map_write(b, true) {
+                WriteMap::Slot(i) => i,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(again, (0..8).collect::<Vec<u32>>());
     }
 
     #[test]
