@@ -72,7 +72,8 @@ pub enum Op {
     Read,
     /// Write data.
     Write,
-    /// Empty flush (PREFLUSH with no data).
+    /// Empty flush: `REQ_OP_FLUSH`, or a `REQ_OP_WRITE` with `REQ_PREFLUSH` and no data (how
+    /// device-mapper sends flushes to targets).
     Flush,
     /// Discard a range.
     Discard,
@@ -177,9 +178,13 @@ impl<P: PerBio> Bio<P> {
         self.raw().bi_opf
     }
 
-    /// The operation.
+    /// The operation. A flush is [`Op::Flush`] however it is encoded: device-mapper hands
+    /// targets an empty `REQ_OP_WRITE` with `REQ_PREFLUSH` (and any data in a separate bio).
     pub fn op(&self) -> Op {
-        Op::from_raw(self.opf() & bindings::DMCORE_REQ_OP_MASK)
+        match Op::from_raw(self.opf() & bindings::DMCORE_REQ_OP_MASK) {
+            Op::Write if self.is_preflush() && self.size() == 0 => Op::Flush,
+            op => op,
+        }
     }
 
     /// Whether the operation writes (`op_is_write`: writes, flushes, discards, zeroing).

@@ -973,9 +973,7 @@ impl Target for Wbcache {
         let ts = bio.target_sector();
         let block = ts >> sh.block_shift;
         let off = ts & (sh.block_sectors() - 1);
-        // device-mapper sends flushes as empty writes with PREFLUSH (and any data separately).
-        let op = if bio.is_preflush() && bio.size() == 0 { Op::Flush } else { bio.op() };
-        match op {
+        match bio.op() {
             Op::Flush => {
                 sh.stats.flushes.fetch_add(1, Ordering::Relaxed);
                 let mut g = sh.inner.lock();
