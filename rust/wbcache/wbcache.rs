@@ -60,7 +60,7 @@ const AUTOCOMMIT_MS: u32 = 1000;
 const META_RUN: usize = 16;
 /// Blocks written back per writeback batch, at most (contiguous ones are merged into one copy;
 /// at most `writeback_jobs` copies run at once).
-const MAX_WB_BATCH: usize = 1024;
+const MAX_WB_BATCH: usize = 4096;
 /// Slots examined per step of a writeback scan (one hold of the index lock).
 const SCAN_STEP: u32 = 16384;
 /// A write waiting for space fails after this long if writeback keeps failing meanwhile.
@@ -128,9 +128,9 @@ struct Stats {
 }
 
 struct WbScratch {
-    slots: KVec<u32>,
+    slots: KVVec<u32>,
     /// Copies: (cache sector, origin sector, sectors).
-    jobs: KVec<(u64, u64, u64)>,
+    jobs: KVVec<(u64, u64, u64)>,
 }
 
 #[pin_data]
@@ -922,8 +922,8 @@ impl Target for Wbcache {
             age_next: 0,
         };
         let scratch = WbScratch {
-            slots: KVec::from_elem(0u32, MAX_WB_BATCH, GFP_KERNEL).map_err(alloc_err)?,
-            jobs: KVec::from_elem((0u64, 0u64, 0u64), MAX_WB_BATCH, GFP_KERNEL).map_err(alloc_err)?,
+            slots: KVVec::from_elem(0u32, MAX_WB_BATCH, GFP_KERNEL).map_err(alloc_err)?,
+            jobs: KVVec::from_elem((0u64, 0u64, 0u64), MAX_WB_BATCH, GFP_KERNEL).map_err(alloc_err)?,
         };
         let commit_buf = KVec::from_elem(0u8, META_RUN * META_BLOCK as usize, GFP_KERNEL).map_err(alloc_err)?;
         let slow_buf = KVec::from_elem(0u8, t.block_size as usize, GFP_KERNEL).map_err(alloc_err)?;
