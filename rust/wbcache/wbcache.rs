@@ -194,13 +194,30 @@ fn ms_now() -> i64 {
 /// Sorts copies `(from, to, sectors)` by destination and merges those contiguous on both sides;
 /// returns how many copies are left (at the front of `jobs`).
 fn merge_runs(jobs: &mut [(u64, u64, u64)]) -> usize {
-    // Insertion sort: at most MAX_WB_BATCH entries, usually already in order.
-    for i in 1..jobs.len() {
-        let mut k = i;
-        while k > 0 && jobs.get(k - 1).map(|j| j.1) > jobs.get(k).map(|j| j.1) {
-            jobs.swap(k - 1, k);
-            k -= 1;
+    // Heapsort by destination: O(n log n) with no panicking paths (core's slice sorts
+    // have some, which objtool flags in a kernel module).
+    let key = |jobs: &[(u64, u64, u64)], i: usize| jobs.get(i).map_or(0, |j| j.1);
+    let sift = |jobs: &mut [(u64, u64, u64)], mut root: usize, end: usize| loop {
+        let mut child = 2 * root + 1;
+        if child >= end {
+            break;
         }
+        if child + 1 < end && key(jobs, child + 1) > key(jobs, child) {
+            child += 1;
+        }
+        if key(jobs, root) >= key(jobs, child) {
+            break;
+        }
+        jobs.swap(root, child);
+        root = child;
+    };
+    let len = jobs.len();
+    for start in (0..len / 2).rev() {
+        sift(jobs, start, len);
+    }
+    for end in (1..len).rev() {
+        jobs.swap(0, end);
+        sift(jobs, 0, end);
     }
     let mut out = 0;
     for i in 0..jobs.len() {
@@ -762,9 +779,10 @@ impl Shared {
                 .chunks(self.opts.jobs().max(1) as usize)
                 .try_for_each(|wave| self.kcopyd.copy_all(&self.cache, &self.origin, wave))
                 .and_then(|_| self.dmio.flush(&self.origin));
-            {
+            // In pieces: interrupts stay off for a bounded time.
+            for piece in slots.get(..n).unwrap_or(&[]).chunks(256) {
                 let mut g = self.inner.lock();
-                for &i in slots.get(..n).unwrap_or(&[]) {
+                for &i in piece {
                     g.ix.writeback_done(i, r.is_ok());
                 }
             }

@@ -55,6 +55,10 @@ const ST_MARKING: u16 = 4;
 const F_ON_DISK: u16 = 1 << 3;
 /// A writeback copy of the slot is in flight.
 const F_UNDER_WB: u16 = 1 << 4;
+/// Writes in flight into the slot (bits 5..16): while any is, nothing may read the slot to
+/// merge a partial write with it.
+const WRITERS_SHIFT: u32 = 5;
+const WRITERS_MAX: u16 = (1 << (16 - WRITERS_SHIFT)) - 1;
 
 /// One cache block's in-memory state (24 bytes).
 #[derive(Clone, Copy, Debug, Default)]
@@ -95,6 +99,14 @@ impl Slot {
     }
     fn holds_data(&self) -> bool {
         matches!(self.state(), ST_WRITING | ST_VALID)
+    }
+    fn writers(&self) -> u16 {
+        self.flags() >> WRITERS_SHIFT
+    }
+    fn add_writers(&mut self, d: i32) {
+        let w = (i32::from(self.writers()) + d).clamp(0, i32::from(WRITERS_MAX)) as u16;
+        let f = (self.flags() & ((1 << WRITERS_SHIFT) - 1)) | (w << WRITERS_SHIFT);
+        self.set_flags(f);
     }
 }
 
@@ -386,17 +398,28 @@ where
         self.versions(block).find(|&i| self.slot(i).is_some_and(|s| s.state() == ST_VALID))
     }
 
-    /// Maps a write to `block` covering the whole block (`full`) or part of it.
+    /// Maps a write to `block` covering the whole block (`full`) or part of it. Every
+    /// [`WriteMap::Slot`] returned (and every [`Index::alloc`]) counts a write in flight into
+    /// that slot until its [`Index::write_done`].
     pub fn map_write(&mut self, block: u64, full: bool) -> WriteMap {
         let newest = self.versions(block).next();
-        if let Some(s) = newest.and_then(|n| self.slot(n)) {
+        if let (Some(n), Some(s)) = (newest, newest.and_then(|n| self.slot(n)).copied()) {
             // In place only over complete data: a first write still in flight (or a
             // read-modify-write building the slot) must not be overwritten or merged with.
-            if s.state() == ST_VALID && !s.has(F_ON_DISK) && !s.has(F_UNDER_WB) && s.epoch == self.epoch {
-                return newest.map_or(WriteMap::NoSpace, WriteMap::Slot);
+            if s.state() == ST_VALID
+                && !s.has(F_ON_DISK)
+                && !s.has(F_UNDER_WB)
+                && s.epoch == self.epoch
+                && s.writers() < WRITERS_MAX
+            {
+                if let Some(m) = self.slots.get_mut(n as usize) {
+                    m.add_writers(1);
+                }
+                return WriteMap::Slot(n);
             }
-            if !full && s.state() == ST_WRITING {
-                // A partial write must merge with that version's data, which is not there yet.
+            if !full && (s.state() == ST_WRITING || s.writers() > 0) {
+                // A partial write must merge with that version's data, which is not all there
+                // yet (a write into it is in flight).
                 return WriteMap::Busy;
             }
         }
@@ -420,6 +443,7 @@ where
         if let Some(s) = self.slots.get_mut(i as usize) {
             s.key = block;
             s.set_state(ST_WRITING);
+            s.add_writers(1);
             s.epoch = epoch;
             // Until included in a commit its image is a tombstone that discards nothing.
             s.seq = 0;
@@ -434,6 +458,9 @@ where
     /// readable and the older versions it supersedes are released (kept only while under
     /// writeback or, in ordered mode, when they belong to an older epoch).
     pub fn write_done(&mut self, i: u32, ok: bool) {
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            m.add_writers(-1);
+        }
         let Some(s) = self.slot(i).copied() else { return };
         match s.state() {
             ST_WRITING | ST_VALID => {}
@@ -1063,6 +1090,21 @@ mod tests {
             })
             .collect();
         assert_eq!(again, (0..8).collect::<Vec<u32>>());
+    }
+
+    /// Found by review: a partial write must not merge with a version that an in-place write
+    /// is still writing, even once a barrier has put that version on disk.
+    #[test]
+    fn partial_write_waits_for_in_place_writes_in_flight() {
+        let mut ix = index(4);
+        let WriteMap::Slot(a) = ix.map_write(9, true) else { panic!() };
+        ix.write_done(a, true);
+        // In place (valid, not on disk yet), then a barrier while it is in flight.
+        assert_eq!(ix.map_write(9, false), WriteMap::Slot(a));
+        let _k = ix.barrier();
+        assert_eq!(ix.map_write(9, false), WriteMap::Busy);
+        ix.write_done(a, true);
+        assert_eq!(ix.map_write(9, false), WriteMap::NeedsCopy(Some(a)));
     }
 
     #[test]
