@@ -41,7 +41,7 @@ use dmcore::wq::{sleep_ms, Completion, WorkQueue};
 use wbrepl_core::parse::parse_u32;
 use wbrepl_core::table::{CacheMode, WbcacheOptions, WbcacheTable};
 use wbrepl_core::wbformat::{choose_superblock, Entry, Geometry, SbRead, Superblock, ENTRIES_PER_META_BLOCK, ENTRY_BYTES, META_BLOCK, META_START};
-use wbrepl_core::wbindex::{Index, LoadReport, Slot, WriteMap, MAX_CACHE_BLOCKS, MAX_ORIGIN_BLOCKS};
+use wbrepl_core::wbindex::{merge_copies, Index, Slot, WriteMap, MAX_CACHE_BLOCKS, MAX_ORIGIN_BLOCKS};
 
 module! {
     type: WbcacheModule,
@@ -191,52 +191,6 @@ fn ms_now() -> i64 {
     Ktime::ktime_get().to_ms()
 }
 
-/// Sorts copies `(from, to, sectors)` by destination and merges those contiguous on both sides;
-/// returns how many copies are left (at the front of `jobs`).
-fn merge_runs(jobs: &mut [(u64, u64, u64)]) -> usize {
-    // Heapsort by destination: O(n log n) with no panicking paths (core's slice sorts
-    // have some, which objtool flags in a kernel module).
-    let key = |jobs: &[(u64, u64, u64)], i: usize| jobs.get(i).map_or(0, |j| j.1);
-    let sift = |jobs: &mut [(u64, u64, u64)], mut root: usize, end: usize| loop {
-        let mut child = 2 * root + 1;
-        if child >= end {
-            break;
-        }
-        if child + 1 < end && key(jobs, child + 1) > key(jobs, child) {
-            child += 1;
-        }
-        if key(jobs, root) >= key(jobs, child) {
-            break;
-        }
-        jobs.swap(root, child);
-        root = child;
-    };
-    let len = jobs.len();
-    for start in (0..len / 2).rev() {
-        sift(jobs, start, len);
-    }
-    for end in (1..len).rev() {
-        jobs.swap(0, end);
-        sift(jobs, 0, end);
-    }
-    let mut out = 0;
-    for i in 0..jobs.len() {
-        let Some(&j) = jobs.get(i) else { break };
-        if out > 0 {
-            if let Some(last) = jobs.get_mut(out - 1) {
-                if last.0 + last.2 == j.0 && last.1 + last.2 == j.1 {
-                    last.2 += j.2;
-                    continue;
-                }
-            }
-        }
-        if let Some(slot) = jobs.get_mut(out) {
-            *slot = j;
-        }
-        out += 1;
-    }
-    out
-}
 
 impl Shared {
     fn block_sectors(&self) -> u64 {
@@ -457,21 +411,17 @@ impl Shared {
             }
             first += n as u64;
         }
-        let epoch = {
+        let (dirty, epoch) = {
             let mut g = self.inner.lock();
             g.ix.load_finish(sb.epoch, &mut rep);
             g.loaded = true;
-            g.ix.epoch()
+            (g.ix.counts().dirty, g.ix.epoch())
         };
-        self.report_load(&sb, &rep, epoch);
-        Ok(())
-    }
-
-    fn report_load(&self, sb: &Superblock, rep: &LoadReport, epoch: u32) {
         pr_info!(
             "wbcache {}: loaded commit {}: {} dirty blocks, {} discarded, {} entries of an incomplete commit ignored; epoch {}\n",
-            self.cache, sb.seq, rep.dirty - rep.discarded.min(rep.dirty), rep.discarded, rep.ignored, epoch
+            self.cache, sb.seq, dirty, rep.discarded, rep.ignored, epoch
         );
+        Ok(())
     }
 
     fn format(&self, buf: &mut KVec<u8>) -> Result {
@@ -581,9 +531,7 @@ impl Shared {
             let wt = g.mode == CacheMode::Writethrough;
             if wt && self.may_write_around(&g) {
                 drop(g);
-                self.stats.write_through.fetch_add(1, Ordering::Relaxed);
-                self.origin_dirty.store(true, Ordering::Release);
-                bio.remap(&self.origin, ts);
+                self.write_around(&mut bio);
                 bio.submit_remapped();
                 return;
             }
@@ -629,6 +577,15 @@ impl Shared {
             bio.end(if r.is_ok() { BlkStatus::OK } else { BlkStatus::IOERR });
             return;
         }
+    }
+
+    /// Points a write at the origin alone (write-through with nothing cached); the next flush
+    /// from above flushes the origin too.
+    fn write_around(&self, bio: &mut Bio<PerBio>) {
+        self.stats.write_through.fetch_add(1, Ordering::Relaxed);
+        self.origin_dirty.store(true, Ordering::Release);
+        let ts = bio.target_sector();
+        bio.remap(&self.origin, ts);
     }
 
     /// Whether a write-through write may go to the origin alone: nothing is cached and no
@@ -772,7 +729,7 @@ impl Shared {
                 }
                 n
             };
-            let nj = merge_runs(jobs.get_mut(..n).unwrap_or(&mut []));
+            let nj = merge_copies(jobs.get_mut(..n).unwrap_or(&mut []));
             let r = jobs
                 .get(..nj)
                 .unwrap_or(&[])
@@ -1035,9 +992,7 @@ impl Target for Wbcache {
                 if slow {
                     if g.mode == CacheMode::Writethrough && sh.may_write_around(&g) {
                         drop(g);
-                        sh.stats.write_through.fetch_add(1, Ordering::Relaxed);
-                        sh.origin_dirty.store(true, Ordering::Release);
-                        bio.remap(&sh.origin, ts);
+                        sh.write_around(&mut bio);
                         return MapResult::Remapped(bio);
                     }
                     g.slow.push(bio);

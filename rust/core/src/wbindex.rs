@@ -170,7 +170,6 @@ pub struct Index<S, B, M> {
     epoch: u32,
     ordered: bool,
     committed_seq: u64,
-    commit_in_progress: bool,
     oldest_dirty_epoch: u32,
     wb_cursor: u32,
 }
@@ -216,7 +215,6 @@ where
             epoch: 1,
             ordered: false,
             committed_seq: 0,
-            commit_in_progress: false,
             oldest_dirty_epoch: 1,
             wb_cursor: 0,
         };
@@ -243,7 +241,6 @@ where
         self.epoch = epoch.max(1);
         self.oldest_dirty_epoch = self.epoch;
         self.committed_seq = seq;
-        self.commit_in_progress = false;
         self.wb_cursor = 0;
     }
 
@@ -518,7 +515,6 @@ where
     /// [`Index::image`]), flushes, writes the superblock and calls [`Index::commit_done`].
     pub fn barrier(&mut self) -> u64 {
         let k = self.committed_seq + 1;
-        self.commit_in_progress = true;
         core::mem::swap(&mut self.meta_dirty, &mut self.meta_commit);
         self.meta_dirty.fill(0);
         // Include new versions.
@@ -592,7 +588,6 @@ where
     /// on failure nothing changes on disk that the caller can rely on, so the caller must stop
     /// using the cache (the error is latched by the target).
     pub fn commit_done(&mut self, k: u64, ok: bool) {
-        self.commit_in_progress = false;
         if !ok {
             return;
         }
@@ -887,6 +882,54 @@ where
     }
 }
 
+/// Sorts writeback copies `(from, to, sectors)` by destination and merges those contiguous on
+/// both sides; returns how many copies are left (at the front of `jobs`). Destinations must be
+/// distinct (a writeback batch holds one version per block).
+pub fn merge_copies(jobs: &mut [(u64, u64, u64)]) -> usize {
+    // Heapsort by destination: O(n log n) with no panicking paths (core's slice sorts
+    // have some, which objtool flags in a kernel module).
+    let key = |jobs: &[(u64, u64, u64)], i: usize| jobs.get(i).map_or(0, |j| j.1);
+    let sift = |jobs: &mut [(u64, u64, u64)], mut root: usize, end: usize| loop {
+        let mut child = 2 * root + 1;
+        if child >= end {
+            break;
+        }
+        if child + 1 < end && key(jobs, child + 1) > key(jobs, child) {
+            child += 1;
+        }
+        if key(jobs, root) >= key(jobs, child) {
+            break;
+        }
+        jobs.swap(root, child);
+        root = child;
+    };
+    let len = jobs.len();
+    for start in (0..len / 2).rev() {
+        sift(jobs, start, len);
+    }
+    for end in (1..len).rev() {
+        jobs.swap(0, end);
+        sift(jobs, 0, end);
+    }
+    let mut out = 0;
+    for i in 0..jobs.len() {
+        let Some(&j) = jobs.get(i) else { break };
+        if out > 0 {
+            if let Some(last) = jobs.get_mut(out - 1) {
+                if last.0 + last.2 == j.0 && last.1 + last.2 == j.1 {
+                    last.2 += j.2;
+                    continue;
+                }
+            }
+        }
+        if let Some(slot) = jobs.get_mut(out) {
+            *slot = j;
+        }
+        out += 1;
+    }
+    out
+}
+
 /// A writeback selection in progress ([`Index::scan_begin`], [`Index::scan_step`]): a pass
 /// over every slot for the oldest dirty epoch, then a pass from the writeback cursor for
 /// candidates. Each step handles a bounded number of slots, so a caller holding a lock with
@@ -1105,6 +1148,41 @@ mod tests {
         assert_eq!(ix.map_write(9, false), WriteMap::Busy);
         ix.write_done(a, true);
         assert_eq!(ix.map_write(9, false), WriteMap::NeedsCopy(Some(a)));
+    }
+
+    #[test]
+    fn contiguous_copies_merge_into_one() {
+        let mut jobs: Vec<(u64, u64, u64)> = (0..100u64).rev().map(|b| (b * 8, 1000 + b * 8, 8)).collect();
+        assert_eq!(merge_copies(&mut jobs), 1);
+        assert_eq!(jobs[0], (0, 1000, 800));
+        let mut gap = vec![(0, 0, 8), (8, 16, 8), (16, 8, 8)];
+        assert_eq!(merge_copies(&mut gap), 3, "contiguous on one side only: no merge");
+    }
+
+    proptest! {
+        /// Merged copies cover exactly the blocks given, in destination order.
+        #[test]
+        fn merged_copies_cover_exactly_the_input(blocks in proptest::collection::btree_set(0u64..500, 0..300),
+                                                  seed in any::<u64>()) {
+            let mut s = seed | 1;
+            let mut jobs: Vec<(u64, u64, u64)> = blocks.iter().map(|&b| {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                // Cache slots sometimes follow the origin order, sometimes not.
+                let slot = if s % 3 == 0 { s % 1000 } else { b };
+                (slot * 8, b * 8, 8)
+            }).collect();
+            let mut want = jobs.clone();
+            want.sort_by_key(|j| j.1);
+            let m = merge_copies(&mut jobs);
+            let mut got = vec![];
+            for &(f, t, n) in &jobs[..m] {
+                prop_assert!(n > 0 && n % 8 == 0);
+                for k in 0..n / 8 {
+                    got.push((f + 8 * k, t + 8 * k, 8));
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
     }
 
     #[test]
