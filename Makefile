@@ -64,10 +64,11 @@ guest-test: modules cli
 test: host-test guest-test
 
 # Longer campaigns: 200k cases of each property test (the wbindex crash model among them) and
-# 400 + 100 power-loss replay points.
+# 400 + 200 + 100 power-loss replay points.
 test-long: export PROPTEST_CASES = 200000
 test-long: export WBREPL_PL_POINTS_BLOCK = 400
 test-long: export WBREPL_PL_POINTS_EXT4 = 100
+test-long: export WBREPL_PL_POINTS_FULL = 200
 test-long: export WBREPL_GUEST_TIMEOUT = 7200
 test-long:
 	cd $(ROOT) && cargo test --workspace --locked --release

@@ -99,6 +99,28 @@ impl Op {
     }
 }
 
+/// Given to [`crate::target::Target::map`] with its bio, for the duration of the call: proof
+/// that the code holding it runs in `map` for that bio (see [`Bio::accept_partial`]).
+///
+/// # Invariants
+///
+/// `bio` is the bio `map` was called for; the token does not outlive that call (it is only
+/// lent out, and it is neither `Send` nor `Sync`, so no other thread sees it).
+pub struct MapContext<'a> {
+    bio: *mut bindings::bio,
+    _p: PhantomData<&'a ()>,
+}
+
+impl MapContext<'_> {
+    /// # Safety
+    ///
+    /// Only for `map_callback`: `bio` is the bio being mapped, and the token is dropped before
+    /// `map` returns.
+    pub(crate) unsafe fn new(bio: *mut bindings::bio) -> Self {
+        Self { bio, _p: PhantomData }
+    }
+}
+
 /// A bio this code must complete. `P` is the target's per-bio data.
 ///
 /// # Invariants
@@ -258,12 +280,15 @@ impl<P: PerBio> Bio<P> {
     }
 
     /// Accepts only the first `sectors` sectors of the bio; device-mapper sends the rest in a new
-    /// bio. Only valid in `map`, for bios other than flushes, and for a size below the current.
-    pub fn accept_partial(&mut self, sectors: u32) {
-        if sectors == 0 || sectors >= self.sectors() || self.is_preflush() {
+    /// bio. `ctx` is the token `map` received with this bio: only there may a bio be shortened.
+    /// Does nothing for another bio, a flush, or a size not below the current one.
+    pub fn accept_partial(&mut self, ctx: &MapContext<'_>, sectors: u32) {
+        if ctx.bio != self.ptr.as_ptr() || sectors == 0 || sectors >= self.sectors() || self.is_preflush() {
             return;
         }
-        // SAFETY: the bio is live and in `map` (as documented), `sectors` is below its size.
+        // SAFETY: the bio is live, and the token proves this runs in `map` for this very bio
+        // (device-mapper's split state it updates is live until `map` returns); `sectors` is
+        // below its size.
         unsafe { bindings::dm_accept_partial_bio(self.ptr.as_ptr(), sectors) };
     }
 

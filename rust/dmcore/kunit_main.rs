@@ -16,7 +16,7 @@ use kernel::sync::Arc;
 include!("crate_root.rs");
 
 use dmcore::args::{Args, INVALID_UTF8};
-use dmcore::bio::{Bio, BioSet, BlkStatus, CloneDone, Op};
+use dmcore::bio::{Bio, BioSet, BlkStatus, CloneDone, MapContext, Op};
 use dmcore::device::Device;
 use dmcore::kunit::{kcheck, kcheck_eq, kunit_suite, Test, TestBio, TestOp};
 use dmcore::net::{NetNs, Socket};
@@ -160,7 +160,7 @@ impl Target for TestTarget {
         KBox::pin(me, GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))
     }
 
-    fn map(&self, mut bio: Bio<TestPerBio>) -> MapResult<TestPerBio> {
+    fn map(&self, mut bio: Bio<TestPerBio>, ctx: &MapContext<'_>) -> MapResult<TestPerBio> {
         self.calls.map.fetch_add(1, Ordering::Relaxed);
         if bio.data().seq != 0 {
             // Per-bio data must arrive initialised to its default.
@@ -169,7 +169,7 @@ impl Target for TestTarget {
         bio.data_mut().seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         if self.split != 0 && bio.has_data() && bio.sectors() > self.split {
             self.calls.partial.fetch_add(1, Ordering::Relaxed);
-            bio.accept_partial(self.split);
+            bio.accept_partial(ctx, self.split);
         }
         let sector = bio.target_sector();
         if let Some(c) = self.cloning.as_ref().filter(|_| bio.op() == Op::Write && bio.has_data()) {

@@ -10,7 +10,7 @@
 
 use super::args::Args;
 use super::bindings::{self, ffi};
-use super::bio::{BlkStatus, Bio, PerBio};
+use super::bio::{BlkStatus, Bio, MapContext, PerBio};
 use super::device::Device;
 use super::status::StatusWriter;
 // The including crate provides `wbrepl_core` next to `dmcore` (see the module roots).
@@ -118,7 +118,8 @@ pub trait Target: Sized + Send + Sync + 'static {
 
     /// Maps a bio. Called concurrently; must not sleep for long (it runs in the submitter's
     /// context) and must not allocate with I/O recursion.
-    fn map(&self, bio: Bio<Self::PerBio>) -> MapResult<Self::PerBio>;
+    /// `ctx` is valid for this call and this bio only (see [`Bio::accept_partial`]).
+    fn map(&self, bio: Bio<Self::PerBio>, ctx: &MapContext<'_>) -> MapResult<Self::PerBio>;
 
     /// Sees a mapped bio complete, with the chance to change its status.
     fn end_io(&self, _bio: &Bio<Self::PerBio>, _status: &mut BlkStatus) -> EndIo {
@@ -449,7 +450,9 @@ unsafe extern "C" fn map_callback<T: Target>(ti: *mut bindings::dm_target, bio: 
     // `per_io_data_size == size_of::<T::PerBio>()` bytes in front; we now own its completion.
     let bio_nn = unsafe { Bio::<T::PerBio>::from_dm_map(bio, (*ti).begin) };
     let Some(b) = bio_nn else { return bindings::DM_MAPIO_KILL as ffi::c_int };
-    match t.map(b) {
+    // SAFETY: `bio` is the bio being mapped; `ctx` lives until the end of this call.
+    let ctx = unsafe { MapContext::new(bio) };
+    match t.map(b, &ctx) {
         MapResult::Remapped(b) => {
             let raw = b.into_raw();
             if raw != bio {

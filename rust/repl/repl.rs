@@ -19,7 +19,7 @@ use kernel::prelude::*;
 include!("../dmcore/crate_root.rs");
 
 use dmcore::args::Args;
-use dmcore::bio::{Bio, Op};
+use dmcore::bio::{Bio, MapContext, Op};
 use dmcore::device::Device;
 use dmcore::status::StatusWriter;
 use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, MapResult, StatusType, Stop, Target, TargetModule};
@@ -105,7 +105,7 @@ impl Target for Repl {
         KBox::pin(me, GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))
     }
 
-    fn map(&self, mut bio: Bio<()>) -> MapResult<()> {
+    fn map(&self, mut bio: Bio<()>, _ctx: &MapContext<'_>) -> MapResult<()> {
         let writes_data = matches!(bio.op(), Op::Write | Op::Discard | Op::WriteZeroes | Op::SecureErase);
         if writes_data {
             if self.role == Role::Secondary {

@@ -29,7 +29,7 @@ use kernel::{new_mutex, time::Ktime};
 include!("../dmcore/crate_root.rs");
 
 use dmcore::args::Args;
-use dmcore::bio::{BioList, BlkStatus, Bio, Op};
+use dmcore::bio::{BioList, BlkStatus, Bio, MapContext, Op};
 use dmcore::crc::KernelCrc32c;
 use dmcore::device::Device;
 use dmcore::dmio::{IoClient, IoFlags, Region};
@@ -62,14 +62,23 @@ const META_RUN: usize = 16;
 /// at most `writeback_jobs` copies run at once).
 const MAX_WB_BATCH: usize = 4096;
 /// Slots examined per step of a writeback scan (one hold of the index lock).
-const SCAN_STEP: u32 = 16384;
+const SCAN_STEP: u32 = 2048;
+/// Blocks one bio may carry to or from consecutive cache slots (bounds the work done under the
+/// index lock in `map` and `end_io`).
+const MAX_RUN: u64 = 256;
+/// Below `1/RESERVE_DIV` of the cache free, writes of blocks the cache has nothing of bypass it
+/// (writeback mode), keeping the rest for new versions of cached blocks.
+const RESERVE_DIV: u64 = 16;
 /// A write waiting for space fails after this long if writeback keeps failing meanwhile.
 const WAIT_SPACE_MAX_MS: i64 = 30_000;
 
 /// Per-bio data: which slot the bio maps to and which in-flight generation it counts in.
 #[derive(Clone, Copy, Default)]
 struct PerBio {
+    /// First slot (reads of cached blocks, writes into the cache).
     slot: u32,
+    /// Blocks the bio covers from `slot` (writes into the cache).
+    blocks: u32,
     flags: u8,
 }
 
@@ -119,6 +128,7 @@ struct Stats {
     write_hits: AtomicU64,
     write_misses: AtomicU64,
     write_through: AtomicU64,
+    write_around: AtomicU64,
     slow_writes: AtomicU64,
     writebacks: AtomicU64,
     wb_errors: AtomicU64,
@@ -315,18 +325,19 @@ impl Shared {
         let mb = META_BLOCK as usize;
         let mut from = 0;
         loop {
-            let (first, n) = {
+            let Some(first) = self.inner.lock().ix.next_commit_block(from) else { break };
+            let mut n = 0;
+            // One metadata block per hold of the index lock (interrupts are off meanwhile).
+            while n < META_RUN {
                 let g = self.inner.lock();
-                let Some(first) = g.ix.next_commit_block(from) else { break };
-                let mut n = 0;
-                while n < META_RUN && g.ix.next_commit_block(first + n as u64) == Some(first + n as u64) {
-                    if let Some(out) = buf.get_mut(n * mb..(n + 1) * mb) {
-                        self.encode_meta_block(&g.ix, first + n as u64, out);
-                    }
-                    n += 1;
+                if g.ix.next_commit_block(first + n as u64) != Some(first + n as u64) {
+                    break;
                 }
-                (first, n)
-            };
+                if let Some(out) = buf.get_mut(n * mb..(n + 1) * mb) {
+                    self.encode_meta_block(&g.ix, first + n as u64, out);
+                }
+                n += 1;
+            }
             let data = buf.get(..n * mb).ok_or(EINVAL)?;
             self.dmio.write(&[self.meta_region(first, n)], data, IoFlags::default())?;
             from = first + n as u64;
@@ -462,6 +473,10 @@ impl Shared {
     // --- slow path (ordered worker)
 
     fn run_io(&self) {
+        // Writes waiting for space, retried together whenever writeback frees some (so that a
+        // queue of them does not wait one after another), and since when.
+        let mut waiting = BioList::<PerBio>::new();
+        let mut since = 0;
         loop {
             let (flushes, bio) = {
                 let mut g = self.inner.lock();
@@ -472,9 +487,32 @@ impl Shared {
                 self.process_flushes(flushes);
             }
             match bio {
-                Some(b) => self.slow_write(b),
+                Some(b) => {
+                    self.stats.slow_writes.fetch_add(1, Ordering::Relaxed);
+                    if let Some(b) = self.slow_write(b) {
+                        if waiting.is_empty() {
+                            since = ms_now();
+                        }
+                        waiting.push(b);
+                    }
+                }
                 None if had_flushes => {}
-                None => break,
+                None if waiting.is_empty() => break,
+                None => {
+                    let fail = self.failed() || self.give_up_waiting(since);
+                    if !fail {
+                        self.wait_space();
+                    }
+                    let mut retry = waiting.take();
+                    while let Some(b) = retry.pop() {
+                        if fail {
+                            self.stats.io_errors.fetch_add(1, Ordering::Relaxed);
+                            b.end(BlkStatus::IOERR);
+                        } else if let Some(b) = self.slow_write(b) {
+                            waiting.push(b);
+                        }
+                    }
+                }
             }
         }
     }
@@ -511,8 +549,8 @@ impl Shared {
         self.wb_error.load(Ordering::Relaxed) && ms_now() - since >= WAIT_SPACE_MAX_MS
     }
 
-    fn slow_write(&self, mut bio: Bio<PerBio>) {
-        self.stats.slow_writes.fetch_add(1, Ordering::Relaxed);
+    /// Handles one write the fast path could not; returns it when it must wait for space.
+    fn slow_write(&self, mut bio: Bio<PerBio>) -> Option<Bio<PerBio>> {
         let ts = bio.target_sector();
         let block = ts >> self.block_shift;
         let off = ts & (self.block_sectors() - 1);
@@ -520,12 +558,11 @@ impl Shared {
         let fua = bio.is_fua();
         let full = off == 0 && len == self.block_size as usize;
         let mut buf = self.slow_buf.lock();
-        let since = ms_now();
         loop {
-            if self.failed() || self.give_up_waiting(since) {
+            if self.failed() {
                 self.stats.io_errors.fetch_add(1, Ordering::Relaxed);
                 bio.end(BlkStatus::IOERR);
-                return;
+                return None;
             }
             let mut g = self.inner.lock();
             let wt = g.mode == CacheMode::Writethrough;
@@ -533,23 +570,22 @@ impl Shared {
                 drop(g);
                 self.write_around(&mut bio);
                 bio.submit_remapped();
-                return;
+                return None;
             }
             let (slot, src) = match g.ix.map_write(block, full) {
                 WriteMap::Slot(i) => (i, None),
                 WriteMap::NeedsCopy(src) => match g.ix.alloc(block) {
                     Some(i) => (i, Some(src)),
-                    None => {
-                        drop(g);
-                        self.wait_space();
-                        continue;
-                    }
+                    None => return Some(bio),
                 },
-                WriteMap::NoSpace => {
+                WriteMap::NoSpace if full && g.mode == CacheMode::Writeback && g.ix.uncached_run(block, 1) == 1 => {
+                    // Nothing of it is cached: to the origin directly (see `map`).
                     drop(g);
-                    self.wait_space();
-                    continue;
+                    self.write_to_origin(&mut bio, 1);
+                    bio.submit_remapped();
+                    return None;
                 }
+                WriteMap::NoSpace => return Some(bio),
                 WriteMap::Busy => {
                     drop(g);
                     sleep_ms(1);
@@ -562,10 +598,10 @@ impl Shared {
             if src.is_none() && !wt && !fua {
                 // Nothing to merge or copy (it only waited for space, or is a partial write
                 // over a complete version): submit it like the fast path, asynchronously.
-                *bio.data_mut() = PerBio { slot, flags: gen_flag(gen) | PB_SLOT_WRITE };
+                *bio.data_mut() = PerBio { slot, blocks: 1, flags: gen_flag(gen) | PB_SLOT_WRITE };
                 bio.remap(&self.cache, self.slot_sector(slot) + off);
                 bio.submit_remapped();
-                return;
+                return None;
             }
             let r = self.write_slot(&mut bio, &mut buf, slot, src, block, off, len, wt, fua);
             self.inner.lock().ix.write_done(slot, r.is_ok());
@@ -575,7 +611,7 @@ impl Shared {
                 self.stats.io_errors.fetch_add(1, Ordering::Relaxed);
             }
             bio.end(if r.is_ok() { BlkStatus::OK } else { BlkStatus::IOERR });
-            return;
+            return None;
         }
     }
 
@@ -583,6 +619,26 @@ impl Shared {
     /// from above flushes the origin too.
     fn write_around(&self, bio: &mut Bio<PerBio>) {
         self.stats.write_through.fetch_add(1, Ordering::Relaxed);
+        self.origin_dirty.store(true, Ordering::Release);
+        let ts = bio.target_sector();
+        bio.remap(&self.origin, ts);
+    }
+
+    /// Writes `data` to the cache region, and to the origin region too in write-through
+    /// (`wt`). A failed write to the cache alone fails the cache (see `end_io`).
+    fn write_block(&self, regions: &[Region<'_>; 2], wt: bool, data: &[u8], flags: IoFlags) -> Result {
+        let r = self.dmio.write(if wt { &regions[..] } else { &regions[..1] }, data, flags);
+        if let (Err(e), false) = (r, wt) {
+            self.latch_meta_error(e, "a data write to the cache device");
+        }
+        r
+    }
+
+    /// Points a write of `blocks` whole blocks at the origin (the cache being full, they bypass
+    /// it); the caller checked that the cache has nothing of them ([`Index::uncached_run`]) and
+    /// cut the bio to them. The next flush from above flushes the origin too.
+    fn write_to_origin(&self, bio: &mut Bio<PerBio>, blocks: u32) {
+        self.stats.write_around.fetch_add(u64::from(blocks), Ordering::Relaxed);
         self.origin_dirty.store(true, Ordering::Release);
         let ts = bio.target_sector();
         bio.remap(&self.origin, ts);
@@ -621,7 +677,7 @@ impl Shared {
                 let cache = self.slot_region(slot, off, sectors);
                 let origin = Region { dev: &self.origin, sector: (block << self.block_shift) + off, sectors };
                 let regions = [cache, origin];
-                self.dmio.write(if wt { &regions[..] } else { &regions[..1] }, data, flags)
+                self.write_block(&regions, wt, data, flags)
             }
             Some(from) => {
                 let whole = buf.get_mut(..bs).ok_or(EINVAL)?;
@@ -636,7 +692,7 @@ impl Shared {
                 let cache = self.slot_region(slot, 0, self.block_sectors());
                 let origin = Region { dev: &self.origin, sector: block << self.block_shift, sectors: self.block_sectors() };
                 let regions = [cache, origin];
-                self.dmio.write(if wt { &regions[..] } else { &regions[..1] }, whole, flags)
+                self.write_block(&regions, wt, whole, flags)
             }
         }
     }
@@ -663,9 +719,10 @@ impl Shared {
         }
     }
 
-    /// What is due for writeback now: `None` nothing, `Some(None)` anything, `Some(Some(s))`
-    /// versions committed at or before commit `s` (`max_age`).
-    fn due(&self, g: &mut Inner) -> Option<Option<u64>> {
+    /// What is due for writeback now: `None` nothing, `Some((None, n))` any `n` blocks,
+    /// `Some((Some(s), n))` versions committed at or before commit `s` (`max_age`). Between the
+    /// watermarks `n` stops at the low one (a batch does not overshoot it).
+    fn due(&self, g: &mut Inner) -> Option<(Option<u64>, usize)> {
         let c = g.ix.counts();
         if c.dirty == 0 {
             g.wb_active = false;
@@ -678,13 +735,17 @@ impl Shared {
             g.wb_active = false;
         }
         // No free block left: writes are waiting for space, whatever the watermarks say.
-        if c.free == 0 || self.drains.load(Ordering::Relaxed) > 0 || g.mode == CacheMode::Writethrough || g.wb_active {
-            return Some(None);
+        if c.free == 0 || self.drains.load(Ordering::Relaxed) > 0 || g.mode == CacheMode::Writethrough {
+            return Some((None, MAX_WB_BATCH));
+        }
+        if g.wb_active {
+            let low = c.total * u64::from(g.low) / 100;
+            return Some((None, c.dirty.saturating_sub(low).clamp(1, MAX_WB_BATCH as u64) as usize));
         }
         let age = i64::from(self.opts.max_age_ms?);
         let now = ms_now();
         let seq = g.ages.iter().filter(|a| a.seq != 0 && now - a.ms >= age).map(|a| a.seq).max()?;
-        Some(Some(seq))
+        Some((Some(seq), MAX_WB_BATCH))
     }
 
     /// Commits, then writes back what is due, batch by batch. `inline`: called by a drain
@@ -700,13 +761,14 @@ impl Shared {
             if self.commit(false).is_err() {
                 return;
             }
-            let (mut scan, due_all) = {
+            let (mut scan, due_all, limit) = {
                 let mut g = self.inner.lock();
-                let Some(max_seq) = self.due(&mut g) else { return };
-                (g.ix.scan_begin(max_seq), max_seq.is_none())
+                let Some((max_seq, limit)) = self.due(&mut g) else { return };
+                (g.ix.scan_begin(max_seq), max_seq.is_none(), limit)
             };
+            let out = slots.get_mut(..limit).unwrap_or(&mut []);
             // The scan covers every slot: in bounded steps, so interrupts are never off long.
-            while !self.inner.lock().ix.scan_step(&mut scan, slots.as_mut_slice(), SCAN_STEP) {}
+            while !self.inner.lock().ix.scan_step(&mut scan, out, SCAN_STEP) {}
             let n = {
                 let mut g = self.inner.lock();
                 let n = scan.found;
@@ -864,16 +926,15 @@ impl Target for Wbcache {
             return Err(CtrError::inval(kernel::c_str!("Cache device has too many blocks for this block size")));
         }
         let nr = geom.nr_blocks as usize;
-        let (nb, nw) = Ix::storage_for(geom.nr_blocks);
+        let (nb, nw, nf) = Ix::storage_for(geom.nr_blocks);
         let ix = Index::new(
             KVVec::from_elem(Slot::default(), nr, GFP_KERNEL).map_err(alloc_err)?,
             KVVec::from_elem(0u32, nb, GFP_KERNEL).map_err(alloc_err)?,
+            KVVec::from_elem(0u32, nf, GFP_KERNEL).map_err(alloc_err)?,
             KVVec::from_elem(0u64, nw, GFP_KERNEL).map_err(alloc_err)?,
             KVVec::from_elem(0u64, nw, GFP_KERNEL).map_err(alloc_err)?,
         )
         .map_err(CtrError::from)?;
-        ti.set_max_io_len(block_sectors as u32)
-            .map_err(|e| CtrError::new(kernel::c_str!("Cannot set the maximum I/O size"), e))?;
         // The cache device is a volatile cache of our own: flushes and FUA must reach `map` even
         // when the origin has no write cache.
         ti.set_flush_supported();
@@ -943,7 +1004,7 @@ impl Target for Wbcache {
         KBox::pin(Self { shared, io_wq, wb_wq }, GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))
     }
 
-    fn map(&self, mut bio: Bio<PerBio>) -> MapResult<PerBio> {
+    fn map(&self, mut bio: Bio<PerBio>, ctx: &MapContext<'_>) -> MapResult<PerBio> {
         let sh = &*self.shared;
         let ts = bio.target_sector();
         let block = ts >> sh.block_shift;
@@ -963,20 +1024,40 @@ impl Target for Wbcache {
                 MapResult::Submitted
             }
             Op::Read => {
+                let bs = sh.block_sectors();
+                let last = (ts + u64::from(bio.sectors()).max(1) - 1) >> sh.block_shift;
+                let want = (last - block + 1).min(MAX_RUN);
                 let g = sh.inner.lock();
-                match g.ix.lookup_read(block) {
+                // One run: consecutive cached blocks in consecutive slots, or uncached blocks.
+                let first = g.ix.lookup_read(block);
+                let mut n = 1;
+                while n < want {
+                    let next = g.ix.lookup_read(block + n);
+                    let same = match (first, next) {
+                        (Some(i), Some(j)) => u64::from(j) == u64::from(i) + n,
+                        (None, None) => true,
+                        _ => false,
+                    };
+                    if !same {
+                        break;
+                    }
+                    n += 1;
+                }
+                let gen = g.gen;
+                if first.is_some() {
+                    sh.io_enter(gen);
+                }
+                drop(g);
+                bio.accept_partial(ctx, (((block + n) * bs) - ts).min(u64::from(u32::MAX)) as u32);
+                match first {
                     Some(i) => {
-                        let gen = g.gen;
-                        sh.io_enter(gen);
-                        drop(g);
-                        *bio.data_mut() = PerBio { slot: i, flags: gen_flag(gen) };
-                        sh.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                        *bio.data_mut() = PerBio { slot: i, blocks: 0, flags: gen_flag(gen) };
+                        sh.stats.read_hits.fetch_add(n, Ordering::Relaxed);
                         let s = sh.slot_sector(i) + off;
                         bio.remap(&sh.cache, s);
                     }
                     None => {
-                        drop(g);
-                        sh.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                        sh.stats.read_misses.fetch_add(n, Ordering::Relaxed);
                         bio.remap(&sh.origin, ts);
                     }
                 }
@@ -986,34 +1067,57 @@ impl Target for Wbcache {
                 if sh.failed() {
                     return MapResult::Kill(bio);
                 }
-                let full = off == 0 && u64::from(bio.sectors()) == sh.block_sectors();
+                let bs = sh.block_sectors();
+                let sectors = u64::from(bio.sectors());
+                // Whole blocks the bio covers from its start (0: it starts or ends inside one).
+                let whole = if off == 0 { (sectors >> sh.block_shift).min(MAX_RUN) } else { 0 };
                 let mut g = sh.inner.lock();
-                let slow = bio.is_fua() || !full || g.mode == CacheMode::Writethrough;
-                if slow {
-                    if g.mode == CacheMode::Writethrough && sh.may_write_around(&g) {
-                        drop(g);
-                        sh.write_around(&mut bio);
-                        return MapResult::Remapped(bio);
-                    }
+                let wt = g.mode == CacheMode::Writethrough;
+                if wt && sh.may_write_around(&g) {
+                    drop(g);
+                    sh.write_around(&mut bio);
+                    return MapResult::Remapped(bio);
+                }
+                if whole == 0 || wt || bio.is_fua() {
+                    // The slow path takes one block at a time: device-mapper sends the rest of
+                    // the bio as another.
+                    bio.accept_partial(ctx, (bs - off).min(sectors) as u32);
                     g.slow.push(bio);
                     drop(g);
                     self.kick_io();
                     return MapResult::Submitted;
                 }
-                let hit = g.ix.has_versions(block);
-                match g.ix.map_write(block, true) {
+                if g.mode == CacheMode::Writeback {
+                    // Full or nearly: the last free blocks are kept for new versions of cached
+                    // blocks; blocks the cache has nothing of go to the origin directly (as
+                    // dm-writecache does once it is full). Others wait for writeback.
+                    let c = g.ix.counts();
+                    if c.free < (c.total / RESERVE_DIV).max(1) {
+                        let n = g.ix.uncached_run(block, whole as u32);
+                        if n > 0 {
+                            drop(g);
+                            bio.accept_partial(ctx, (u64::from(n) * bs) as u32);
+                            sh.write_to_origin(&mut bio, n);
+                            return MapResult::Remapped(bio);
+                        }
+                    }
+                }
+                let r = g.ix.map_write_run(block, whole as u32);
+                match r.map {
                     WriteMap::Slot(i) => {
                         let gen = g.gen;
                         sh.io_enter(gen);
                         drop(g);
-                        let c = if hit { &sh.stats.write_hits } else { &sh.stats.write_misses };
-                        c.fetch_add(1, Ordering::Relaxed);
-                        *bio.data_mut() = PerBio { slot: i, flags: gen_flag(gen) | PB_SLOT_WRITE };
+                        bio.accept_partial(ctx, (u64::from(r.blocks) * bs) as u32);
+                        sh.stats.write_hits.fetch_add(u64::from(r.hits), Ordering::Relaxed);
+                        sh.stats.write_misses.fetch_add(u64::from(r.blocks - r.hits), Ordering::Relaxed);
+                        *bio.data_mut() = PerBio { slot: i, blocks: r.blocks, flags: gen_flag(gen) | PB_SLOT_WRITE };
                         let s = sh.slot_sector(i);
                         bio.remap(&sh.cache, s);
                         MapResult::Remapped(bio)
                     }
                     _ => {
+                        bio.accept_partial(ctx, bs as u32);
                         g.slow.push(bio);
                         drop(g);
                         self.kick_io();
@@ -1030,7 +1134,15 @@ impl Target for Wbcache {
         let sh = &*self.shared;
         let p = *bio.data();
         if p.flags & PB_SLOT_WRITE != 0 {
-            sh.inner.lock().ix.write_done(p.slot, status.is_ok());
+            if !status.is_ok() {
+                // The cache device no longer takes writes: stop using it for them (as
+                // dm-writecache does), rather than hold dirty data it may not have.
+                sh.latch_meta_error(EIO, "a data write to the cache device");
+            }
+            let mut g = sh.inner.lock();
+            for k in 0..p.blocks {
+                g.ix.write_done(p.slot.saturating_add(k), status.is_ok());
+            }
         }
         if p.flags & PB_GEN0 != 0 {
             sh.io_exit(0);
@@ -1091,8 +1203,8 @@ impl Target for Wbcache {
                 write!(
                     out,
                     "{} {} {} blocks {} free {} dirty {} writeback {} releasing {} epoch {} oldest_epoch {} \
-                     read_hits {} read_misses {} write_hits {} write_misses {} write_through {} slow_writes {} \
-                     writebacks {} wb_errors {} flushes {} commits {} io_errors {}",
+                     read_hits {} read_misses {} write_hits {} write_misses {} write_through {} write_around {} \
+                     slow_writes {} writebacks {} wb_errors {} flushes {} commits {} io_errors {}",
                     state,
                     mode.as_str(),
                     sh.block_size,
@@ -1108,6 +1220,7 @@ impl Target for Wbcache {
                     l(&s.write_hits),
                     l(&s.write_misses),
                     l(&s.write_through),
+                    l(&s.write_around),
                     l(&s.slow_writes),
                     l(&s.writebacks),
                     l(&s.wb_errors),
@@ -1158,7 +1271,7 @@ impl Target for Wbcache {
                 no_arg(arg)?;
                 let s = &sh.stats;
                 for c in [
-                    &s.read_hits, &s.read_misses, &s.write_hits, &s.write_misses, &s.write_through,
+                    &s.read_hits, &s.read_misses, &s.write_hits, &s.write_misses, &s.write_through, &s.write_around,
                     &s.slow_writes, &s.writebacks, &s.wb_errors, &s.flushes, &s.commits, &s.io_errors,
                 ] {
                     c.store(0, Ordering::Relaxed);

@@ -87,9 +87,14 @@ check "watermarks: high 10" dmsetup message wbc 0 high_watermark 10
 check "watermarks: writeback down to the low watermark" bash -c "for i in \$(seq 150); do d=\$(dmsetup status wbc | sed -n 's/.* dirty \([0-9]*\) .*/\1/p'); [ \$((d * 100 / $total)) -lt 10 ] && exit 0; sleep 0.2; done; exit 1"
 check "watermarks: data still verifies" wl_rand /dev/mapper/wbc --verify_only
 check "watermarks: high 100 low 100 (no background writeback)" bash -c "dmsetup message wbc 0 high_watermark 100 && dmsetup message wbc 0 low_watermark 100"
-check "fill the cache beyond its size: writes wait for space, nothing is lost" \
+check "fill the cache beyond its size: writes wait for space or go around it, nothing is lost" \
   fio_verify /dev/mapper/wbc --rw=write --bs=64k --iodepth=8 --size=80M --offset=256M
 check "... and verify" fio_verify /dev/mapper/wbc --rw=write --bs=64k --iodepth=8 --size=80M --offset=256M --verify_only
+check_match "... blocks the full cache had nothing of went to the origin directly" ' write_around [1-9][0-9]* ' "$(status wbc)"
+check "1 MiB writes (one bio over many cache blocks) verify" \
+  fio_verify /dev/mapper/wbc --rw=randwrite --bs=1M --iodepth=4 --size=32M --offset=200M
+flush_verify_1m() { dmsetup message wbc 0 flush && fio_verify /dev/mapper/wbc --rw=randwrite --bs=1M --iodepth=4 --size=32M --offset=200M --verify_only; }
+check "... and verify after a flush" flush_verify_1m
 check "watermarks back to 50/45" bash -c "dmsetup message wbc 0 low_watermark 45 && dmsetup message wbc 0 high_watermark 50"
 
 # --- messages: bad input ------------------------------------------------------------------------------

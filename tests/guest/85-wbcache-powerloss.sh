@@ -15,6 +15,7 @@ PL="python3 $WBREPL_ROOT/tests/guest/powerloss.py"
 CS=$((32 * 2048)); OS=$((64 * 2048))       # cache and origin slices, in sectors
 POINTS_BLOCK=${WBREPL_PL_POINTS_BLOCK:-45}  # replay points per run (make test-long raises them)
 POINTS_EXT4=${WBREPL_PL_POINTS_EXT4:-15}
+POINTS_FULL=${WBREPL_PL_POINTS_FULL:-25}
 
 # stack_on DEV: the cache and origin slices of DEV and a wbcache over them ("pl" names).
 stack_on() {
@@ -72,6 +73,22 @@ check "block: tear down (log-writes writes its final mark)" dm_remove pl_wbc pl_
 block_check() { $PL check /dev/mapper/pl_wbc "$IMG_DIR/steps.json" "$1"; }
 replay_points block "$POINTS_BLOCK" block_check
 losetup -d "$DATA" "$LOG"
+
+# --- block workload into a full cache ------------------------------------------------------------------
+# A 512 KiB cache (125 blocks) under the workload's 4 MiB range, no background writeback until
+# it is full: the cache fills, so writes also go to the origin directly (write_around), wait
+# for space, and rewrite committed versions in place.
+CS=1024
+DATA=$(loopdev pl-data 96); LOG=$(loopdev pl-log 512)
+check "full: log-writes over the data device" dmsetup create pl_lw --table "0 $(sectors "$DATA") log-writes $DATA $LOG"
+check "full: wbcache with a 512 KiB cache over its two slices" stack_on /dev/mapper/pl_lw "4 high_watermark 100 low_watermark 100"
+check "full: workload (300 steps)" $PL run /dev/mapper/pl_wbc "$IMG_DIR/steps.json" pl_lw
+check "full: the workload's final state verifies live" $PL check /dev/mapper/pl_wbc "$IMG_DIR/steps.json" 300
+check_match "full: writes went around the full cache" ' write_around [1-9][0-9]* ' "$(dmsetup status pl_wbc)"
+check "full: tear down" dm_remove pl_wbc pl_c pl_o pl_lw
+replay_points full "$POINTS_FULL" block_check
+losetup -d "$DATA" "$LOG"
+CS=$((32 * 2048))
 
 # --- ext4 workload --------------------------------------------------------------------------------------
 DATA=$(loopdev pl-data 96); LOG=$(loopdev pl-log 512)

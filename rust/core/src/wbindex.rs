@@ -36,6 +36,8 @@ use core::ops::DerefMut;
 
 /// "No slot" in links and buckets.
 pub const NIL: u32 = u32::MAX;
+/// Release counters at most (a fixed cost; more only lowers false positives).
+const RELEASING_FILTER_MAX: usize = 1 << 16;
 /// Largest number of origin blocks the index can address.
 pub const MAX_ORIGIN_BLOCKS: u64 = 1 << 48;
 /// Largest number of cache blocks (slot numbers are `u32`, `NIL` excluded).
@@ -136,6 +138,18 @@ pub enum WriteMap {
     Busy,
 }
 
+/// A run of whole-block writes mapped together (see [`Index::map_write_run`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunMap {
+    /// How the first block maps.
+    pub map: WriteMap,
+    /// Blocks in the run: how many consecutive blocks map to consecutive slots from
+    /// `WriteMap::Slot` (1 otherwise).
+    pub blocks: u32,
+    /// Blocks of the run that had a version in the cache already (write hits).
+    pub hits: u32,
+}
+
 /// Counters for status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -151,11 +165,16 @@ pub struct Counts {
     pub releasing: u64,
 }
 
-/// The index over caller-supplied storage: `S` slots, `B` hash buckets (a power of two), and
-/// two metadata dirty bitmaps `M` (one bit per metadata block).
+/// The index over caller-supplied storage: `S` slots, `B` hash buckets (a power of two), `B`
+/// release counters (a power of two), and two metadata dirty bitmaps `M` (one bit per
+/// metadata block).
 pub struct Index<S, B, M> {
     slots: S,
     buckets: B,
+    /// Counting filter of the blocks of released versions not yet marked free on disk (hashed):
+    /// until its tombstone is durable, such a version could come back after a crash, so its
+    /// block must not be written to the origin directly (see [`Index::uncached_run`]).
+    releasing_filter: B,
     meta_dirty: M,
     meta_commit: M,
     bucket_shift: u32,
@@ -167,6 +186,9 @@ pub struct Index<S, B, M> {
     marking: List,
     dirty: u64,
     under_wb: u64,
+    /// A committed version was rewritten in place since the last barrier: the next commit must
+    /// flush the cache device even if no entry changed.
+    rewrote_committed: bool,
     epoch: u32,
     ordered: bool,
     committed_seq: u64,
@@ -186,23 +208,31 @@ where
     B: DerefMut<Target = [u32]>,
     M: DerefMut<Target = [u64]>,
 {
-    /// Storage sizes for `nr` cache blocks: `(buckets, bitmap words)`.
-    pub fn storage_for(nr: u64) -> (usize, usize) {
+    /// Storage sizes for `nr` cache blocks: `(buckets, bitmap words, release counters)`.
+    pub fn storage_for(nr: u64) -> (usize, usize, usize) {
         let buckets = (nr.max(4) as usize).next_power_of_two() / 2;
         let words = nr.div_ceil(ENTRIES_PER_META_BLOCK).div_ceil(64) as usize;
-        (buckets, words)
+        let filter = buckets.min(RELEASING_FILTER_MAX);
+        (buckets, words, filter)
     }
 
     /// Wraps storage sized by [`Index::storage_for`]; every slot starts free, epoch 1.
-    pub fn new(slots: S, buckets: B, meta_dirty: M, meta_commit: M) -> Result<Self, Error> {
+    pub fn new(slots: S, buckets: B, releasing_filter: B, meta_dirty: M, meta_commit: M) -> Result<Self, Error> {
         let nr = slots.len() as u64;
-        let (nb, nw) = Self::storage_for(nr);
-        if nr == 0 || nr >= MAX_CACHE_BLOCKS || buckets.len() != nb || meta_dirty.len() < nw || meta_commit.len() < nw {
+        let (nb, nw, nf) = Self::storage_for(nr);
+        if nr == 0
+            || nr >= MAX_CACHE_BLOCKS
+            || buckets.len() != nb
+            || releasing_filter.len() != nf
+            || meta_dirty.len() < nw
+            || meta_commit.len() < nw
+        {
             return Err(err!("Cache index storage has the wrong size"));
         }
         let mut me = Self {
             slots,
             buckets,
+            releasing_filter,
             meta_dirty,
             meta_commit,
             bucket_shift: 64 - nb.trailing_zeros(),
@@ -212,6 +242,7 @@ where
             marking: List::EMPTY,
             dirty: 0,
             under_wb: 0,
+            rewrote_committed: false,
             epoch: 1,
             ordered: false,
             committed_seq: 0,
@@ -224,6 +255,7 @@ where
 
     fn reset(&mut self, seq: u64, epoch: u32) {
         self.buckets.fill(NIL);
+        self.releasing_filter.fill(0);
         self.meta_dirty.fill(0);
         self.meta_commit.fill(0);
         self.free = List::EMPTY;
@@ -238,6 +270,7 @@ where
         }
         self.dirty = 0;
         self.under_wb = 0;
+        self.rewrote_committed = false;
         self.epoch = epoch.max(1);
         self.oldest_dirty_epoch = self.epoch;
         self.committed_seq = seq;
@@ -310,6 +343,29 @@ where
         (block.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.bucket_shift) as usize
     }
 
+    fn filter_index(&self, block: u64) -> usize {
+        let n = self.releasing_filter.len().max(1) as u64;
+        // A different multiplier from the buckets': both hash the same keys.
+        (block.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> 20) as usize & (n - 1) as usize
+    }
+
+    /// How many consecutive blocks from `block` (at most `n`) are not in the cache at all: no
+    /// version holds or is getting data, and no released version waits for its tombstone.
+    /// Writes to such blocks may go to the origin directly (the cache has nothing that could
+    /// shadow them, now or after a crash).
+    pub fn uncached_run(&self, block: u64, n: u32) -> u32 {
+        let mut k = 0;
+        while k < n {
+            let Some(b) = block.checked_add(u64::from(k)) else { break };
+            let pending = self.releasing_filter.get(self.filter_index(b)).is_none_or(|&c| c != 0);
+            if pending || self.has_versions(b) {
+                break;
+            }
+            k += 1;
+        }
+        k
+    }
+
     fn meta_block(i: u32) -> u64 {
         u64::from(i) / ENTRIES_PER_META_BLOCK
     }
@@ -329,6 +385,13 @@ where
     }
 
     fn push(&mut self, id: ListId, i: u32) {
+        if let (ListId::RelNext, Some(s)) = (id, self.slot(i)) {
+            // Every released version enters here, and leaves when marked free (commit_done).
+            let f = self.filter_index(s.block());
+            if let Some(c) = self.releasing_filter.get_mut(f) {
+                *c = c.saturating_add(1);
+            }
+        }
         let head = self.list(id).head;
         if let Some(s) = self.slots.get_mut(i as usize) {
             s.next = head;
@@ -401,17 +464,8 @@ where
     pub fn map_write(&mut self, block: u64, full: bool) -> WriteMap {
         let newest = self.versions(block).next();
         if let (Some(n), Some(s)) = (newest, newest.and_then(|n| self.slot(n)).copied()) {
-            // In place only over complete data: a first write still in flight (or a
-            // read-modify-write building the slot) must not be overwritten or merged with.
-            if s.state() == ST_VALID
-                && !s.has(F_ON_DISK)
-                && !s.has(F_UNDER_WB)
-                && s.epoch == self.epoch
-                && s.writers() < WRITERS_MAX
-            {
-                if let Some(m) = self.slots.get_mut(n as usize) {
-                    m.add_writers(1);
-                }
+            if self.rewritable(&s) {
+                self.rewrite(n);
                 return WriteMap::Slot(n);
             }
             if !full && (s.state() == ST_WRITING || s.writers() > 0) {
@@ -427,6 +481,69 @@ where
             Some(i) => WriteMap::Slot(i),
             None => WriteMap::NoSpace,
         }
+    }
+
+    /// Whether a version may be rewritten in place: only over complete data (a first write
+    /// still in flight, or a read-modify-write building the slot, must not be overwritten or
+    /// merged with), never over a block under writeback, only in the open epoch. A committed
+    /// version may be rewritten: its entry stays valid, and the next commit flushes the cache
+    /// device (see [`Index::needs_commit`]).
+    fn rewritable(&self, s: &Slot) -> bool {
+        s.state() == ST_VALID
+            && !s.has(F_UNDER_WB)
+            && s.epoch == self.epoch
+            && s.writers() < WRITERS_MAX
+    }
+
+    /// Counts a write in flight into version `n`, rewritten in place.
+    fn rewrite(&mut self, n: u32) {
+        if let Some(m) = self.slots.get_mut(n as usize) {
+            m.add_writers(1);
+            if m.has(F_ON_DISK) {
+                self.rewrote_committed = true;
+            }
+        }
+    }
+
+    /// Maps a write of `n` (at least one) whole blocks from `block`, so that one I/O to the
+    /// cache can carry them: the first block as [`Index::map_write`] does, then each following
+    /// block as long as it maps to the next slot (its newest version, rewritable in place, or
+    /// the next free slot). Each block of the run counts as a write in flight into its slot
+    /// until its [`Index::write_done`].
+    pub fn map_write_run(&mut self, block: u64, n: u32) -> RunMap {
+        let hit = |ix: &Self, b: u64| u32::from(ix.has_versions(b));
+        let mut hits = hit(self, block);
+        let first = self.map_write(block, true);
+        let WriteMap::Slot(s0) = first else {
+            return RunMap { map: first, blocks: 1, hits };
+        };
+        let mut k: u32 = 1;
+        while k < n {
+            let (Some(b), Some(want)) = (block.checked_add(u64::from(k)), s0.checked_add(k)) else { break };
+            let h = hit(self, b);
+            if !self.map_write_into(b, want) {
+                break;
+            }
+            hits += h;
+            k += 1;
+        }
+        RunMap { map: first, blocks: k, hits }
+    }
+
+    /// Maps a whole-block write of `block` if it maps to slot `want` (see
+    /// [`Index::map_write_run`]); otherwise changes nothing.
+    fn map_write_into(&mut self, block: u64, want: u32) -> bool {
+        let newest = self.versions(block).next();
+        if let (Some(n), Some(s)) = (newest, newest.and_then(|n| self.slot(n)).copied()) {
+            if self.rewritable(&s) {
+                if n != want {
+                    return false;
+                }
+                self.rewrite(n);
+                return true;
+            }
+        }
+        self.free.head == want && self.alloc(block) == Some(want)
     }
 
     /// Allocates a new version of `block` (state: writing). Older versions stay until the
@@ -515,6 +632,7 @@ where
     /// [`Index::image`]), flushes, writes the superblock and calls [`Index::commit_done`].
     pub fn barrier(&mut self) -> u64 {
         let k = self.committed_seq + 1;
+        self.rewrote_committed = false;
         core::mem::swap(&mut self.meta_dirty, &mut self.meta_commit);
         self.meta_dirty.fill(0);
         // Include new versions.
@@ -605,6 +723,10 @@ where
         }
         self.marking.head = prev;
         while let Some(i) = self.pop(ListId::Marking) {
+            let f = self.filter_index(self.block_of(i));
+            if let Some(c) = self.releasing_filter.get_mut(f) {
+                *c = c.saturating_sub(1);
+            }
             if let Some(m) = self.slots.get_mut(i as usize) {
                 m.set_flags(ST_FREE);
             }
@@ -612,9 +734,9 @@ where
         }
     }
 
-    /// Whether a commit would change anything on disk.
+    /// Whether a commit would change anything on disk (or must flush data rewritten in place).
     pub fn needs_commit(&self) -> bool {
-        self.meta_dirty.iter().any(|&w| w != 0) || self.rel_ripe.len > 0 || self.rel_next.len > 0
+        self.rewrote_committed || self.meta_dirty.iter().any(|&w| w != 0) || self.rel_ripe.len > 0 || self.rel_next.len > 0
     }
 
     // --- writeback
@@ -683,7 +805,8 @@ where
             }
             let i = (u64::from(start) + u64::from(k)).checked_rem(u64::from(nr)).unwrap_or(0) as u32;
             let Some(s) = self.slot(i).copied() else { break };
-            if s.state() != ST_VALID || !s.has(F_ON_DISK) || s.has(F_UNDER_WB) || s.seq > self.committed_seq {
+            // Not while a write into it is in flight (a committed version rewritten in place).
+            if s.state() != ST_VALID || !s.has(F_ON_DISK) || s.has(F_UNDER_WB) || s.writers() > 0 || s.seq > self.committed_seq {
                 continue;
             }
             if self.ordered && s.epoch != scan.want_epoch {
@@ -999,34 +1122,36 @@ mod tests {
     type Ix = Index<Vec<Slot>, Vec<u32>, Vec<u64>>;
 
     fn index(nr: u64) -> Ix {
-        let (nb, nw) = Ix::storage_for(nr);
-        Index::new(vec![Slot::default(); nr as usize], vec![0; nb], vec![0; nw], vec![0; nw]).unwrap()
+        let (nb, nw, nf) = Ix::storage_for(nr);
+        Index::new(vec![Slot::default(); nr as usize], vec![0; nb], vec![0; nf], vec![0; nw], vec![0; nw]).unwrap()
     }
 
     #[test]
     fn memory_per_block_is_at_most_32_bytes() {
         assert_eq!(core::mem::size_of::<Slot>(), 24);
         for nr in [1u64, 7, 1000, 1 << 20] {
-            let (nb, nw) = Ix::storage_for(nr);
-            let bytes = nr * 24 + nb as u64 * 4 + 2 * nw as u64 * 8;
+            let (nb, nw, nf) = Ix::storage_for(nr);
+            let bytes = nr * 24 + nb as u64 * 4 + 2 * nw as u64 * 8 + nf as u64 * 4;
             assert!(bytes <= nr * 32 + 64, "{nr}: {bytes}");
         }
     }
 
     #[test]
     fn storage_size_is_checked() {
-        let (nb, nw) = Ix::storage_for(10);
-        assert!(Index::new(vec![Slot::default(); 10], vec![0u32; nb + 1], vec![0u64; nw], vec![0u64; nw]).is_err());
-        assert!(Index::new(Vec::<Slot>::new(), vec![0u32; 2], vec![0u64; 1], vec![0u64; 1]).is_err());
+        let (nb, nw, nf) = Ix::storage_for(10);
+        assert!(Index::new(vec![Slot::default(); 10], vec![0u32; nb + 1], vec![0u32; nf], vec![0u64; nw], vec![0u64; nw]).is_err());
+        assert!(Index::new(vec![Slot::default(); 10], vec![0u32; nb], vec![0u32; nf + 1], vec![0u64; nw], vec![0u64; nw]).is_err());
+        assert!(Index::new(Vec::<Slot>::new(), vec![0u32; 2], vec![0u32; 2], vec![0u64; 1], vec![0u64; 1]).is_err());
     }
 
     #[test]
-    fn overwrite_of_committed_version_gets_a_new_slot_and_releases_the_old_after_two_commits() {
+    fn overwrite_of_an_older_epoch_gets_a_new_slot_and_releases_the_old_after_two_commits() {
         let mut ix = index(4);
         let WriteMap::Slot(a) = ix.map_write(7, true) else { panic!() };
         ix.write_done(a, true);
         let k = ix.barrier();
         ix.commit_done(k, true);
+        ix.close_epoch();
         let WriteMap::Slot(b) = ix.map_write(7, true) else { panic!() };
         assert_ne!(a, b);
         assert_eq!(ix.lookup_read(7), Some(a), "the old version is read until the new write completes");
@@ -1065,6 +1190,7 @@ mod tests {
         let WriteMap::Slot(a) = ix.map_write(5, true) else { panic!() };
         ix.write_done(a, true);
         commit(&mut ix, &mut disk, &|_| true, true);
+        ix.close_epoch();
         let WriteMap::Slot(b) = ix.map_write(5, true) else { panic!() };
         // b is in flight at the barrier and completes before the images are written: it is
         // part of this commit, and a is released after the barrier.
@@ -1138,16 +1264,113 @@ mod tests {
     /// Found by review: a partial write must not merge with a version that an in-place write
     /// is still writing, even once a barrier has put that version on disk.
     #[test]
+    fn runs_of_blocks_map_to_consecutive_slots() {
+        let mut ix = index(64);
+        ix.format();
+        let r = ix.map_write_run(100, 8);
+        assert_eq!(r, RunMap { map: WriteMap::Slot(0), blocks: 8, hits: 0 });
+        for i in 0..8 {
+            ix.write_done(i, true);
+        }
+        // Rewritten in place before a barrier: the same slots, all hits.
+        let r = ix.map_write_run(100, 8);
+        assert_eq!(r, RunMap { map: WriteMap::Slot(0), blocks: 8, hits: 8 });
+        for i in 0..8 {
+            ix.write_done(i, true);
+        }
+        // Committed versions are rewritten in place too.
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        let r = ix.map_write_run(100, 8);
+        assert_eq!(r, RunMap { map: WriteMap::Slot(0), blocks: 8, hits: 8 });
+        for i in 0..8 {
+            ix.write_done(i, true);
+        }
+        // Versions of a closed epoch are not: the run gets the next free slots.
+        ix.close_epoch();
+        let r = ix.map_write_run(100, 8);
+        assert_eq!(r, RunMap { map: WriteMap::Slot(8), blocks: 8, hits: 8 });
+        for i in 8..16 {
+            ix.write_done(i, true);
+        }
+        // A block whose newest version sits elsewhere ends the run before it.
+        assert_eq!(ix.map_write(300, true), WriteMap::Slot(16));
+        ix.write_done(16, true);
+        let r = ix.map_write_run(298, 4);
+        assert_eq!(r, RunMap { map: WriteMap::Slot(17), blocks: 2, hits: 0 });
+        // A run never takes a slot it does not report.
+        assert_eq!(ix.map_write(400, true), WriteMap::Slot(19));
+        let c = ix.counts();
+        assert_eq!(c.free + c.dirty + c.releasing, c.total);
+    }
+
+    #[test]
+    fn blocks_with_a_version_or_a_pending_release_are_not_uncached() {
+        let mut ix = index(64);
+        ix.format();
+        assert_eq!(ix.uncached_run(10, 4), 4);
+        assert_eq!(ix.map_write(12, true), WriteMap::Slot(0));
+        // Being written: cached.
+        assert_eq!(ix.uncached_run(10, 4), 2);
+        ix.write_done(0, true);
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        // Written back: released, but its tombstone is not durable for two more commits.
+        let mut out = [0u32; 4];
+        assert_eq!(ix.select_writeback(&mut out, None), 1);
+        ix.writeback_done(0, true);
+        assert!(!ix.has_versions(12));
+        assert_eq!(ix.uncached_run(12, 1), 0);
+        for _ in 0..2 {
+            assert_eq!(ix.uncached_run(12, 1), 0);
+            let k = ix.barrier();
+            ix.commit_done(k, true);
+        }
+        assert_eq!(ix.uncached_run(12, 1), 1);
+        assert_eq!(ix.uncached_run(10, 4), 4);
+    }
+
+    #[test]
     fn partial_write_waits_for_in_place_writes_in_flight() {
         let mut ix = index(4);
         let WriteMap::Slot(a) = ix.map_write(9, true) else { panic!() };
-        ix.write_done(a, true);
-        // In place (valid, not on disk yet), then a barrier while it is in flight.
-        assert_eq!(ix.map_write(9, false), WriteMap::Slot(a));
-        let _k = ix.barrier();
+        // The first write of the block is in flight: nothing to merge with yet.
         assert_eq!(ix.map_write(9, false), WriteMap::Busy);
         ix.write_done(a, true);
+        // In place once complete, committed or not.
+        assert_eq!(ix.map_write(9, false), WriteMap::Slot(a));
+        let k = ix.barrier();
+        ix.write_done(a, true);
+        ix.commit_done(k, true);
+        assert_eq!(ix.map_write(9, false), WriteMap::Slot(a));
+        ix.write_done(a, true);
+        // A version of a closed epoch is copied into a new slot instead.
+        ix.close_epoch();
         assert_eq!(ix.map_write(9, false), WriteMap::NeedsCopy(Some(a)));
+    }
+
+    #[test]
+    fn committed_version_rewritten_in_place_is_flushed_and_not_written_back_meanwhile() {
+        let mut ix = index(4);
+        let WriteMap::Slot(a) = ix.map_write(3, true) else { panic!() };
+        ix.write_done(a, true);
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        assert!(!ix.needs_commit());
+        assert_eq!(ix.map_write(3, true), WriteMap::Slot(a));
+        // The entry does not change, but the data must be flushed by the next commit.
+        assert!(ix.needs_commit());
+        let mut out = [0u32; 4];
+        assert_eq!(ix.select_writeback(&mut out, None), 0, "a write into it is in flight");
+        ix.write_done(a, true);
+        assert_eq!(ix.select_writeback(&mut out, None), 1);
+        assert_eq!(out[0], a);
+        // Under writeback: a new write gets a new slot.
+        let WriteMap::Slot(b) = ix.map_write(3, true) else { panic!() };
+        assert_ne!(a, b);
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        assert!(!ix.needs_commit() || ix.counts().releasing > 0);
     }
 
     #[test]
@@ -1246,6 +1469,8 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Write(u64),
+        WriteRun(u64, u32),
+        WriteAround(u64),
         Complete(usize),
         Barrier,
         WriteImages(Vec<bool>),
@@ -1259,6 +1484,8 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             6 => (0u64..6).prop_map(Op::Write),
+            2 => (0u64..6, 2u32..4).prop_map(|(b, n)| Op::WriteRun(b, n)),
+            2 => (0u64..6).prop_map(Op::WriteAround),
             6 => (0usize..8).prop_map(Op::Complete),
             2 => Just(Op::Barrier),
             2 => proptest::collection::vec(any::<bool>(), 8).prop_map(Op::WriteImages),
@@ -1344,6 +1571,40 @@ mod tests {
                         self.next_id += 1;
                         self.inflight.push((i, *b, id, false));
                         self.ids_of.entry(*b).or_default().push(id);
+                    }
+                }
+                Op::WriteRun(b, n) => {
+                    let n = (*n).min((6 - *b) as u32).max(1);
+                    if self.inflight.iter().any(|w| w.1 >= *b && w.1 < *b + u64::from(n)) {
+                        return;
+                    }
+                    let r = self.ix.map_write_run(*b, n);
+                    if let WriteMap::Slot(i) = r.map {
+                        assert!(r.blocks >= 1 && r.blocks <= n);
+                        // One I/O carries the run; its blocks may complete in any order here
+                        // (a superset of what one bio does).
+                        for k in 0..r.blocks {
+                            let id = self.next_id;
+                            self.next_id += 1;
+                            self.inflight.push((i + k, *b + u64::from(k), id, false));
+                            self.ids_of.entry(*b + u64::from(k)).or_default().push(id);
+                        }
+                    }
+                }
+                Op::WriteAround(b) => {
+                    // A write straight to the origin (the target does this when the cache is
+                    // full), completed and flushed at once: the strongest claim.
+                    if self.inflight.iter().any(|w| w.1 == *b) || self.ix.uncached_run(*b, 1) != 1 {
+                        return;
+                    }
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.ids_of.entry(*b).or_default().push(id);
+                    self.origin.insert(*b, id);
+                    self.latest.insert(*b, id);
+                    self.durable.insert(*b, id);
+                    if let Some((_, snap)) = &mut self.at_barrier {
+                        snap.insert(*b, id);
                     }
                 }
                 Op::Complete(n) => {
