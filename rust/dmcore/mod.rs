@@ -14,6 +14,7 @@
 //! - [`dmio`] / [`kcopyd`]: synchronous block I/O on buffers (`dm-io`) and batched device-to-device
 //!   copies (`dm-kcopyd`);
 //! - [`crc`]: CRC-32C from the kernel crypto library for `rust/core`'s codecs;
+//! - [`hmac`]: HMAC-SHA256 from the kernel crypto API for `rust/core`'s wire MACs;
 //! - [`net`]: kernel TCP sockets in a network namespace, safe on the I/O path;
 //! - [`kunit`]: a KUnit suite made of Rust functions.
 //!
@@ -27,6 +28,7 @@ pub mod bindings;
 pub mod bio;
 pub mod crc;
 pub mod device;
+pub mod hmac;
 pub mod dmio;
 pub mod kcopyd;
 pub mod kunit;

@@ -3,6 +3,7 @@
  * dmcore C shim: see shim.h. Each module links its own copy (rust/<target>/shim.c includes this
  * file), because kbuild refuses to add one object to several modules.
  */
+#include <crypto/hash.h>
 #include <linux/bio.h>
 #include <linux/completion.h>
 #include <linux/highmem.h>
@@ -135,4 +136,45 @@ void dmcore_sock_tune(struct socket *sock, long sndtimeo, long rcvtimeo)
 void dmcore_kunit_fail(struct kunit *test, const char *file, int line, const char *msg)
 {
 	KUNIT_FAIL(test, "%s:%d: %s", file, line, msg);
+}
+
+int dmcore_hmac_sha256_new(const u8 *key, unsigned int keylen, void **tfm)
+{
+	struct crypto_shash *t = crypto_alloc_shash("hmac(sha256)", 0, 0);
+	int r;
+
+	if (IS_ERR(t))
+		return PTR_ERR(t);
+	r = crypto_shash_setkey(t, key, keylen);
+	if (r) {
+		crypto_free_shash(t);
+		return r;
+	}
+	*tfm = t;
+	return 0;
+}
+
+int dmcore_hmac_sha256_digest(void *tfm, const u8 *const *parts, const unsigned int *lens,
+			      unsigned int n, u8 *out)
+{
+	struct crypto_shash *t = tfm;
+	SHASH_DESC_ON_STACK(desc, t);
+	unsigned int i;
+	int r;
+
+	if (n > 8 || crypto_shash_digestsize(t) != 32)
+		return -EINVAL;
+	desc->tfm = t;
+	r = crypto_shash_init(desc);
+	for (i = 0; !r && i < n; i++)
+		r = crypto_shash_update(desc, parts[i], lens[i]);
+	if (!r)
+		r = crypto_shash_final(desc, out);
+	shash_desc_zero(desc);
+	return r;
+}
+
+void dmcore_hmac_sha256_free(void *tfm)
+{
+	crypto_free_shash(tfm);
 }

@@ -46,6 +46,16 @@ bool dmcore_is_vmalloc_addr(const void *p);
 void dmcore_init_completion(struct completion *c);
 void dmcore_reinit_completion(struct completion *c);
 
+/*
+ * HMAC-SHA256 (the crypto API's "hmac(sha256)" shash). The transform is passed as void * so
+ * that bindgen needs no crypto types. _new returns 0 and stores the keyed transform in *tfm,
+ * or a negative errno. _digest hashes the concatenation of n parts (n <= 8) into out[32].
+ */
+int dmcore_hmac_sha256_new(const u8 *key, unsigned int keylen, void **tfm);
+int dmcore_hmac_sha256_digest(void *tfm, const u8 *const *parts, const unsigned int *lens,
+			      unsigned int n, u8 *out);
+void dmcore_hmac_sha256_free(void *tfm);
+
 /* network namespaces and sockets */
 struct net *dmcore_get_current_net(void);
 struct net *dmcore_get_net(struct net *net);

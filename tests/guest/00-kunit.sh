@@ -2,7 +2,7 @@
 # KUnit suites of rust/dmcore: loading dmcore_kunit.ko runs them; every case is one result.
 . "$(dirname "$0")/lib.sh"
 
-suites=(dmcore_args dmcore_bio dmcore_net dmcore_sync)
+suites=(dmcore_args dmcore_bio dmcore_crypto dmcore_net dmcore_sync)
 check "kunit: module loads (suites run at load)" modprobe dmcore_kunit
 files=()
 for s in "${suites[@]}"; do

@@ -18,3 +18,4 @@ pub mod parse;
 pub mod table;
 pub mod wbformat;
 pub mod wbindex;
+pub mod wire;

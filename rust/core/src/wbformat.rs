@@ -97,7 +97,7 @@ fn round_up(v: u64, align: u64) -> u64 {
     v.div_ceil(align) * align
 }
 
-fn le64(b: &[u8], at: usize) -> u64 {
+pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     if let Some(s) = b.get(at..at + 8) {
         a.copy_from_slice(s);
@@ -105,7 +105,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn le32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     if let Some(s) = b.get(at..at + 4) {
         a.copy_from_slice(s);
