@@ -739,8 +739,12 @@ impl Shared {
             return Some((None, MAX_WB_BATCH));
         }
         if g.wb_active {
+            // Down to just below the low watermark (1 % of the cache under it), so that writeback
+            // stops there and the next round waits for the high one: not a string of tiny
+            // rounds (each a commit, a scan and an origin flush) hovering at the low one.
             let low = c.total * u64::from(g.low) / 100;
-            return Some((None, c.dirty.saturating_sub(low).clamp(1, MAX_WB_BATCH as u64) as usize));
+            let n = c.dirty.saturating_sub(low) + c.total / 100 + 1;
+            return Some((None, n.min(MAX_WB_BATCH as u64) as usize));
         }
         let age = i64::from(self.opts.max_age_ms?);
         let now = ms_now();
