@@ -233,7 +233,9 @@ impl Shared {
         self.meta_error.load(Ordering::Relaxed) != 0
     }
 
-    fn latch_meta_error(&self, e: Error, what: &str) {
+    /// Fails the cache for writes and flushes (a metadata write, or a data write to the cache
+    /// device, failed); logs once.
+    fn latch_failure(&self, e: Error, what: &str) {
         if self.meta_error.swap(e.to_errno(), Ordering::Relaxed) == 0 {
             pr_err!("wbcache {}: {} failed ({:?}); the cache is failed: writes and flushes now return errors\n", self.cache, what, e);
         }
@@ -284,7 +286,7 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                self.latch_meta_error(e, "metadata commit");
+                self.latch_failure(e, "metadata commit");
                 Err(e)
             }
         }
@@ -566,9 +568,9 @@ impl Shared {
             }
             let mut g = self.inner.lock();
             let wt = g.mode == CacheMode::Writethrough;
-            if wt && self.may_write_around(&g) {
+            if wt && g.ix.uncached_run(block, 1) == 1 {
                 drop(g);
-                self.write_around(&mut bio);
+                self.write_to_origin(&mut bio, 1, &self.stats.write_through);
                 bio.submit_remapped();
                 return None;
             }
@@ -581,7 +583,7 @@ impl Shared {
                 WriteMap::NoSpace if full && g.mode == CacheMode::Writeback && g.ix.uncached_run(block, 1) == 1 => {
                     // Nothing of it is cached: to the origin directly (see `map`).
                     drop(g);
-                    self.write_to_origin(&mut bio, 1);
+                    self.write_to_origin(&mut bio, 1, &self.stats.write_around);
                     bio.submit_remapped();
                     return None;
                 }
@@ -615,40 +617,25 @@ impl Shared {
         }
     }
 
-    /// Points a write at the origin alone (write-through with nothing cached); the next flush
-    /// from above flushes the origin too.
-    fn write_around(&self, bio: &mut Bio<PerBio>) {
-        self.stats.write_through.fetch_add(1, Ordering::Relaxed);
-        self.origin_dirty.store(true, Ordering::Release);
-        let ts = bio.target_sector();
-        bio.remap(&self.origin, ts);
-    }
-
     /// Writes `data` to the cache region, and to the origin region too in write-through
     /// (`wt`). A failed write to the cache alone fails the cache (see `end_io`).
     fn write_block(&self, regions: &[Region<'_>; 2], wt: bool, data: &[u8], flags: IoFlags) -> Result {
         let r = self.dmio.write(if wt { &regions[..] } else { &regions[..1] }, data, flags);
         if let (Err(e), false) = (r, wt) {
-            self.latch_meta_error(e, "a data write to the cache device");
+            self.latch_failure(e, "a data write to the cache device");
         }
         r
     }
 
-    /// Points a write of `blocks` whole blocks at the origin (the cache being full, they bypass
-    /// it); the caller checked that the cache has nothing of them ([`Index::uncached_run`]) and
-    /// cut the bio to them. The next flush from above flushes the origin too.
-    fn write_to_origin(&self, bio: &mut Bio<PerBio>, blocks: u32) {
-        self.stats.write_around.fetch_add(u64::from(blocks), Ordering::Relaxed);
+    /// Points a write over `blocks` blocks at the origin alone (write-through, or a full cache
+    /// in writeback mode), counting them in `counter`. The caller checked that the cache has
+    /// nothing of them ([`Index::uncached_run`]), so nothing cached can shadow them, now or
+    /// after a crash, and cut the bio to them. The next flush from above flushes the origin too.
+    fn write_to_origin(&self, bio: &mut Bio<PerBio>, blocks: u32, counter: &AtomicU64) {
+        counter.fetch_add(u64::from(blocks), Ordering::Relaxed);
         self.origin_dirty.store(true, Ordering::Release);
         let ts = bio.target_sector();
         bio.remap(&self.origin, ts);
-    }
-
-    /// Whether a write-through write may go to the origin alone: nothing is cached and no
-    /// released version waits for its tombstone (or it could come back after a crash).
-    fn may_write_around(&self, g: &Inner) -> bool {
-        let c = g.ix.counts();
-        c.dirty == 0 && c.releasing == 0
     }
 
     /// Writes the bio's data to slot `slot` (and the origin in write-through). `src`: a new
@@ -1077,10 +1064,17 @@ impl Target for Wbcache {
                 let whole = if off == 0 { (sectors >> sh.block_shift).min(MAX_RUN) } else { 0 };
                 let mut g = sh.inner.lock();
                 let wt = g.mode == CacheMode::Writethrough;
-                if wt && sh.may_write_around(&g) {
-                    drop(g);
-                    sh.write_around(&mut bio);
-                    return MapResult::Remapped(bio);
+                if wt {
+                    // Blocks the cache has nothing of go to the origin alone (partial ones too).
+                    let last = (ts + sectors.max(1) - 1) >> sh.block_shift;
+                    let touched = (last - block + 1).min(MAX_RUN);
+                    let n = g.ix.uncached_run(block, touched as u32);
+                    if n > 0 {
+                        drop(g);
+                        bio.accept_partial(ctx, (((block + u64::from(n)) * bs) - ts).min(u64::from(u32::MAX)) as u32);
+                        sh.write_to_origin(&mut bio, n, &sh.stats.write_through);
+                        return MapResult::Remapped(bio);
+                    }
                 }
                 if whole == 0 || wt || bio.is_fua() {
                     // The slow path takes one block at a time: device-mapper sends the rest of
@@ -1101,7 +1095,7 @@ impl Target for Wbcache {
                         if n > 0 {
                             drop(g);
                             bio.accept_partial(ctx, (u64::from(n) * bs) as u32);
-                            sh.write_to_origin(&mut bio, n);
+                            sh.write_to_origin(&mut bio, n, &sh.stats.write_around);
                             return MapResult::Remapped(bio);
                         }
                     }
@@ -1141,7 +1135,7 @@ impl Target for Wbcache {
             if !status.is_ok() {
                 // The cache device no longer takes writes: stop using it for them (as
                 // dm-writecache does), rather than hold dirty data it may not have.
-                sh.latch_meta_error(EIO, "a data write to the cache device");
+                sh.latch_failure(EIO, "a data write to the cache device");
             }
             let mut g = sh.inner.lock();
             for k in 0..p.blocks {
