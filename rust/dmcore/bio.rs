@@ -58,6 +58,16 @@ impl BlkStatus {
         Self(unsafe { bindings::errno_to_blk_status(e.to_errno()) })
     }
 
+    /// The raw value, to keep in per-bio data (which must be plain data).
+    pub fn to_raw(self) -> u8 {
+        self.0
+    }
+
+    /// A status kept with [`BlkStatus::to_raw`].
+    pub fn from_raw(v: u8) -> Self {
+        Self(v)
+    }
+
     /// The errno for this status (0 for success).
     pub fn to_errno(self) -> i32 {
         // SAFETY: pure function of its argument.

@@ -75,6 +75,16 @@ fn jiffies_or_forever(ms: u32) -> ffi::c_long {
     }
 }
 
+/// `ECONNRESET`: the peer closed, or the connection was reset.
+pub fn econnreset() -> Error {
+    Error::from_errno(-(bindings::ECONNRESET as i32))
+}
+
+/// Whether `e` is a socket timeout (see [`Socket::set_timeouts`]).
+pub fn is_timeout(e: &Error) -> bool {
+    e.to_errno() == -(bindings::ETIMEDOUT as i32)
+}
+
 /// Maps "timed out" (`-EAGAIN` from a socket timeout) to `ETIMEDOUT`, other errnos unchanged.
 fn sock_err(r: i32) -> Error {
     if r == -(bindings::EAGAIN as i32) {

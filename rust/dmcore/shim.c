@@ -17,6 +17,10 @@
 #include <net/net_namespace.h>
 #include <net/sock.h>
 #include <linux/tcp.h>
+#include <linux/key.h>
+#include <linux/key-type.h>
+#include <linux/random.h>
+#include <keys/user-type.h>
 #include <kunit/test.h>
 
 #include "shim.h"
@@ -177,4 +181,35 @@ int dmcore_hmac_sha256_digest(void *tfm, const u8 *const *parts, const unsigned 
 void dmcore_hmac_sha256_free(void *tfm)
 {
 	crypto_free_shash(tfm);
+}
+
+int dmcore_read_key(const char *desc, u8 *buf, unsigned int buflen)
+{
+	const struct user_key_payload *ukp;
+	struct key *key;
+	int r;
+
+	key = request_key(&key_type_user, desc, NULL);
+	if (IS_ERR(key))
+		key = request_key(&key_type_logon, desc, NULL);
+	if (IS_ERR(key))
+		return PTR_ERR(key);
+	down_read(&key->sem);
+	ukp = user_key_payload_locked(key);
+	if (!ukp) {
+		r = -EKEYREVOKED;
+	} else if (ukp->datalen > buflen) {
+		r = -EMSGSIZE;
+	} else {
+		memcpy(buf, ukp->data, ukp->datalen);
+		r = ukp->datalen;
+	}
+	up_read(&key->sem);
+	key_put(key);
+	return r;
+}
+
+void dmcore_random_bytes(u8 *buf, unsigned int len)
+{
+	get_random_bytes(buf, len);
 }

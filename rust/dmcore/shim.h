@@ -56,6 +56,16 @@ int dmcore_hmac_sha256_digest(void *tfm, const u8 *const *parts, const unsigned 
 			      unsigned int n, u8 *out);
 void dmcore_hmac_sha256_free(void *tfm);
 
+/*
+ * Kernel keyring: copies the payload of the "user" (or else "logon") key with this description,
+ * found with request_key() in the calling task's keyrings, into buf. Returns its length, or
+ * -ENOKEY / -EKEYREVOKED / ..., or -EMSGSIZE when it is longer than buflen.
+ */
+int dmcore_read_key(const char *desc, u8 *buf, unsigned int buflen);
+
+/* random bytes (get_random_bytes) */
+void dmcore_random_bytes(u8 *buf, unsigned int len);
+
 /* network namespaces and sockets */
 struct net *dmcore_get_current_net(void);
 struct net *dmcore_get_net(struct net *net);

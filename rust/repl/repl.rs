@@ -6,10 +6,12 @@
 //! `<start> <len> repl primary <data_dev> <peer_host:port> <#opt_args> [opt_args...]`
 //! `<start> <len> repl secondary <data_dev> <listen_host:port> <#opt_args> [opt_args...]`
 //!
-//! This is the foundation slice: the table line is parsed and validated in full and the devices
-//! opened; a primary passes all I/O to its data device, a secondary serves reads and refuses
-//! writes from above. The replication link comes with the dm-repl issue.
+//! A primary writes locally and sends every write, in order, to its secondary
+//! ([`primary`]); a secondary applies the stream to its data device ([`secondary`]) and
+//! refuses writes from above. Frames and the handshake: [`link`] on `rust/core/src/wire.rs`.
 
+// `pin_init!` of the shared state expands one recursion level per field.
+#![recursion_limit = "256"]
 #![deny(unsafe_code)]
 
 use core::fmt::Write;
@@ -18,13 +20,21 @@ use kernel::prelude::*;
 
 include!("../dmcore/crate_root.rs");
 
+mod link;
+mod primary;
+mod secondary;
+
 use dmcore::args::Args;
 use dmcore::bio::{Bio, MapContext, Op};
 use dmcore::device::Device;
+use dmcore::hmac::KernelHmac;
+use dmcore::keys::Secret;
 use dmcore::status::StatusWriter;
 use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, MapResult, StatusType, Stop, Target, TargetModule};
-use wbrepl_core::parse::SocketAddrV4;
 use kernel::str::CString;
+use kernel::sync::Arc;
+use primary::{Primary, PerBio};
+use secondary::Secondary;
 use wbrepl_core::table::{Protocol, ReplOptions, ReplTable, Role};
 
 module! {
@@ -38,26 +48,41 @@ module! {
 
 type ReplModule = TargetModule<Repl>;
 
+enum Engine {
+    Primary(Arc<Primary>),
+    Secondary(Arc<Secondary>),
+}
+
 struct Repl {
     len: u64,
-    role: Role,
-    data: Device,
+    engine: Engine,
     /// Held open for the replication link's metadata (dirty bitmap, state).
     _meta: Option<Device>,
-    addr: SocketAddrV4,
     protocol: Protocol,
     /// `<#opt_args> [opt_args...]` as `dmsetup table` prints it (devices as `major:minor`),
     /// rendered once by the constructor.
     opts_line: CString,
-    writes: AtomicU64,
     refused: AtomicU64,
+}
+
+fn nomem<E>(_: E) -> CtrError {
+    CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM)
+}
+
+impl Repl {
+    fn data(&self) -> &Device {
+        match &self.engine {
+            Engine::Primary(p) => &p.data,
+            Engine::Secondary(s) => &s.data,
+        }
+    }
 }
 
 #[vtable]
 impl Target for Repl {
     const NAME: &'static CStr = kernel::c_str!("repl");
-    const VERSION: [u32; 3] = [0, 1, 0];
-    type PerBio = ();
+    const VERSION: [u32; 3] = [0, 2, 0];
+    type PerBio = PerBio;
 
     fn ctr(ti: &mut CtrTarget<'_>, args: Args<'_>) -> Result<Pin<KBox<Self>>, CtrError> {
         let t = ReplTable::parse(&mut { args })?;
@@ -80,63 +105,184 @@ impl Target for Repl {
         if ti.len() < 2 * u64::from(t.opts.marker_sectors()) {
             return Err(CtrError::inval(kernel::c_str!("Target too small for its marker region")));
         }
+        // The shared secret, from the keyring of the process loading the table.
+        let key = match t.opts.auth {
+            Some(desc) => {
+                let desc = CString::try_from_fmt(kernel::fmt!("{desc}")).map_err(nomem)?;
+                let secret = Secret::from_keyring(&desc)
+                    .map_err(|e| CtrError::new(kernel::c_str!("Key lookup failed (auth: no such user or logon key?)"), e))?;
+                Some(
+                    KernelHmac::new(secret.as_bytes())
+                        .map_err(|e| CtrError::new(kernel::c_str!("Cannot set up HMAC-SHA256"), e))?,
+                )
+            }
+            None => None,
+        };
         // The table prints devices as major:minor, so meta_dev is printed by its device number.
-        let nomem = |_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM);
         let meta_name = match &meta {
             Some(m) => Some(CString::try_from_fmt(kernel::fmt!("{m}")).map_err(nomem)?),
             None => None,
         };
         let opts = ReplOptions { meta_dev: meta_name.as_deref().and_then(|n| n.to_str().ok()), ..t.opts };
         let opts_line = CString::try_from_fmt(kernel::fmt!("{opts}")).map_err(nomem)?;
-        ti.set_num_flush_bios(1);
-        ti.set_num_discard_bios(1);
-        ti.set_num_write_zeroes_bios(1);
+        let len = ti.len();
+        let engine = match t.role {
+            Role::Primary => {
+                // Every write becomes one frame: at most MAX_DATA bytes.
+                ti.set_max_io_len(primary::MAX_IO_SECTORS)
+                    .map_err(|e| CtrError::new(kernel::c_str!("Cannot set max_io_len"), e))?;
+                ti.set_flush_supported();
+                ti.set_num_flush_bios(1);
+                let p = Primary::new(data, len, t.addr, key, t.opts.protocol() == Protocol::Sync, t.opts.max_inflight_kb())
+                    .map_err(|e| CtrError::new(kernel::c_str!("Cannot allocate the replication state"), e))?;
+                Engine::Primary(p)
+            }
+            Role::Secondary => {
+                ti.set_num_flush_bios(1);
+                let s = Secondary::new(data, len, t.addr, key)
+                    .map_err(|e| CtrError::new(kernel::c_str!("Cannot allocate the replication state"), e))?;
+                Engine::Secondary(s)
+            }
+        };
+        // Discards and write-zeroes are not replicated (no frame carries them): not offered.
+        ti.set_num_discard_bios(0);
+        ti.set_num_write_zeroes_bios(0);
         let me = Self {
-            len: ti.len(),
-            role: t.role,
-            data,
+            len,
+            engine,
             _meta: meta,
-            addr: t.addr,
             protocol: t.opts.protocol(),
             opts_line,
-            writes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         };
-        KBox::pin(me, GFP_KERNEL).map_err(|_| CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM))
+        KBox::pin(me, GFP_KERNEL).map_err(nomem)
     }
 
-    fn map(&self, mut bio: Bio<()>, _ctx: &MapContext<'_>) -> MapResult<()> {
-        let writes_data = matches!(bio.op(), Op::Write | Op::Discard | Op::WriteZeroes | Op::SecureErase);
-        if writes_data {
-            if self.role == Role::Secondary {
-                // Only the replication stream may write a secondary's device.
+    fn map(&self, mut bio: Bio<PerBio>, _ctx: &MapContext<'_>) -> MapResult<PerBio> {
+        match (&self.engine, bio.op()) {
+            (_, Op::Read) => {}
+            (Engine::Primary(p), Op::Write | Op::Flush) => {
+                p.queue(bio);
+                return MapResult::Submitted;
+            }
+            (Engine::Secondary(_), Op::Flush) => {}
+            // Only the replication stream may write a secondary's device; discards and the
+            // like are not offered (see ctr), so never replicated.
+            _ => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 return MapResult::Kill(bio);
             }
-            self.writes.fetch_add(1, Ordering::Relaxed);
         }
         let sector = bio.target_sector();
-        bio.remap(&self.data, sector);
+        bio.remap(self.data(), sector);
         MapResult::Remapped(bio)
     }
 
+    fn resume(&self) {
+        match &self.engine {
+            Engine::Primary(p) => Primary::start(p),
+            Engine::Secondary(s) => Secondary::start(s),
+        }
+    }
+
+    fn message(&self, args: Args<'_>, _out: &mut StatusWriter<'_>) -> Result {
+        let mut a = args;
+        let word = a.next().ok_or(EINVAL)?;
+        match (&self.engine, word) {
+            (Engine::Primary(p), "resync") if a.next().is_none() => {
+                p.resync_all();
+                Ok(())
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
     fn status(&self, ty: StatusType, out: &mut StatusWriter<'_>) {
-        let _ = match ty {
-            StatusType::Info => write!(
-                out,
-                "{} passthrough peer {} protocol {} writes {} refused {}",
-                self.role.as_str(),
-                self.addr,
-                self.protocol.as_str(),
-                self.writes.load(Ordering::Relaxed),
-                self.refused.load(Ordering::Relaxed),
-            ),
-            StatusType::Table => write!(out, "{} {} {} {}", self.role.as_str(), self.data, self.addr, &*self.opts_line),
-            StatusType::Ima => write!(out, "role={},data={},peer={};", self.role.as_str(), self.data, self.addr),
+        let _ = match (ty, &self.engine) {
+            (StatusType::Info, Engine::Primary(p)) => {
+                let s = p.snapshot();
+                let st = &p.stats;
+                let _ = write!(
+                    out,
+                    "primary {} peer {} protocol {} sent {} sent_bytes {} acked {} inflight {} inflight_bytes {} lag_ms {} dirty_kb {} ",
+                    if s.connected { "connected" } else { "connecting" },
+                    p.addr,
+                    self.protocol.as_str(),
+                    st.frames_sent.load(Ordering::Relaxed),
+                    st.bytes_sent.load(Ordering::Relaxed),
+                    st.frames_acked.load(Ordering::Relaxed),
+                    s.inflight,
+                    s.inflight_bytes,
+                    s.lag_ms,
+                    s.dirty_regions << (primary::REGION_SHIFT - 1),
+                );
+                let _ = match s.resync {
+                    Some((done, total)) => write!(out, "resync {}/{} ", done, total),
+                    None => write!(out, "resync - "),
+                };
+                write!(
+                    out,
+                    "peer_data {} writes {} connects {} refused {}",
+                    s.peer_data,
+                    st.writes.load(Ordering::Relaxed),
+                    st.connects.load(Ordering::Relaxed),
+                    self.refused.load(Ordering::Relaxed),
+                )
+            }
+            (StatusType::Info, Engine::Secondary(sec)) => {
+                let st = &sec.stats;
+                let peer = sec.peer();
+                let _ = write!(
+                    out,
+                    "secondary {} listen {} peer ",
+                    if peer.is_some() { "connected" } else if sec.listening() { "listening" } else { "starting" },
+                    sec.addr,
+                );
+                let _ = match peer {
+                    Some(a) => write!(out, "{a} "),
+                    None => write!(out, "- "),
+                };
+                write!(
+                    out,
+                    "applied {} applied_bytes {} resync_bytes {} epoch {} data {} sessions {} dropped {} refused {}",
+                    st.frames.load(Ordering::Relaxed),
+                    st.bytes.load(Ordering::Relaxed),
+                    st.resync_bytes.load(Ordering::Relaxed),
+                    st.durable_epoch.load(Ordering::Relaxed),
+                    if sec.consistent.load(Ordering::Acquire) { "consistent" } else { "inconsistent" },
+                    st.sessions.load(Ordering::Relaxed),
+                    st.dropped.load(Ordering::Relaxed),
+                    self.refused.load(Ordering::Relaxed),
+                )
+            }
+            (StatusType::Table, e) => {
+                let (role, addr) = match e {
+                    Engine::Primary(p) => ("primary", p.addr),
+                    Engine::Secondary(s) => ("secondary", s.addr),
+                };
+                write!(out, "{} {} {} {}", role, self.data(), addr, &*self.opts_line)
+            }
+            (StatusType::Ima, e) => {
+                let (role, addr) = match e {
+                    Engine::Primary(p) => ("primary", p.addr),
+                    Engine::Secondary(s) => ("secondary", s.addr),
+                };
+                write!(out, "role={},data={},peer={};", role, self.data(), addr)
+            }
         };
     }
 
     fn iterate_devices(&self, visit: &mut DeviceVisitor<'_>) -> core::result::Result<(), Stop> {
-        visit.visit(&self.data, 0, self.len)
+        visit.visit(self.data(), 0, self.len)
+    }
+}
+
+impl Drop for Repl {
+    fn drop(&mut self) {
+        // No bio is in flight when a target is destroyed; stop the workers and close sockets.
+        match &self.engine {
+            Engine::Primary(p) => Primary::stop(p),
+            Engine::Secondary(s) => Secondary::stop(s),
+        }
     }
 }

@@ -45,9 +45,11 @@ loopdev() {
 }
 
 # Kernel log since the last dmesg_mark.
-DMESG_MARK=0
-dmesg_mark() { DMESG_MARK=$(dmesg | wc -l); }
-dmesg_since() { dmesg | tail -n +$((DMESG_MARK + 1)); }
+# A unique line written to the kernel log marks the place (line counts shift once the ring
+# buffer wraps).
+DMESG_MARK=none
+dmesg_mark() { DMESG_MARK="wbrepl-test-mark-$$-$RANDOM$RANDOM"; echo "$DMESG_MARK" >/dev/kmsg; }
+dmesg_since() { dmesg | sed -n "/$DMESG_MARK/,\$p" | tail -n +2; }
 
 sectors() { blockdev --getsz "$1"; }
 devnum() { local d; d=$(stat -L -c '%t %T' "$1"); printf '%d:%d' "0x${d% *}" "0x${d#* }"; }

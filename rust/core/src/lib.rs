@@ -15,6 +15,7 @@ extern crate std;
 #[macro_use]
 pub mod error;
 pub mod parse;
+pub mod replstate;
 pub mod table;
 pub mod wbformat;
 pub mod wbindex;

@@ -152,7 +152,7 @@ impl FrameType {
         match self {
             Self::Hello => HELLO_AUTH,
             Self::Write | Self::ResyncWrite => WRITE_FUA,
-            Self::Barrier => BARRIER_FLUSH,
+            Self::Barrier => BARRIER_FLUSH | BARRIER_RESYNC_DONE,
             _ => 0,
         }
     }
@@ -179,6 +179,9 @@ pub const WRITE_FUA: u16 = 1;
 /// `BARRIER` flag: the secondary flushes its device before acknowledging the barrier
 /// (a PREFLUSH or FUA from above).
 pub const BARRIER_FLUSH: u16 = 1;
+/// `BARRIER` flag: the resync is complete; with every frame before it applied, the secondary
+/// is consistent again.
+pub const BARRIER_RESYNC_DONE: u16 = 2;
 
 const HELLO_LEN: u32 = 16 + NONCE_LEN as u32;
 const MARKER_LEN: u32 = 16 + LABEL_LEN as u32;

@@ -1,0 +1,454 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! dm-repl's bookkeeping on the primary: the window of frames sent but not yet acknowledged,
+//! and the map of regions that differ from the secondary (the dirty bitmap a resync reads).
+//!
+//! Storage comes from the caller (allocated once in the kernel constructor, `Vec` in host
+//! tests); nothing here allocates.
+
+use core::ops::DerefMut;
+
+/// What a window entry stands for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kind {
+    /// An ordered write (`WRITE`).
+    #[default]
+    Write,
+    /// A resync write (`RESYNC_WRITE`) of dirty regions.
+    Resync,
+    /// A barrier (a flush from above, or the end of a resync).
+    Barrier,
+    /// Anything else that takes a sequence number (`PING`, `MARKER`).
+    Other,
+}
+
+/// One frame sent on the current connection, by sequence number.
+#[derive(Debug, Default)]
+pub struct Entry<T> {
+    /// Its sequence number.
+    pub seq: u64,
+    /// What it is.
+    pub kind: Kind,
+    /// First sector written (writes and resync writes).
+    pub sector: u64,
+    /// Sectors written.
+    pub sectors: u32,
+    /// When it was sent (milliseconds, caller's clock), for the replication lag.
+    pub sent_ms: u64,
+    /// The secondary acknowledged it.
+    pub acked: bool,
+    /// The local part (the write to our own device) finished, or there is none.
+    pub local_done: bool,
+    /// The network part the protocol waits for is done (sent for `async`, acknowledged for
+    /// `sync`): the bio may complete once `local_done` too.
+    pub net_done: bool,
+    /// The bio, parked here when its local write finished before its network part.
+    pub held: Option<T>,
+}
+
+/// The frames of one connection in sequence order, from the oldest not yet retired.
+///
+/// An entry is retired when it is acknowledged and its local write is done, so the window holds
+/// exactly what a disconnection would leave unconfirmed at the secondary.
+pub struct Window<T, S: DerefMut<Target = [Entry<T>]>> {
+    slots: S,
+    head: usize,
+    len: usize,
+    head_seq: u64,
+    bytes: u64,
+}
+
+impl<T, S: DerefMut<Target = [Entry<T>]>> Window<T, S> {
+    /// An empty window over `slots` (its capacity), whose first frame will be `first_seq`.
+    pub fn new(slots: S, first_seq: u64) -> Self {
+        Self { slots, head: 0, len: 0, head_seq: first_seq, bytes: 0 }
+    }
+
+    /// `i` modulo the capacity (no division by a zero capacity: an empty ring stays empty).
+    fn wrap(&self, i: usize) -> usize {
+        i.checked_rem(self.slots.len()).unwrap_or(0)
+    }
+
+    /// Capacity in frames.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Frames in the window.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the window is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Data bytes of the writes in the window.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The sequence number the next frame must have.
+    pub fn next_seq(&self) -> u64 {
+        self.head_seq.wrapping_add(self.len as u64)
+    }
+
+    /// Empties the window for a new connection whose first counted frame is `first_seq`.
+    /// Entries must have been taken out with [`Window::drain`] first.
+    pub fn reset(&mut self, first_seq: u64) {
+        self.head = 0;
+        self.len = 0;
+        self.head_seq = first_seq;
+        self.bytes = 0;
+    }
+
+    /// Whether another frame of `bytes` data bytes fits: a free slot, and the data below
+    /// `max_bytes` (a single frame is always allowed into an empty window).
+    pub fn fits(&self, bytes: u64, max_bytes: u64) -> bool {
+        self.len < self.slots.len() && (self.len == 0 || self.bytes + bytes <= max_bytes)
+    }
+
+    /// Appends the next frame. Its `seq` must be [`Window::next_seq`]; `false` if the window
+    /// is full or the sequence number is not the next one (nothing changes then).
+    pub fn push(&mut self, e: Entry<T>) -> bool {
+        if self.len >= self.slots.len() || e.seq != self.next_seq() {
+            return false;
+        }
+        let at = self.wrap(self.head + self.len);
+        self.bytes += u64::from(e.sectors) * 512;
+        if let Some(s) = self.slots.get_mut(at) {
+            *s = e;
+            self.len += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The entry of frame `seq`, if it is in the window.
+    pub fn get_mut(&mut self, seq: u64) -> Option<&mut Entry<T>> {
+        let off = seq.wrapping_sub(self.head_seq);
+        if off >= self.len as u64 {
+            return None;
+        }
+        let at = self.wrap(self.head + off as usize);
+        self.slots.get_mut(at)
+    }
+
+    /// The oldest entry.
+    pub fn front(&self) -> Option<&Entry<T>> {
+        if self.len == 0 {
+            return None;
+        }
+        self.slots.get(self.head)
+    }
+
+    /// Marks every frame up to `seq` acknowledged (and, with `sync`, network-done), handing
+    /// each bio that was waiting for it to `done`. An acknowledgement of a frame not sent yet
+    /// is refused (`false`) and changes nothing.
+    pub fn ack(&mut self, seq: u64, sync: bool, mut done: impl FnMut(T)) -> bool {
+        if seq < self.head_seq {
+            // Everything up to it is retired already: a duplicate.
+            return true;
+        }
+        let off = seq - self.head_seq;
+        if off >= self.len as u64 {
+            // Not sent yet.
+            return false;
+        }
+        for i in 0..=off as usize {
+            let at = self.wrap(self.head + i);
+            if let Some(e) = self.slots.get_mut(at) {
+                e.acked = true;
+                if sync {
+                    e.net_done = true;
+                }
+                if e.net_done && e.local_done {
+                    if let Some(t) = e.held.take() {
+                        done(t);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Retires acknowledged entries whose local write is done from the front; calls `f` with
+    /// each (the caller clears dirty bits of acknowledged resync writes).
+    pub fn retire(&mut self, mut f: impl FnMut(&Entry<T>)) {
+        while self.len > 0 {
+            let Some(e) = self.slots.get_mut(self.head) else { return };
+            if !(e.acked && e.local_done && e.held.is_none()) {
+                return;
+            }
+            f(e);
+            self.bytes -= u64::from(e.sectors) * 512;
+            *e = Entry::default_of();
+            self.head = self.wrap(self.head + 1);
+            self.head_seq = self.head_seq.wrapping_add(1);
+            self.len -= 1;
+        }
+    }
+
+    /// Takes every entry out, oldest first (a disconnection), leaving the window empty with
+    /// the next sequence number unchanged.
+    pub fn drain(&mut self, mut f: impl FnMut(Entry<T>)) {
+        while self.len > 0 {
+            if let Some(e) = self.slots.get_mut(self.head) {
+                f(core::mem::replace(e, Entry::default_of()));
+            }
+            self.head = self.wrap(self.head + 1);
+            self.head_seq = self.head_seq.wrapping_add(1);
+            self.len -= 1;
+        }
+        self.bytes = 0;
+    }
+}
+
+impl<T> Entry<T> {
+    /// An empty entry (without requiring `T: Default`).
+    pub fn default_of() -> Self {
+        Self {
+            seq: 0,
+            kind: Kind::Write,
+            sector: 0,
+            sectors: 0,
+            sent_ms: 0,
+            acked: false,
+            local_done: false,
+            net_done: false,
+            held: None,
+        }
+    }
+}
+
+/// Regions of the device that may differ from the secondary: one bit per region of
+/// `1 << region_shift` sectors.
+pub struct DirtyMap<W: DerefMut<Target = [u64]>> {
+    words: W,
+    regions: u64,
+    region_shift: u32,
+    count: u64,
+}
+
+impl<W: DerefMut<Target = [u64]>> DirtyMap<W> {
+    /// Words needed for a device of `sectors` sectors.
+    pub fn words_for(sectors: u64, region_shift: u32) -> usize {
+        let regions = sectors.div_ceil(1u64 << region_shift);
+        regions.div_ceil(64) as usize
+    }
+
+    /// A clean map over `words` (at least [`DirtyMap::words_for`] of them).
+    pub fn new(mut words: W, sectors: u64, region_shift: u32) -> Option<Self> {
+        let regions = sectors.div_ceil(1u64 << region_shift);
+        if words.len() < regions.div_ceil(64) as usize || region_shift > 40 {
+            return None;
+        }
+        words.fill(0);
+        Some(Self { words, regions, region_shift, count: 0 })
+    }
+
+    /// Sectors per region.
+    pub fn region_sectors(&self) -> u64 {
+        1u64 << self.region_shift
+    }
+
+    /// Regions in the map.
+    pub fn regions(&self) -> u64 {
+        self.regions
+    }
+
+    /// Dirty regions.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether region `r` is dirty.
+    pub fn is_dirty(&self, r: u64) -> bool {
+        r < self.regions && self.words.get((r / 64) as usize).is_some_and(|w| w & (1 << (r % 64)) != 0)
+    }
+
+    fn set(&mut self, r: u64, dirty: bool) {
+        if r >= self.regions {
+            return;
+        }
+        if let Some(w) = self.words.get_mut((r / 64) as usize) {
+            let bit = 1u64 << (r % 64);
+            if (*w & bit != 0) != dirty {
+                *w ^= bit;
+                if dirty {
+                    self.count += 1;
+                } else {
+                    self.count -= 1;
+                }
+            }
+        }
+    }
+
+    /// Marks every region touched by `sectors` sectors from `sector` dirty.
+    pub fn mark(&mut self, sector: u64, sectors: u64) {
+        if sectors == 0 {
+            return;
+        }
+        let first = sector >> self.region_shift;
+        let last = (sector + sectors - 1) >> self.region_shift;
+        for r in first..=last.min(self.regions.saturating_sub(1)) {
+            self.set(r, true);
+        }
+    }
+
+    /// Marks every region dirty (a full resync).
+    pub fn mark_all(&mut self) {
+        for r in 0..self.regions {
+            self.set(r, true);
+        }
+    }
+
+    /// Clears regions `first..first + n`.
+    pub fn clear(&mut self, first: u64, n: u64) {
+        for r in first..first.saturating_add(n).min(self.regions) {
+            self.set(r, false);
+        }
+    }
+
+    /// The first run of dirty regions at or after region `from` (wrapping around to 0), at
+    /// most `max` regions long: `(first, n)`.
+    pub fn next_run(&self, from: u64, max: u64) -> Option<(u64, u64)> {
+        if self.count == 0 || max == 0 {
+            return None;
+        }
+        let start = if from < self.regions { from } else { 0 };
+        let first = self.find_from(start).or_else(|| self.find_from(0))?;
+        let mut n = 1;
+        while n < max && first + n < self.regions && self.is_dirty(first + n) {
+            n += 1;
+        }
+        Some((first, n))
+    }
+
+    fn find_from(&self, from: u64) -> Option<u64> {
+        let mut wi = (from / 64) as usize;
+        let mut mask = !0u64 << (from % 64);
+        while let Some(&w) = self.words.get(wi) {
+            let m = w & mask;
+            if m != 0 {
+                let r = wi as u64 * 64 + u64::from(m.trailing_zeros());
+                return (r < self.regions).then_some(r);
+            }
+            wi += 1;
+            mask = !0;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    fn win(cap: usize, first: u64) -> Window<u32, Vec<Entry<u32>>> {
+        Window::new((0..cap).map(|_| Entry::default_of()).collect(), first)
+    }
+
+    fn write(seq: u64, sectors: u32) -> Entry<u32> {
+        Entry { seq, sectors, ..Entry::default_of() }
+    }
+
+    #[test]
+    fn window_completes_bios_by_protocol_and_retires_in_order() {
+        let mut w = win(4, 2);
+        assert!(w.push(write(2, 8)));
+        assert!(!w.push(write(4, 8)), "sequence gap refused");
+        assert!(w.push(write(3, 8)));
+        assert_eq!(w.bytes(), 8192);
+        // Frame 2's local write finishes first; sync mode parks the bio until the ack.
+        let e = w.get_mut(2).unwrap();
+        e.local_done = true;
+        e.held = Some(20);
+        let mut done = vec![];
+        assert!(w.ack(2, true, |t| done.push(t)));
+        assert_eq!(done, vec![20]);
+        w.retire(|_| {});
+        assert_eq!((w.len(), w.next_seq(), w.bytes()), (1, 4, 4096));
+        // Frame 3 acked before its local write is done: it stays.
+        assert!(w.ack(3, true, |t| done.push(t)));
+        w.retire(|_| {});
+        assert_eq!(w.len(), 1);
+        w.get_mut(3).unwrap().local_done = true;
+        w.retire(|_| {});
+        assert!(w.is_empty());
+        assert!(w.ack(3, true, |_| panic!("duplicate ack completes nothing")), "duplicate ack is harmless");
+        assert!(!w.ack(9, true, |_| {}), "ack of an unsent frame refused");
+    }
+
+    #[test]
+    fn window_limits_frames_and_bytes_and_drains() {
+        let mut w = win(3, 0);
+        assert!(w.fits(1 << 20, 4096), "one frame always fits an empty window");
+        assert!(w.push(write(0, 8)));
+        assert!(!w.fits(4096, 4096));
+        assert!(w.fits(4096, 8192));
+        assert!(w.push(write(1, 8)) && w.push(write(2, 8)));
+        assert!(!w.fits(0, u64::MAX) && !w.push(write(3, 8)));
+        let mut seqs = vec![];
+        w.drain(|e| seqs.push(e.seq));
+        assert_eq!(seqs, vec![0, 1, 2]);
+        assert_eq!((w.len(), w.bytes(), w.next_seq()), (0, 0, 3));
+        w.reset(7);
+        assert!(w.push(write(7, 1)) && w.get_mut(7).is_some() && w.get_mut(6).is_none());
+    }
+
+    #[test]
+    fn dirty_map_marks_runs_and_clears() {
+        let mut m = DirtyMap::new(vec![0u64; 2], 100 * 128, 7).unwrap();
+        assert_eq!(m.regions(), 100);
+        m.mark(127, 2); // spans regions 0 and 1
+        m.mark(99 * 128, 1000); // past the end: clipped
+        assert_eq!(m.count(), 3);
+        assert_eq!(m.next_run(0, 8), Some((0, 2)));
+        assert_eq!(m.next_run(2, 8), Some((99, 1)));
+        assert_eq!(m.next_run(0, 1), Some((0, 1)));
+        m.clear(0, 2);
+        assert_eq!(m.next_run(5, 8), Some((99, 1)));
+        assert_eq!(m.next_run(100, 8), Some((99, 1)), "wraps around");
+        m.clear(99, 5);
+        assert_eq!((m.count(), m.next_run(0, 8)), (0, None));
+        m.mark_all();
+        assert_eq!((m.count(), m.next_run(0, 1000)), (100, Some((0, 100))));
+        assert!(DirtyMap::new(vec![0u64; 1], 100 * 128, 7).is_none(), "too few words refused");
+    }
+
+    proptest! {
+        #[test]
+        fn dirty_map_matches_a_set(ops in proptest::collection::vec((0u64..3000, 1u64..300, any::<bool>()), 1..60)) {
+            let sectors = 2900;
+            let mut m = DirtyMap::new(vec![0u64; DirtyMap::<Vec<u64>>::words_for(sectors, 4)], sectors, 4).unwrap();
+            let mut model = std::collections::BTreeSet::new();
+            for (s, n, mark) in ops {
+                if mark {
+                    m.mark(s, n);
+                    for r in (s >> 4)..=((s + n - 1) >> 4) {
+                        if r < m.regions() { model.insert(r); }
+                    }
+                } else {
+                    m.clear(s >> 4, n >> 4);
+                    for r in (s >> 4)..((s >> 4) + (n >> 4)) { model.remove(&r); }
+                }
+                prop_assert_eq!(m.count(), model.len() as u64);
+            }
+            let mut seen = Vec::new();
+            let mut from = 0;
+            while let Some((r, n)) = m.next_run(from, 7) {
+                if seen.contains(&r) { break; }
+                for i in r..r + n { seen.push(i); }
+                from = r + n;
+            }
+            seen.sort();
+            prop_assert_eq!(seen, model.into_iter().collect::<Vec<_>>());
+        }
+    }
+}

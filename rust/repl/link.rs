@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Frames on a socket, and the connection handshake, for both roles (the codec and its checks
+//! are `rust/core/src/wire.rs`).
+
+use crate::dmcore::crc::KernelCrc32c;
+use crate::dmcore::hmac::KernelHmac;
+use crate::dmcore::keys::random_bytes;
+use crate::dmcore::net::Socket;
+use crate::wbrepl_core::wire::{self, FrameType, Header, Hello, Hmac, RxSeq, WireError, HEADER_LEN, MAC_LEN, NONCE_LEN};
+use core::fmt;
+use kernel::error::Error;
+
+/// Why a connection ended or could not be made.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LinkError {
+    /// A socket error (or timeout).
+    Io(Error),
+    /// The peer sent something the protocol refuses.
+    Wire(WireError),
+    /// A frame that is valid but not expected here.
+    Unexpected(FrameType),
+    /// Applying a frame to the local device failed.
+    Apply(Error),
+    /// The target is being removed.
+    Stopped,
+    /// The peer closed the connection in order (`CLOSE`).
+    Closed,
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "socket error {}", e.to_errno()),
+            Self::Wire(w) => f.write_str(w.as_str()),
+            Self::Unexpected(t) => write!(f, "unexpected frame type {}", *t as u8),
+            Self::Apply(e) => write!(f, "local write failed ({})", e.to_errno()),
+            Self::Stopped => f.write_str("target removed"),
+            Self::Closed => f.write_str("closed by the peer"),
+        }
+    }
+}
+
+impl From<Error> for LinkError {
+    fn from(e: Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<WireError> for LinkError {
+    fn from(e: WireError) -> Self {
+        Self::Wire(e)
+    }
+}
+
+fn as_mac(m: Option<&KernelHmac>) -> Option<&dyn Hmac> {
+    m.map(|m| m as &dyn Hmac)
+}
+
+/// Seals and sends one frame whose payload is `payload`.
+pub(crate) fn send_frame(
+    sock: &Socket,
+    ty: FrameType,
+    flags: u16,
+    seq: u64,
+    payload: &[u8],
+    mac: Option<&KernelHmac>,
+) -> Result<(), LinkError> {
+    let mut hdr = [0u8; HEADER_LEN];
+    wire::seal(&mut hdr, ty, flags, seq, payload, &KernelCrc32c, as_mac(mac))?;
+    sock.send_all(&hdr)?;
+    if !payload.is_empty() {
+        sock.send_all(payload)?;
+    }
+    Ok(())
+}
+
+/// Receives one frame into `buf` and checks it (header first, then CRC, MAC and sequence).
+/// A payload longer than `buf` is refused before it is read.
+pub(crate) fn recv_frame<'b>(
+    sock: &Socket,
+    rx: &mut RxSeq,
+    mac: Option<&KernelHmac>,
+    buf: &'b mut [u8],
+) -> Result<(Header, &'b [u8]), LinkError> {
+    let mut hdr = [0u8; HEADER_LEN];
+    sock.recv_exact(&mut hdr)?;
+    let h = Header::decode(&hdr)?;
+    let payload = buf.get_mut(..h.len as usize).ok_or(LinkError::Wire(WireError::BadLength))?;
+    sock.recv_exact(payload)?;
+    let h = wire::open(&hdr, payload, rx, &KernelCrc32c, as_mac(mac))?;
+    Ok((h, payload))
+}
+
+/// An established, authenticated connection's framing state.
+pub(crate) struct Session {
+    /// Session MAC key (with `auth`).
+    pub(crate) mac: Option<KernelHmac>,
+    /// Sequence number of our next frame.
+    pub(crate) tx_seq: u64,
+    /// The peer's next sequence number.
+    pub(crate) rx: RxSeq,
+}
+
+/// Runs the handshake (`docs/repl.md`, "Handshake") on a fresh socket: `HELLO` both ways, then
+/// with `key` the `AUTH` proofs, deriving the session key.
+pub(crate) fn handshake(sock: &Socket, role: wire::Role, sectors: u64, key: Option<&KernelHmac>) -> Result<Session, LinkError> {
+    let mut own = Hello { role, sectors, nonce: [0u8; NONCE_LEN] };
+    random_bytes(&mut own.nonce);
+    let flags = if key.is_some() { wire::HELLO_AUTH } else { 0 };
+    let mut rx = RxSeq::new();
+    let mut buf = [0u8; Hello::LEN];
+    let mut enc = [0u8; Hello::LEN];
+    let send_hello = |enc: &mut [u8; Hello::LEN]| send_frame(sock, FrameType::Hello, flags, 0, own.encode(enc), None);
+    let recv_hello = |rx: &mut RxSeq, buf: &mut [u8; Hello::LEN]| -> Result<(Hello, bool), LinkError> {
+        let (h, p) = recv_frame(sock, rx, None, buf)?;
+        if h.ty != FrameType::Hello {
+            return Err(LinkError::Unexpected(h.ty));
+        }
+        Ok((Hello::decode(p)?, h.flags & wire::HELLO_AUTH != 0))
+    };
+    // The primary speaks first.
+    let (peer, peer_auth) = if role == wire::Role::Primary {
+        send_hello(&mut enc)?;
+        recv_hello(&mut rx, &mut buf)?
+    } else {
+        let p = recv_hello(&mut rx, &mut buf)?;
+        send_hello(&mut enc)?;
+        p
+    };
+    wire::check_hello(&own, key.is_some(), &peer, peer_auth)?;
+    let Some(key) = key else {
+        return Ok(Session { mac: None, tx_seq: 1, rx });
+    };
+    let proof = wire::auth_proof(key, role, &own.nonce, &peer.nonce)?;
+    let mut pbuf = [0u8; MAC_LEN];
+    let recv_proof = |rx: &mut RxSeq, pbuf: &mut [u8; MAC_LEN]| -> Result<(), LinkError> {
+        let (h, p) = recv_frame(sock, rx, None, pbuf)?;
+        if h.ty != FrameType::Auth {
+            return Err(LinkError::Unexpected(h.ty));
+        }
+        wire::check_proof(key, peer.role, &peer.nonce, &own.nonce, p)?;
+        Ok(())
+    };
+    if role == wire::Role::Primary {
+        send_frame(sock, FrameType::Auth, 0, 1, &proof, None)?;
+        recv_proof(&mut rx, &mut pbuf)?;
+    } else {
+        recv_proof(&mut rx, &mut pbuf)?;
+        send_frame(sock, FrameType::Auth, 0, 1, &proof, None)?;
+    }
+    let (pn, sn) = if role == wire::Role::Primary { (&own.nonce, &peer.nonce) } else { (&peer.nonce, &own.nonce) };
+    let skey = wire::session_key(key, pn, sn)?;
+    let mac = KernelHmac::new(&skey)?;
+    Ok(Session { mac: Some(mac), tx_seq: 2, rx })
+}

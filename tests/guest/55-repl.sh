@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# dm-repl between two nodes: network namespaces A (primary) and B (secondary) in one guest,
+# joined by a veth pair (see lib.sh). Each node's target is loaded from its namespace, so its
+# sockets live there; the data devices are loop devices.
+. "$(dirname "$0")/lib.sh"
+mkdir -p "$IMG_DIR"
+MB=${WBREPL_REPL_MB:-64}
+FUZZ=${WBREPL_REPL_FUZZ:-1000}
+here=$(cd "$(dirname "$0")" && pwd)
+
+check "repl2: nodes up" nodes_up
+PORT=7800
+
+# mkpair NAME PROTO [OPT VALUE...]: fresh zeroed data devices, a secondary on B and a primary on
+# A (options given to both). Sets PD, SD (data devices), S (sectors), PORT.
+mkpair() {
+  local name=$1 proto=$2; shift 2
+  PD=$(loopdev "$name-p" "$MB") && SD=$(loopdev "$name-s" "$MB") || return 1
+  S=$(sectors "$PD")
+  PORT=$((PORT + 1))
+  node_exec B dmsetup create "$name-s" --table "0 $S repl secondary $SD $NODE_B_IP:$PORT $# $*" &&
+    node_exec A dmsetup create "$name-p" --table "0 $S repl primary $PD $NODE_B_IP:$PORT $(($# + 2)) protocol $proto $*"
+}
+
+field() { dmsetup status "$1" | sed -n "s/.* $2 \([^ ]*\).*/\1/p"; }
+
+# wait_status DEV REGEX [SECONDS]
+wait_status() {
+  local i
+  for i in $(seq $((${3:-30} * 5))); do
+    [[ $(dmsetup status "$1") =~ $2 ]] && return 0
+    sleep 0.2
+  done
+  dmsetup status "$1"
+  return 1
+}
+connected() { wait_status "$1" ' primary connected ' "${2:-30}"; }
+# In sync with the secondary: connected, nothing in flight, nothing dirty, no resync.
+synced() { wait_status "$1" ' primary connected .* inflight 0 inflight_bytes 0 lag_ms 0 dirty_kb 0 resync - peer_data consistent ' "${2:-60}"; }
+
+# --- async: fio verify, then byte-identical ---------------------------------------------------
+check "async: pair up" mkpair ra async
+check "async: primary connects" connected ra-p
+check_match "async: secondary shows the session" "secondary connected listen $NODE_B_IP:$PORT peer $NODE_A_IP:" "$(dmsetup status ra-s)"
+check "async: fio randwrite 4k QD16 with verify" fio_verify /dev/mapper/ra-p --rw=randwrite --bs=4k --iodepth=16 --size=24M
+check "async: fio 1M sequential with verify" fio_verify /dev/mapper/ra-p --rw=write --bs=1M --iodepth=4 --offset=32M --size=24M
+check "async: FUA and flush (dd oflag=sync,direct; sync)" bash -c "dd if=/dev/urandom of=/dev/mapper/ra-p bs=64k count=16 seek=900 oflag=sync,direct status=none && sync"
+check "async: secondary catches up" synced ra-p
+check "async: secondary data identical to the primary's" same_data "$PD" "$SD"
+sent=$(field ra-p sent); acked=$(field ra-p acked)
+check_eq "async: every frame sent was acknowledged" "$sent" "$acked"
+check_match "async: secondary applied frames and durable epochs" 'applied [1-9][0-9]* applied_bytes [1-9][0-9]* resync_bytes 0 epoch [1-9][0-9]* data consistent' "$(dmsetup status ra-s)"
+check_match "async: flushes became barriers (epoch advanced)" 'epoch [2-9]|epoch [1-9][0-9]' "$(dmsetup status ra-s)"
+check_fails "async: the secondary still refuses writes from above" dd if=/dev/zero of=/dev/mapper/ra-s bs=4k count=1 oflag=direct status=none
+check_fails "async: an unknown message is refused" dmsetup message ra-p 0 frobnicate
+check "async: remove" dm_remove ra-p ra-s
+
+# --- sync: ext4 churn --------------------------------------------------------------------------
+ext4_churn() {
+  local m=$IMG_DIR/mnt
+  mkdir -p "$m" && mkfs.ext4 -q -E nodiscard,lazy_itable_init=0 /dev/mapper/"$1" && mount /dev/mapper/"$1" "$m" || return 1
+  local i
+  for i in $(seq 40); do
+    head -c $((RANDOM * 8)) /dev/urandom >"$m/f$i" || return 1
+  done
+  cp -a /usr/lib/os-release /usr/share/common-licenses "$m/" 2>/dev/null
+  rm -f "$m"/f1? && sync && mkdir "$m/d" && mv "$m"/f2? "$m/d/" && (cd "$m" && sha256sum f* d/* >"$IMG_DIR/churn.sums") &&
+    umount "$m"
+}
+check "sync: pair up" mkpair rs sync
+check "sync: primary connects" connected rs-p
+check "sync: ext4 file churn on the primary" ext4_churn rs-p
+check "sync: in sync at once (writes completed only once the secondary had them)" synced rs-p 5
+check "sync: secondary data identical to the primary's" same_data "$PD" "$SD"
+check "sync: the secondary's copy is a clean file system" e2fsck -fn "$SD"
+check "sync: remove" dm_remove rs-p rs-s
+
+# --- link faults during a workload -----------------------------------------------------------
+check "faults: pair up (async)" mkpair rf async
+check "faults: primary connects" connected rf-p
+lossy() { node_link A "delay 5ms reorder 25% 50% loss 1%" && node_link B "delay 5ms loss 1%"; }
+heal() { node_link A "" && node_link B ""; }
+check "faults: delay 5 ms, 1% loss, reordering on both ends" lossy
+check "faults: fio randwrite over the lossy link" fio_verify /dev/mapper/rf-p --rw=randwrite --bs=4k --iodepth=8 --size=8M
+check "faults: heal" heal
+check "faults: catches up" synced rf-p
+check "faults: identical after the lossy link" same_data "$PD" "$SD"
+# The secondary is killed (its target removed) in the middle of a workload and comes back.
+fio_bg() { fio_verify /dev/mapper/rf-p --rw=randwrite --bs=4k --iodepth=8 --size=16M --offset=16M --rate_iops=1500 & }
+fio_bg; fpid=$!
+sleep 2
+check "faults: kill the secondary mid-workload" dm_remove rf-s
+check "faults: primary notices" wait_status rf-p ' primary connecting .* peer_data behind ' 20
+sleep 2
+check "faults: restart the secondary" node_exec B dmsetup create rf-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 0"
+check "faults: workload completes and verifies" wait $fpid
+check "faults: reconnects, resyncs, in sync" synced rf-p 90
+check_match "faults: the secondary received a resync and is consistent" 'resync_bytes [1-9][0-9]* epoch [0-9]* data consistent' "$(dmsetup status rf-s)"
+check "faults: identical after the restart" same_data "$PD" "$SD"
+# The link is cut under a sync workload: writes complete once the primary gives the link up.
+check "faults: cut the link (100% loss)" node_link A "loss 100%"
+check "faults: writes complete with the link cut" dd if=/dev/urandom of=/dev/mapper/rf-p bs=4k count=64 seek=100 oflag=direct status=none
+check "faults: primary gives the dead link up" wait_status rf-p ' primary connecting .* peer_data behind ' 40
+check "faults: writes while disconnected mark regions dirty" bash -c "dd if=/dev/urandom of=/dev/mapper/rf-p bs=1M count=4 seek=40 oflag=direct status=none && [ \$(dmsetup status rf-p | sed -n 's/.* dirty_kb \([0-9]*\).*/\1/p') -ge 4096 ]"
+check "faults: heal the link" node_link A ""
+check "faults: reconnects and resyncs" synced rf-p 90
+check "faults: identical after the cut" same_data "$PD" "$SD"
+check "faults: full resync on request (message resync)" dmsetup message rf-p 0 resync
+check "faults: full resync completes" synced rf-p 120
+check "faults: identical after the full resync" same_data "$PD" "$SD"
+check "faults: remove" dm_remove rf-p rf-s
+
+# --- authentication --------------------------------------------------------------------------
+# The test runs without a session keyring: keys go to the user session keyring, which
+# request_key() searches for such processes (docs/repl.md, "Keys").
+keyctl add user wbrepl-test-key "correct horse battery staple" @us >/dev/null
+keyctl add user wbrepl-other-key "a different secret" @us >/dev/null
+check "auth: pair with a shared key" mkpair rk sync auth wbrepl-test-key
+check "auth: authenticated peers connect" connected rk-p
+check "auth: replicate" dd if=/dev/urandom of=/dev/mapper/rk-p bs=64k count=32 oflag=direct status=none
+check "auth: in sync" synced rk-p
+check "auth: identical" same_data "$PD" "$SD"
+check "auth: remove" dm_remove rk-p rk-s
+PORT=$((PORT + 1))
+dmesg_mark
+check "auth: wrong key: secondary up" node_exec B dmsetup create rw-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 2 auth wbrepl-other-key"
+check "auth: wrong key: primary up" node_exec A dmsetup create rw-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 auth wbrepl-test-key"
+sleep 3
+check_match "auth: wrong key: never connected" ' primary connecting .* connects 0 ' "$(dmsetup status rw-p)"
+check_match "auth: wrong key: refused by the secondary" 'refused connection from 10.99.0.1:[0-9]+: authentication failed' "$(dmesg_since)"
+check "auth: wrong key: remove" dm_remove rw-p rw-s
+PORT=$((PORT + 1))
+dmesg_mark
+check "auth: no key on one side: secondary up" node_exec B dmsetup create rn-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 0"
+check "auth: no key on one side: primary up" node_exec A dmsetup create rn-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 auth wbrepl-test-key"
+sleep 3
+check_match "auth: mismatch: never connected" ' primary connecting .* connects 0 ' "$(dmsetup status rn-p)"
+check_match "auth: mismatch: refused" 'authentication' "$(dmesg_since)"
+check "auth: mismatch: remove" dm_remove rn-p rn-s
+check_fails "auth: a missing key fails the table load" dmsetup create rx --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 auth wbrepl-no-such-key"
+check_match "auth: ...with a clear error" 'Key lookup failed' "$(dmesg | tail -n 5)"
+
+# --- fuzzed frames ---------------------------------------------------------------------------
+PORT=$((PORT + 1))
+check "fuzz: secondary up (no auth)" node_exec B dmsetup create fz-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 0"
+sleep 1
+check "fuzz: $FUZZ malformed frames after a valid one: each refused, connection dropped" \
+  node_exec A python3 "$here/replfuzz.py" "$NODE_B_IP" "$PORT" "$S" "$FUZZ"
+check_match "fuzz: the secondary counted the drops" "dropped ([0-9]{4,}|[1-9][0-9]{2})" "$(dmsetup status fz-s)"
+real_primary() {
+  node_exec A dmsetup create fz-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 0" &&
+    dd if=/dev/urandom of=/dev/mapper/fz-p bs=64k count=16 oflag=direct status=none
+}
+check "fuzz: a real primary still connects and replicates" real_primary
+check "fuzz: in sync" synced fz-p
+check "fuzz: identical" same_data "$PD" "$SD"
+check "fuzz: remove" dm_remove fz-p fz-s
+PORT=$((PORT + 1))
+check "fuzz: secondary up (auth)" node_exec B dmsetup create fa-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 2 auth wbrepl-test-key"
+sleep 1
+check "fuzz: 200 unauthenticated peers (random bytes, random proofs) refused" \
+  node_exec A python3 "$here/replfuzz.py" "$NODE_B_IP" "$PORT" "$S" 200 --auth
+check "fuzz: remove" dm_remove fa-s
+
+check "repl2: nodes down" nodes_down
+finish
