@@ -80,6 +80,16 @@ pub fn econnreset() -> Error {
     Error::from_errno(-(bindings::ECONNRESET as i32))
 }
 
+/// `ENOTCONN`: there is no connection.
+pub fn enotconn() -> Error {
+    Error::from_errno(-(bindings::ENOTCONN as i32))
+}
+
+/// `ETIMEDOUT`.
+pub fn etimedout() -> Error {
+    Error::from_errno(-(bindings::ETIMEDOUT as i32))
+}
+
 /// Whether `e` is a socket timeout (see [`Socket::set_timeouts`]).
 pub fn is_timeout(e: &Error) -> bool {
     e.to_errno() == -(bindings::ETIMEDOUT as i32)

@@ -20,6 +20,7 @@
 #include <linux/key.h>
 #include <linux/key-type.h>
 #include <linux/random.h>
+#include <linux/timekeeping.h>
 #include <keys/user-type.h>
 #include <kunit/test.h>
 
@@ -207,6 +208,11 @@ int dmcore_read_key(const char *desc, u8 *buf, unsigned int buflen)
 	up_read(&key->sem);
 	key_put(key);
 	return r;
+}
+
+u64 dmcore_real_time_ns(void)
+{
+	return ktime_get_real_ns();
 }
 
 void dmcore_random_bytes(u8 *buf, unsigned int len)

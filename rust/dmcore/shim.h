@@ -63,6 +63,9 @@ void dmcore_hmac_sha256_free(void *tfm);
  */
 int dmcore_read_key(const char *desc, u8 *buf, unsigned int buflen);
 
+/* wall-clock time, ns since the Unix epoch (ktime_get_real_ns) */
+u64 dmcore_real_time_ns(void);
+
 /* random bytes (get_random_bytes) */
 void dmcore_random_bytes(u8 *buf, unsigned int len);
 

@@ -132,3 +132,10 @@ pub fn sleep_ms(ms: u32) {
     // SAFETY: `msleep` may be called from any sleepable context, which is documented above.
     unsafe { bindings::msleep(ms) };
 }
+
+/// Wall-clock time in nanoseconds since the Unix epoch (`ktime_get_real_ns`), for timestamps
+/// shown to people; never for measuring intervals.
+pub fn real_time_ns() -> u64 {
+    // SAFETY: no preconditions; callable from any context.
+    unsafe { bindings::dmcore_real_time_ns() }
+}

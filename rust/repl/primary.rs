@@ -19,11 +19,13 @@ use crate::dmcore::bio::{Bio, BioList, BioSet, BlkStatus, CloneDone, Op};
 use crate::dmcore::device::Device;
 use crate::dmcore::dmio::{IoClient, Region};
 use crate::dmcore::hmac::KernelHmac;
-use crate::dmcore::net::{econnreset, NetNs, Socket};
+use crate::dmcore::net::{econnreset, enotconn, etimedout, NetNs, Socket};
 use crate::dmcore::sync::IrqSpinLock;
-use crate::dmcore::wq::{Completion, WorkQueue};
+use crate::dmcore::crc::KernelCrc32c;
+use crate::dmcore::wq::{real_time_ns, Completion, WorkQueue};
 use crate::link::{self, LinkError};
 use crate::wbrepl_core::parse::SocketAddrV4;
+use crate::wbrepl_core::marker::{MarkerRecord, RECORD_LEN};
 use crate::wbrepl_core::replstate::{DirtyMap, Entry, Kind, Window};
 use crate::wbrepl_core::wire::{self, FrameType, RxSeq, WRITE_FIXED};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -98,6 +100,10 @@ struct State {
     /// Dirty regions when the current resync started.
     resync_total: u64,
     acked_seq: u64,
+    /// A `marker <label>` message waiting for the sender.
+    marker_req: Option<wire::Marker>,
+    /// Its outcome: 0 sent, or a negative errno.
+    marker_result: i32,
 }
 
 #[derive(Default)]
@@ -108,6 +114,8 @@ pub(crate) struct Stats {
     pub(crate) writes: AtomicU64,
     pub(crate) connects: AtomicU64,
     pub(crate) resync_bytes: AtomicU64,
+    /// The last marker sent (a marker-region write or a `MARKER` frame); 0: none yet.
+    pub(crate) marker_id: AtomicU64,
 }
 
 #[pin_data]
@@ -119,6 +127,8 @@ pub(crate) struct Primary {
     key: Option<KernelHmac>,
     pub(crate) sync: bool,
     max_bytes: u64,
+    /// First sector of the marker region.
+    marker_start: u64,
     #[pin]
     st: IrqSpinLock<State>,
     #[pin]
@@ -134,6 +144,11 @@ pub(crate) struct Primary {
     /// Signalled when the last local write in flight completes.
     #[pin]
     local_idle: Completion,
+    /// Signalled when a requested marker frame was sent (or could not be).
+    #[pin]
+    marker_done: Completion,
+    #[pin]
+    marker_lock: Mutex<()>,
     local_inflight: AtomicU32,
     bs: BioSet,
     dmio: IoClient,
@@ -198,6 +213,7 @@ impl Primary {
         key: Option<KernelHmac>,
         sync: bool,
         max_inflight_kb: u32,
+        marker_sectors: u32,
     ) -> Result<Arc<Self>> {
         let frames = (max_inflight_kb as usize / 4).clamp(64, 65536);
         let mut slots = KVVec::with_capacity(frames, GFP_KERNEL)?;
@@ -217,6 +233,8 @@ impl Primary {
             resync_sent: 0,
             resync_total: 0,
             acked_seq: 0,
+            marker_req: None,
+            marker_result: 0,
         };
         let buf = KVVec::from_elem(0u8, DATA_OFF + wire::MAX_DATA as usize, GFP_KERNEL)?;
         let bs = BioSet::new(64)?;
@@ -234,12 +252,15 @@ impl Primary {
                 key,
                 sync,
                 max_bytes: u64::from(max_inflight_kb) * 1024,
+                marker_start: sectors.saturating_sub(u64::from(marker_sectors)),
                 st <- IrqSpinLock::new(st),
                 conn <- new_mutex!(None),
                 buf <- new_mutex!(buf),
                 wake <- Completion::new(),
                 conn_wake <- Completion::new(),
                 local_idle <- Completion::new(),
+                marker_done <- Completion::new(),
+                marker_lock <- new_mutex!(()),
                 local_inflight: AtomicU32::new(0),
                 bs,
                 dmio,
@@ -290,6 +311,59 @@ impl Primary {
     pub(crate) fn queue(&self, bio: PBio) {
         self.st.lock().incoming.push(bio);
         self.wake.complete();
+    }
+
+    /// The `marker <label>` message: a `MARKER` frame in the stream, after every write that
+    /// completed before this call. Waits until it is sent; returns its id.
+    pub(crate) fn inject_marker(&self, label: [u8; wire::LABEL_LEN]) -> Result<u64> {
+        let _one = self.marker_lock.lock();
+        let id = self.stats.marker_id.load(Ordering::Relaxed) + 1;
+        let m = wire::Marker { id, time_ns: real_time_ns(), label };
+        {
+            let mut g = self.st.lock();
+            if g.gen == 0 {
+                return Err(enotconn());
+            }
+            g.marker_req = Some(m);
+            g.marker_result = 1;
+        }
+        self.marker_done.reinit();
+        self.wake.complete();
+        let mut waited = 0;
+        loop {
+            let r = self.st.lock().marker_result;
+            if r <= 0 {
+                return if r == 0 { Ok(id) } else { Err(Error::from_errno(r)) };
+            }
+            if waited >= 10000 {
+                let mut g = self.st.lock();
+                g.marker_req = None;
+                g.marker_result = 0;
+                return Err(etimedout());
+            }
+            self.marker_done.wait_timeout_ms(100);
+            waited += 100;
+        }
+    }
+
+    /// Sends a requested marker frame (sender only).
+    fn send_marker(&self, c: Option<&Conn>) {
+        let Some(m) = self.st.lock().marker_req.take() else { return };
+        let r = match c {
+            Some(c) => match self.send_counted(c, FrameType::Marker, 0, Kind::Other, 0, 0, &m.encode()) {
+                Ok(_) => {
+                    self.stats.marker_id.fetch_max(m.id, Ordering::Relaxed);
+                    0
+                }
+                Err(e) => {
+                    self.disconnect(c, &e);
+                    enotconn().to_errno()
+                }
+            },
+            None => enotconn().to_errno(),
+        };
+        self.st.lock().marker_result = r;
+        self.marker_done.complete();
     }
 
     /// The `resync` message: every region is resynced (a full synchronisation).
@@ -471,6 +545,7 @@ impl Primary {
                     }
                 }
             }
+            self.send_marker(conn.as_deref());
             let bio = self.st.lock().incoming.pop();
             match bio {
                 Some(b) => {
@@ -595,6 +670,11 @@ impl Primary {
             };
             out[..WRITE_FIXED as usize].copy_from_slice(&fixed);
             bio.copy_to(&mut out[WRITE_FIXED as usize..]);
+            if sector >= self.marker_start {
+                if let Some(m) = out.get(WRITE_FIXED as usize..WRITE_FIXED as usize + RECORD_LEN).and_then(|r| MarkerRecord::decode(r, &KernelCrc32c)) {
+                    self.stats.marker_id.fetch_max(m.id, Ordering::Relaxed);
+                }
+            }
             (FrameType::Write, if bio.is_fua() { wire::WRITE_FUA } else { 0 }, FRAME_OFF..DATA_OFF + bytes as usize)
         } else {
             buf[..8].copy_from_slice(&epoch.to_le_bytes());

@@ -133,13 +133,30 @@ impl Target for Repl {
                     .map_err(|e| CtrError::new(kernel::c_str!("Cannot set max_io_len"), e))?;
                 ti.set_flush_supported();
                 ti.set_num_flush_bios(1);
-                let p = Primary::new(data, len, t.addr, key, t.opts.protocol() == Protocol::Sync, t.opts.max_inflight_kb())
+                let p = Primary::new(
+                    data,
+                    len,
+                    t.addr,
+                    key,
+                    t.opts.protocol() == Protocol::Sync,
+                    t.opts.max_inflight_kb(),
+                    t.opts.marker_sectors(),
+                )
                     .map_err(|e| CtrError::new(kernel::c_str!("Cannot allocate the replication state"), e))?;
                 Engine::Primary(p)
             }
             Role::Secondary => {
                 ti.set_num_flush_bios(1);
-                let s = Secondary::new(data, len, t.addr, key)
+                let s = Secondary::new(
+                    data,
+                    len,
+                    t.addr,
+                    key,
+                    t.opts.marker_sectors(),
+                    t.opts.freeze_on_marker,
+                    t.opts.freeze_timeout_ms,
+                    ti.handle(),
+                )
                     .map_err(|e| CtrError::new(kernel::c_str!("Cannot allocate the replication state"), e))?;
                 Engine::Secondary(s)
             }
@@ -185,13 +202,27 @@ impl Target for Repl {
         }
     }
 
-    fn message(&self, args: Args<'_>, _out: &mut StatusWriter<'_>) -> Result {
+    fn message(&self, args: Args<'_>, out: &mut StatusWriter<'_>) -> Result {
         let mut a = args;
         let word = a.next().ok_or(EINVAL)?;
-        match (&self.engine, word) {
-            (Engine::Primary(p), "resync") if a.next().is_none() => {
+        let arg = a.next();
+        if a.next().is_some() {
+            return Err(EINVAL);
+        }
+        match (&self.engine, word, arg) {
+            (Engine::Primary(p), "resync", None) => {
                 p.resync_all();
                 Ok(())
+            }
+            (Engine::Primary(p), "marker", Some(label)) => {
+                let label = marker::label_from(label).ok_or(EINVAL)?;
+                let id = p.inject_marker(label)?;
+                let _ = write!(out, "{id}");
+                Ok(())
+            }
+            (Engine::Secondary(s), "thaw", Some(id)) => {
+                let id = id.parse::<u64>().map_err(|_| EINVAL)?;
+                s.thaw(id)
             }
             _ => Err(EINVAL),
         }
@@ -220,14 +251,18 @@ impl Target for Repl {
                     Some((done, total)) => write!(out, "resync {}/{} ", done, total),
                     None => write!(out, "resync - "),
                 };
-                write!(
+                let _ = write!(
                     out,
-                    "peer_data {} writes {} connects {} refused {}",
+                    "peer_data {} writes {} connects {} refused {} marker ",
                     s.peer_data,
                     st.writes.load(Ordering::Relaxed),
                     st.connects.load(Ordering::Relaxed),
                     self.refused.load(Ordering::Relaxed),
-                )
+                );
+                match st.marker_id.load(Ordering::Relaxed) {
+                    0 => write!(out, "-"),
+                    id => write!(out, "{id}"),
+                }
             }
             (StatusType::Info, Engine::Secondary(sec)) => {
                 let st = &sec.stats;
@@ -242,7 +277,7 @@ impl Target for Repl {
                     Some(a) => write!(out, "{a} "),
                     None => write!(out, "- "),
                 };
-                write!(
+                let _ = write!(
                     out,
                     "applied {} applied_bytes {} resync_bytes {} epoch {} data {} sessions {} dropped {} refused {}",
                     st.frames.load(Ordering::Relaxed),
@@ -253,7 +288,22 @@ impl Target for Repl {
                     st.sessions.load(Ordering::Relaxed),
                     st.dropped.load(Ordering::Relaxed),
                     self.refused.load(Ordering::Relaxed),
-                )
+                );
+                let _ = match st.marker_id.load(Ordering::Acquire) {
+                    0 => write!(out, " markers 0 marker - marker_time_ns -"),
+                    id => write!(
+                        out,
+                        " markers {} marker {} marker_time_ns {}",
+                        st.markers.load(Ordering::Relaxed),
+                        id,
+                        st.marker_time_ns.load(Ordering::Relaxed)
+                    ),
+                };
+                if sec.frozen.load(Ordering::Acquire) {
+                    write!(out, " frozen {}", sec.frozen_id.load(Ordering::Acquire))
+                } else {
+                    write!(out, " frozen -")
+                }
             }
             (StatusType::Table, e) => {
                 let (role, addr) = match e {

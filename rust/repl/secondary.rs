@@ -15,7 +15,9 @@
 //! Any malformed frame ends the session (logged with its reason); the target keeps working
 //! and the listener accepts the next connection.
 
+use crate::dmcore::crc::KernelCrc32c;
 use crate::dmcore::device::Device;
+use crate::dmcore::target::TargetHandle;
 use crate::dmcore::dmio::{IoClient, IoFlags, Region};
 use crate::dmcore::hmac::KernelHmac;
 use crate::dmcore::net::{is_timeout, NetNs, Socket};
@@ -23,6 +25,7 @@ use crate::dmcore::wq::{Completion, WorkQueue};
 use crate::link::{self, LinkError, Session};
 use crate::primary::{ms_now, DATA_OFF};
 use crate::wbrepl_core::parse::SocketAddrV4;
+use crate::wbrepl_core::marker::MarkerRecord;
 use crate::wbrepl_core::wire::{self, FrameType};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::new_mutex;
@@ -86,6 +89,11 @@ pub(crate) struct Stats {
     pub(crate) dropped: AtomicU64,
     pub(crate) durable_epoch: AtomicU64,
     pub(crate) last_frame_ms: AtomicU64,
+    /// Markers recorded.
+    pub(crate) markers: AtomicU64,
+    /// The last marker recorded (durable with everything before it); 0: none.
+    pub(crate) marker_id: AtomicU64,
+    pub(crate) marker_time_ns: AtomicU64,
 }
 
 #[pin_data]
@@ -97,6 +105,17 @@ pub(crate) struct Secondary {
     key: Option<KernelHmac>,
     /// The data device holds a consistent image (not in the middle of a resync).
     pub(crate) consistent: AtomicBool,
+    /// First sector of the marker region.
+    marker_start: u64,
+    freeze_on_marker: bool,
+    /// Thaw by itself after this long (0: only on `thaw <id>`).
+    freeze_timeout_ms: u32,
+    /// Frozen at this marker id (applying nothing until thawed); meaningful while `frozen`.
+    pub(crate) frozen_id: AtomicU64,
+    pub(crate) frozen: AtomicBool,
+    #[pin]
+    thaw: Completion,
+    handle: TargetHandle,
     #[pin]
     pending: Mutex<Option<Arc<Peer>>>,
     #[pin]
@@ -139,7 +158,17 @@ impl WorkItem<1> for Secondary {
 }
 
 impl Secondary {
-    pub(crate) fn new(data: Device, sectors: u64, addr: SocketAddrV4, key: Option<KernelHmac>) -> Result<Arc<Self>> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        data: Device,
+        sectors: u64,
+        addr: SocketAddrV4,
+        key: Option<KernelHmac>,
+        marker_sectors: u32,
+        freeze_on_marker: bool,
+        freeze_timeout_ms: Option<u32>,
+        handle: TargetHandle,
+    ) -> Result<Arc<Self>> {
         let buf = KVVec::from_elem(0u8, FRAME_OFF + wire::MAX_PAYLOAD as usize, GFP_KERNEL)?;
         let dmio = IoClient::new()?;
         let wq_listen = WorkQueue::new(kernel::c_str!("repl_listen"), 1, true)?;
@@ -152,6 +181,13 @@ impl Secondary {
                 ns: NetNs::current(),
                 key,
                 consistent: AtomicBool::new(true),
+                marker_start: sectors.saturating_sub(u64::from(marker_sectors)),
+                freeze_on_marker,
+                freeze_timeout_ms: freeze_timeout_ms.unwrap_or(0),
+                frozen_id: AtomicU64::new(0),
+                frozen: AtomicBool::new(false),
+                thaw <- Completion::new(),
+                handle,
                 pending <- new_mutex!(None),
                 active <- new_mutex!(None),
                 listener <- new_mutex!(None),
@@ -185,6 +221,7 @@ impl Secondary {
             p.sock.shutdown();
         }
         this.wake.complete_all();
+        this.thaw.complete_all();
         this.wq_listen.flush();
         this.wq_apply.flush();
         *this.pending.lock() = None;
@@ -291,6 +328,59 @@ impl Secondary {
         }
     }
 
+    /// The `thaw <id>` message.
+    pub(crate) fn thaw(&self, id: u64) -> Result {
+        if !self.frozen.load(Ordering::Acquire) || self.frozen_id.load(Ordering::Acquire) != id {
+            return Err(EINVAL);
+        }
+        self.frozen.store(false, Ordering::Release);
+        self.thaw.complete();
+        Ok(())
+    }
+
+    /// A marker's frame was applied: flush, so that it and every write before it are durable,
+    /// then record it and tell userspace (a dm event).
+    fn record_marker(&self, id: u64, time_ns: u64) -> Result<(), LinkError> {
+        self.dmio.flush(&self.data).map_err(LinkError::Apply)?;
+        self.stats.marker_id.store(id, Ordering::Release);
+        self.stats.marker_time_ns.store(time_ns, Ordering::Release);
+        self.stats.markers.fetch_add(1, Ordering::Relaxed);
+        if self.freeze_on_marker {
+            self.frozen_id.store(id, Ordering::Release);
+            self.frozen.store(true, Ordering::Release);
+        }
+        pr_info!(
+            "repl: marker {} is durable{}\n",
+            id,
+            if self.freeze_on_marker { "; frozen until thawed" } else { "" }
+        );
+        self.handle.event();
+        Ok(())
+    }
+
+    /// Frozen at a marker: apply nothing until `thaw <id>`, the freeze timeout or removal.
+    /// The primary is kept from declaring the link dead by a `PONG` every 2 s.
+    fn frozen_wait(&self, p: &Peer, tx: &mut u64) -> Result<(), LinkError> {
+        let start = ms_now();
+        loop {
+            self.thaw.reinit();
+            if !self.frozen.load(Ordering::Acquire) || self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let waited = ms_now().saturating_sub(start);
+            if self.freeze_timeout_ms != 0 && waited >= u64::from(self.freeze_timeout_ms) {
+                self.frozen.store(false, Ordering::Release);
+                pr_info!("repl: marker {}: freeze timeout, thawing\n", self.frozen_id.load(Ordering::Relaxed));
+                break;
+            }
+            self.thaw.wait_timeout_ms(2000);
+            link::send_frame(&p.sock, FrameType::Pong, 0, *tx, &0u64.to_le_bytes(), p.session.mac.as_ref())?;
+            *tx += 1;
+        }
+        self.handle.event();
+        Ok(())
+    }
+
     fn ack(&self, p: &Peer, tx: &mut u64, seq: u64) -> Result<(), LinkError> {
         let a = wire::Ack { seq, durable_epoch: self.stats.durable_epoch.load(Ordering::Relaxed) };
         link::send_frame(&p.sock, FrameType::Ack, 0, *tx, &a.encode(), p.session.mac.as_ref())?;
@@ -312,6 +402,7 @@ impl Secondary {
                 Err(e) => return e,
             };
             self.stats.last_frame_ms.store(ms_now(), Ordering::Relaxed);
+            let mut marker = None;
             let r = match h.ty {
                 FrameType::Write | FrameType::ResyncWrite => {
                     let w = match wire::Write::decode(payload, self.sectors) {
@@ -325,10 +416,20 @@ impl Secondary {
                     }
                     let flags = IoFlags { fua: h.flags & wire::WRITE_FUA != 0, preflush: false };
                     let region = Region { dev: &self.data, sector: w.sector, sectors: w.data.len() as u64 / 512 };
+                    if h.ty == FrameType::Write && w.sector >= self.marker_start {
+                        marker = MarkerRecord::decode(w.data, &KernelCrc32c).map(|m| (m.id, m.time_ns));
+                    }
                     self.dmio.write(&[region], w.data, flags).map_err(LinkError::Apply).map(|()| {
                         self.stats.bytes.fetch_add(w.data.len() as u64, Ordering::Relaxed);
                     })
                 }
+                FrameType::Marker => match wire::Marker::decode(payload) {
+                    Ok(m) => {
+                        marker = Some((m.id, m.time_ns));
+                        Ok(())
+                    }
+                    Err(e) => return e.into(),
+                },
                 FrameType::Barrier => {
                     let epoch = payload.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
                     let mut r = Ok(());
@@ -344,16 +445,25 @@ impl Secondary {
                     }
                     r
                 }
-                FrameType::Ping | FrameType::Marker => Ok(()),
+                FrameType::Ping => Ok(()),
                 FrameType::Close => return LinkError::Closed,
                 t => return LinkError::Unexpected(t),
             };
+            let r = r.and_then(|()| match marker {
+                Some((id, t)) => self.record_marker(id, t),
+                None => Ok(()),
+            });
             if let Err(e) = r {
                 return e;
             }
             self.stats.frames.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.ack(p, &mut tx, h.seq) {
                 return e;
+            }
+            if marker.is_some() && self.frozen.load(Ordering::Acquire) {
+                if let Err(e) = self.frozen_wait(p, &mut tx) {
+                    return e;
+                }
             }
         }
     }

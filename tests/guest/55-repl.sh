@@ -110,6 +110,51 @@ check "faults: full resync completes" synced rf-p 120
 check "faults: identical after the full resync" same_data "$PD" "$SD"
 check "faults: remove" dm_remove rf-p rf-s
 
+# --- markers: recorded in order, freeze and thaw -------------------------------------------
+PD=$(loopdev rm-p "$MB"); SD=$(loopdev rm-s "$MB"); S=$(sectors "$PD"); PORT=$((PORT + 1))
+check "markers: secondary" node_exec B dmsetup create rm-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 3 freeze_on_marker freeze_timeout 60000"
+check "markers: primary" node_exec A dmsetup create rm-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 protocol async"
+check "markers: connected" connected rm-p
+ev0=$(dmsetup info rm-s | sed -n 's/^Event number: *//p')
+dd if=/dev/urandom of="$IMG_DIR/a" bs=1M count=2 status=none
+dd if=/dev/urandom of="$IMG_DIR/b" bs=1M count=2 status=none
+check "markers: data A" dd if="$IMG_DIR/a" of=/dev/mapper/rm-p bs=1M seek=4 oflag=direct status=none
+check "markers: a marker record written into the marker region" python3 "$here/replmarker.py" /dev/mapper/rm-p $((S - 8)) 7 "before B"
+check "markers: data B after the marker" dd if="$IMG_DIR/b" of=/dev/mapper/rm-p bs=1M seek=8 oflag=direct status=none
+check "markers: secondary recorded marker 7 and froze" wait_status rm-s ' markers 1 marker 7 marker_time_ns [0-9]+ frozen 7$' 30
+check_match "markers: primary shows the last marker sent" ' marker 7$' "$(dmsetup status rm-p)"
+check "markers: the frozen image has A" cmp <(dd if="$SD" bs=1M skip=4 count=2 iflag=direct status=none) "$IMG_DIR/a"
+check "markers: ...and not B (written after the marker)" cmp <(dd if="$SD" bs=1M skip=8 count=2 iflag=direct status=none) <(head -c 2M /dev/zero)
+ev1=$(dmsetup info rm-s | sed -n 's/^Event number: *//p')
+check "markers: a dm event was raised (event $ev0 -> $ev1)" test "$ev1" -gt "$ev0"
+check_fails "markers: thaw with another id is refused" dmsetup message rm-s 0 thaw 8
+check_fails "markers: thaw on the primary is refused" dmsetup message rm-p 0 thaw 7
+check "markers: thaw 7" dmsetup message rm-s 0 thaw 7
+check "markers: after the thaw the secondary catches up" synced rm-p
+check "markers: identical" same_data "$PD" "$SD"
+out=$(dmsetup message rm-p 0 marker nightly-backup 2>&1)
+check_eq "markers: message marker <label> injects marker 8" "8" "$out"
+check "markers: the secondary froze at marker 8" wait_status rm-s ' markers 2 marker 8 marker_time_ns [0-9]+ frozen 8$' 30
+check "markers: write while frozen" dd if=/dev/urandom of=/dev/mapper/rm-p bs=64k count=4 seek=200 oflag=direct status=none
+sleep 14
+check_match "markers: frozen 14 s: the link stays up (no reconnect)" ' primary connected .* connects 1 ' "$(dmsetup status rm-p)"
+check "markers: thaw 8" dmsetup message rm-s 0 thaw 8
+check "markers: catches up" synced rm-p
+check "markers: identical again" same_data "$PD" "$SD"
+check_fails "markers: a label with a space is two words (refused)" dmsetup message rm-p 0 marker two words
+check_fails "markers: a label over 64 characters is refused" dmsetup message rm-p 0 marker "$(printf 'x%.0s' $(seq 65))"
+check "markers: remove" dm_remove rm-p rm-s
+PORT=$((PORT + 1))
+check "markers: secondary with freeze_timeout 3000" node_exec B dmsetup create rt-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 3 freeze_on_marker freeze_timeout 3000"
+check "markers: primary" node_exec A dmsetup create rt-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 0"
+check "markers: connected" connected rt-p
+check_eq "markers: marker ids go on from 1 on a new primary" "1" "$(dmsetup message rt-p 0 marker t 2>&1)"
+check "markers: frozen" wait_status rt-s ' frozen 1$' 20
+check "markers: thawed by the timeout" wait_status rt-s ' marker 1 marker_time_ns [0-9]+ frozen -$' 20
+check "markers: remove" dm_remove rt-p rt-s
+check_fails "markers: marker without a connection is refused" bash -c "dmsetup create rx-p --table '0 $S repl primary $PD $NODE_B_IP:$((PORT + 50)) 0' && dmsetup message rx-p 0 marker x"
+dm_remove rx-p 2>/dev/null
+
 # --- authentication --------------------------------------------------------------------------
 # The test runs without a session keyring: keys go to the user session keyring, which
 # request_key() searches for such processes (docs/repl.md, "Keys").

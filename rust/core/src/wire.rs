@@ -489,8 +489,7 @@ impl Marker {
         let p: &[u8; Self::LEN] = p.try_into().map_err(|_| WireError::BadLength)?;
         let mut label = [0u8; LABEL_LEN];
         label.copy_from_slice(&p[16..]);
-        let text = label.iter().position(|&b| b == 0).unwrap_or(LABEL_LEN);
-        if !label.iter().take(text).all(|&b| (0x20..0x7f).contains(&b)) || label.iter().skip(text).any(|&b| b != 0) {
+        if !crate::marker::label_ok(&label) {
             return Err(WireError::BadField);
         }
         Ok(Self { id: le64(p, 0), time_ns: le64(p, 8), label })
