@@ -26,6 +26,7 @@ pub(crate) enum LinkError {
     Stopped,
     /// The peer closed the connection in order (`CLOSE`).
     Closed,
+
 }
 
 impl fmt::Display for LinkError {
@@ -37,6 +38,7 @@ impl fmt::Display for LinkError {
             Self::Apply(e) => write!(f, "local write failed ({})", e.to_errno()),
             Self::Stopped => f.write_str("target removed"),
             Self::Closed => f.write_str("closed by the peer"),
+
         }
     }
 }

@@ -17,7 +17,7 @@
 
 use crate::dmcore::bio::{Bio, BioList, BioSet, BlkStatus, CloneDone, Op};
 use crate::dmcore::device::Device;
-use crate::dmcore::dmio::{IoClient, Region};
+use crate::dmcore::dmio::{IoClient, IoFlags, Region};
 use crate::dmcore::hmac::KernelHmac;
 use crate::dmcore::net::{econnreset, enotconn, etimedout, NetNs, Socket};
 use crate::dmcore::sync::IrqSpinLock;
@@ -26,6 +26,7 @@ use crate::dmcore::wq::{real_time_ns, Completion, WorkQueue};
 use crate::link::{self, LinkError};
 use crate::wbrepl_core::parse::SocketAddrV4;
 use crate::wbrepl_core::marker::{MarkerRecord, RECORD_LEN};
+use crate::wbrepl_core::replmeta::{MetaSuper, SUPER_BYTES};
 use crate::wbrepl_core::replstate::{DirtyMap, Entry, Kind, Window};
 use crate::wbrepl_core::wire::{self, FrameType, RxSeq, WRITE_FIXED};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -54,6 +55,8 @@ const DEAD_MS: u32 = 12000;
 /// Reconnection backoff bounds.
 const BACKOFF_MIN_MS: u32 = 100;
 const BACKOFF_MAX_MS: u32 = 5000;
+/// The window full for this long: the primary goes ahead (see `wait_room`).
+const CONGESTED_MS: u64 = 10000;
 /// Under load, one resync frame goes out per this many writes.
 const RESYNC_EVERY: u32 = 8;
 /// A connection that lasted this long resets the backoff.
@@ -89,6 +92,8 @@ struct State {
     dirty: DirtyMap<KVVec<u64>>,
     /// Current connection generation (0: disconnected).
     gen: u32,
+    /// Ahead of the secondary on this connection (see `wait_room`).
+    ahead: bool,
     /// A resync has started and its end is not acknowledged: the secondary is inconsistent.
     resyncing: bool,
     /// Sequence number of the `BARRIER` that ends the resync, once sent.
@@ -111,9 +116,13 @@ pub(crate) struct Stats {
     pub(crate) frames_sent: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) frames_acked: AtomicU64,
+    /// Write data bytes acknowledged (and retired).
+    pub(crate) bytes_acked: AtomicU64,
     pub(crate) writes: AtomicU64,
     pub(crate) connects: AtomicU64,
     pub(crate) resync_bytes: AtomicU64,
+    /// Connections given up because the window stayed full.
+    pub(crate) congested: AtomicU64,
     /// The last marker sent (a marker-region write or a `MARKER` frame); 0: none yet.
     pub(crate) marker_id: AtomicU64,
 }
@@ -121,9 +130,16 @@ pub(crate) struct Stats {
 #[pin_data]
 pub(crate) struct Primary {
     pub(crate) data: Device,
+    /// Superblock and persistent dirty bitmap (`meta_dev`).
+    pub(crate) meta: Option<Device>,
     pub(crate) sectors: u64,
     pub(crate) addr: SocketAddrV4,
     ns: NetNs,
+    #[pin]
+    meta_buf: Mutex<KVVec<u8>>,
+    meta_loaded: AtomicBool,
+    /// Suspended: no reconnection until resumed.
+    suspended: AtomicBool,
     key: Option<KernelHmac>,
     pub(crate) sync: bool,
     max_bytes: u64,
@@ -196,6 +212,7 @@ impl WorkItem<2> for Primary {
 /// What the status line shows.
 pub(crate) struct Snapshot {
     pub(crate) connected: bool,
+    pub(crate) ahead: bool,
     pub(crate) inflight: usize,
     pub(crate) inflight_bytes: u64,
     pub(crate) lag_ms: u64,
@@ -208,6 +225,7 @@ impl Primary {
     /// Builds the shared state. `max_inflight_kb` bounds the window's data.
     pub(crate) fn new(
         data: Device,
+        meta: Option<Device>,
         sectors: u64,
         addr: SocketAddrV4,
         key: Option<KernelHmac>,
@@ -227,6 +245,7 @@ impl Primary {
             win: Window::new(slots, 1),
             dirty,
             gen: 0,
+            ahead: false,
             resyncing: false,
             resync_done_seq: None,
             resync_cursor: 0,
@@ -237,6 +256,14 @@ impl Primary {
             marker_result: 0,
         };
         let buf = KVVec::from_elem(0u8, DATA_OFF + wire::MAX_DATA as usize, GFP_KERNEL)?;
+        let geom = MetaSuper { clean: false, sectors, region_shift: REGION_SHIFT };
+        let meta_len = if meta.is_some() { geom.device_bytes() as usize } else { 0 };
+        if let Some(m) = &meta {
+            if m.sectors() * 512 < geom.device_bytes() {
+                return Err(ENOSPC);
+            }
+        }
+        let meta_buf = KVVec::from_elem(0u8, meta_len, GFP_KERNEL)?;
         let bs = BioSet::new(64)?;
         let dmio = IoClient::new()?;
         // One workqueue per long-running worker, so that none waits for another.
@@ -246,7 +273,11 @@ impl Primary {
         let me = Arc::pin_init(
             pin_init!(Primary {
                 data,
+                meta,
                 sectors,
+                meta_buf <- new_mutex!(meta_buf),
+                meta_loaded: AtomicBool::new(false),
+                suspended: AtomicBool::new(false),
                 addr,
                 ns: NetNs::current(),
                 key,
@@ -305,6 +336,131 @@ impl Primary {
             this.disconnect(&c, &LinkError::Stopped);
         }
         this.wq_recv.flush();
+    }
+
+    /// Before a resume: the first time, loads the dirty bitmap from `meta_dev` (a superblock
+    /// that is not clean means the primary went down without saving it: every region is
+    /// resynced); every time, marks the superblock active. No write is accepted before this.
+    pub(crate) fn preresume(&self) -> Result {
+        let Some(meta) = &self.meta else { return Ok(()) };
+        let mut buf = self.meta_buf.lock();
+        let geom = MetaSuper { clean: false, sectors: self.sectors, region_shift: REGION_SHIFT };
+        if !self.meta_loaded.load(Ordering::Acquire) {
+            self.dmio.read(Region { dev: meta, sector: 0, sectors: (SUPER_BYTES / 512) as u64 }, &mut buf[..SUPER_BYTES])?;
+            match MetaSuper::decode(&buf[..SUPER_BYTES], &KernelCrc32c) {
+                Err(e) => {
+                    pr_err!("repl {}: cannot use the metadata device: {}\n", meta, e.as_str());
+                    return Err(EINVAL);
+                }
+                Ok(None) => {
+                    pr_info!("repl {}: formatting the metadata device; the devices are taken to be in sync (message 'resync' if not)\n", meta);
+                }
+                Ok(Some(sb)) if sb.sectors != self.sectors || sb.region_shift != REGION_SHIFT => {
+                    pr_err!(
+                        "repl {}: the metadata device belongs to a device of {} sectors (this one has {}); wipe it to start over\n",
+                        meta,
+                        sb.sectors,
+                        self.sectors
+                    );
+                    return Err(EINVAL);
+                }
+                Ok(Some(sb)) if !sb.clean => {
+                    pr_warn!("repl {}: the primary went down without saving its dirty bitmap: the whole device will be resynced\n", meta);
+                    self.st.lock().dirty.mark_all();
+                }
+                Ok(Some(_)) => {
+                    let bytes = geom.device_bytes() as usize - SUPER_BYTES;
+                    let region = Region { dev: meta, sector: (SUPER_BYTES / 512) as u64, sectors: (bytes / 512) as u64 };
+                    self.dmio.read(region, &mut buf[SUPER_BYTES..])?;
+                    let mut g = self.st.lock();
+                    for i in 0..g.dirty.word_count() {
+                        let at = SUPER_BYTES + i * 8;
+                        let w = buf.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+                        g.dirty.merge_word(i, w);
+                    }
+                    let n = g.dirty.count();
+                    drop(g);
+                    pr_info!("repl {}: loaded the dirty bitmap: {} KiB to resync\n", meta, n << (REGION_SHIFT - 1));
+                }
+            }
+            self.meta_loaded.store(true, Ordering::Release);
+        }
+        // Active: a crash from now on means a full resync.
+        self.write_super(meta, &mut buf, geom)?;
+        self.suspended.store(false, Ordering::Release);
+        self.conn_wake.complete();
+        Ok(())
+    }
+
+    /// After a suspend (also before the target is destroyed): saves the dirty bitmap, with
+    /// every frame not yet acknowledged counted dirty, and marks the superblock clean. Until
+    /// resumed, the primary does not reconnect.
+    pub(crate) fn postsuspend(&self) {
+        self.suspended.store(true, Ordering::Release);
+        let Some(meta) = &self.meta else { return };
+        if !self.meta_loaded.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.save_meta(meta) {
+            pr_err!("repl {}: saving the dirty bitmap failed ({}); the next load resyncs everything\n", meta, e.to_errno());
+        }
+    }
+
+    fn save_meta(&self, meta: &Device) -> Result {
+        let mut buf = self.meta_buf.lock();
+        let geom = MetaSuper { clean: true, sectors: self.sectors, region_shift: REGION_SHIFT };
+        let bitmap = &mut buf[SUPER_BYTES..];
+        bitmap.fill(0);
+        let rs = 1u64 << REGION_SHIFT;
+        let words = self.st.lock().dirty.word_count();
+        let mut i = 0;
+        while i < words {
+            // A bounded piece per lock hold (interrupts are off while it is held).
+            let g = self.st.lock();
+            for j in i..(i + 512).min(words) {
+                let at = j * 8;
+                if let Some(b) = bitmap.get_mut(at..at + 8) {
+                    b.copy_from_slice(&g.dirty.word(j).to_le_bytes());
+                }
+            }
+            i += 512;
+        }
+        {
+            let g = self.st.lock();
+            g.win.for_each(|e| {
+                if matches!(e.kind, Kind::Write | Kind::Resync) && !e.acked && e.sectors > 0 {
+                    let first = e.sector / rs;
+                    let last = (e.sector + u64::from(e.sectors) - 1) / rs;
+                    for r in first..=last {
+                        let at = (r / 64) as usize * 8;
+                        if let Some(b) = bitmap.get_mut(at..at + 8) {
+                            let w = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) | (1 << (r % 64));
+                            b.copy_from_slice(&w.to_le_bytes());
+                        }
+                    }
+                }
+            });
+        }
+        let bytes = geom.device_bytes() as usize - SUPER_BYTES;
+        self.dmio.write(
+            &[Region { dev: meta, sector: (SUPER_BYTES / 512) as u64, sectors: (bytes / 512) as u64 }],
+            &buf[SUPER_BYTES..],
+            IoFlags { fua: true, preflush: false },
+        )?;
+        self.write_super(meta, &mut buf, geom)
+    }
+
+    /// Writes the superblock `sb` (PREFLUSH + FUA: everything written before it is durable
+    /// first, and it is durable on return).
+    fn write_super(&self, meta: &Device, buf: &mut KVVec<u8>, sb: MetaSuper) -> Result {
+        let block = &mut buf[..SUPER_BYTES];
+        block.fill(0);
+        sb.encode(&KernelCrc32c, block);
+        self.dmio.write(
+            &[Region { dev: meta, sector: 0, sectors: (SUPER_BYTES / 512) as u64 }],
+            block,
+            IoFlags { fua: true, preflush: true },
+        )
     }
 
     /// `map` of a write or flush: queued for the sender, in arrival order.
@@ -387,6 +543,7 @@ impl Primary {
         };
         Snapshot {
             connected: g.gen != 0,
+            ahead: g.gen != 0 && g.ahead,
             inflight: g.win.len(),
             inflight_bytes: g.win.bytes(),
             lag_ms: g.win.front().map_or(0, |e| now.saturating_sub(e.sent_ms)),
@@ -414,7 +571,7 @@ impl Primary {
         let mut since: Option<u64> = None;
         while !self.stop.load(Ordering::Acquire) {
             self.conn_wake.reinit();
-            if self.current().is_some() {
+            if self.current().is_some() || self.suspended.load(Ordering::Acquire) {
                 self.conn_wake.wait_timeout_ms(1000);
                 continue;
             }
@@ -473,6 +630,7 @@ impl Primary {
             let mut g = self.st.lock();
             g.win.reset(first_seq);
             g.gen = c.gen;
+            g.ahead = false;
             g.acked_seq = first_seq - 1;
             g.resync_cursor = 0;
             g.resync_done_seq = None;
@@ -512,6 +670,7 @@ impl Primary {
                     }
                 });
                 g.gen = 0;
+                g.ahead = false;
             }
         }
         while let Some(b) = done.pop() {
@@ -594,16 +753,43 @@ impl Primary {
     }
 
     /// Waits until the window has room for `bytes` on `c` (or `c` is gone: then `false`).
+    /// Waits until the window has room for `bytes` on `c`; `false` if the write is not to be
+    /// sent: `c` is gone, or the primary is *ahead*. When the window stays full for
+    /// `CONGESTED_MS` ("a full queue past a limit"), the primary goes ahead, as DRBD's
+    /// `on-congestion pull-ahead`: it keeps the connection, but writes go to the local device
+    /// only and mark their regions dirty, until every frame sent is acknowledged; then the
+    /// dirty regions are resynced.
     fn wait_room(&self, c: &Conn, bytes: u64) -> bool {
+        let start = ms_now();
         loop {
             self.wake.reinit();
             {
-                let g = self.st.lock();
+                let mut g = self.st.lock();
                 if g.gen != c.gen {
                     return false;
                 }
+                if g.ahead {
+                    if !g.win.is_empty() {
+                        return false;
+                    }
+                    g.ahead = false;
+                    drop(g);
+                    pr_info!("repl: {} caught up; replicating writes again, resyncing the rest\n", self.addr);
+                    continue;
+                }
                 if g.win.fits(bytes, self.max_bytes) {
                     return true;
+                }
+                if ms_now().saturating_sub(start) >= CONGESTED_MS {
+                    g.ahead = true;
+                    drop(g);
+                    self.stats.congested.fetch_add(1, Ordering::Relaxed);
+                    pr_warn!(
+                        "repl: {} has not acknowledged for {} s with the send window full: going ahead (writes stay local and are resynced later)\n",
+                        self.addr,
+                        CONGESTED_MS / 1000
+                    );
+                    return false;
                 }
             }
             self.wake.wait_timeout_ms(100);
@@ -743,9 +929,15 @@ impl Primary {
         let rs = 1u64 << REGION_SHIFT;
         let max_regions = u64::from(wire::MAX_DATA / 512) / rs;
         let run = {
-            let g = self.st.lock();
+            let mut g = self.st.lock();
             if g.gen != c.gen {
                 return Ok(false);
+            }
+            if g.ahead {
+                if !g.win.is_empty() {
+                    return Ok(false);
+                }
+                g.ahead = false;
             }
             if g.dirty.count() == 0 {
                 if g.resyncing && g.resync_done_seq.is_none() {
@@ -868,12 +1060,17 @@ impl Primary {
                 return Err(LinkError::Wire(wire::WireError::BadField));
             }
             let State { win, resyncing, resync_done_seq, .. } = &mut *g;
+            let mut bytes = 0;
             win.retire(|e| {
                 if e.kind == Kind::Barrier && Some(e.seq) == *resync_done_seq {
                     *resyncing = false;
                     *resync_done_seq = None;
                 }
+                if e.kind == Kind::Write {
+                    bytes += u64::from(e.sectors) * 512;
+                }
             });
+            self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
             if seq > before {
                 g.acked_seq = seq;
                 self.stats.frames_acked.fetch_add(seq - before, Ordering::Relaxed);
@@ -904,12 +1101,17 @@ impl CloneDone<PerBio> for Primary {
                         return;
                     }
                     let State { win, resyncing, resync_done_seq, .. } = &mut *g;
+                    let mut bytes = 0;
                     win.retire(|e| {
                         if e.kind == Kind::Barrier && Some(e.seq) == *resync_done_seq {
                             *resyncing = false;
                             *resync_done_seq = None;
                         }
+                        if e.kind == Kind::Write {
+                            bytes += u64::from(e.sectors) * 512;
+                        }
                     });
+                    self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
                 }
             }
         }

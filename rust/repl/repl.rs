@@ -56,7 +56,7 @@ enum Engine {
 struct Repl {
     len: u64,
     engine: Engine,
-    /// Held open for the replication link's metadata (dirty bitmap, state).
+    /// A secondary's `meta_dev`, held open (its state is not kept there yet).
     _meta: Option<Device>,
     protocol: Protocol,
     /// `<#opt_args> [opt_args...]` as `dmsetup table` prints it (devices as `major:minor`),
@@ -126,6 +126,7 @@ impl Target for Repl {
         let opts = ReplOptions { meta_dev: meta_name.as_deref().and_then(|n| n.to_str().ok()), ..t.opts };
         let opts_line = CString::try_from_fmt(kernel::fmt!("{opts}")).map_err(nomem)?;
         let len = ti.len();
+        let mut meta = meta;
         let engine = match t.role {
             Role::Primary => {
                 // Every write becomes one frame: at most MAX_DATA bytes.
@@ -135,6 +136,7 @@ impl Target for Repl {
                 ti.set_num_flush_bios(1);
                 let p = Primary::new(
                     data,
+                    meta.take(),
                     len,
                     t.addr,
                     key,
@@ -142,7 +144,13 @@ impl Target for Repl {
                     t.opts.max_inflight_kb(),
                     t.opts.marker_sectors(),
                 )
-                    .map_err(|e| CtrError::new(kernel::c_str!("Cannot allocate the replication state"), e))?;
+                    .map_err(|e| {
+                        if e == ENOSPC {
+                            CtrError::inval(kernel::c_str!("Metadata device too small for the dirty bitmap"))
+                        } else {
+                            CtrError::new(kernel::c_str!("Cannot allocate the replication state"), e)
+                        }
+                    })?;
                 Engine::Primary(p)
             }
             Role::Secondary => {
@@ -195,6 +203,19 @@ impl Target for Repl {
         MapResult::Remapped(bio)
     }
 
+    fn preresume(&self) -> Result {
+        match &self.engine {
+            Engine::Primary(p) => p.preresume(),
+            Engine::Secondary(_) => Ok(()),
+        }
+    }
+
+    fn postsuspend(&self) {
+        if let Engine::Primary(p) = &self.engine {
+            p.postsuspend();
+        }
+    }
+
     fn resume(&self) {
         match &self.engine {
             Engine::Primary(p) => Primary::start(p),
@@ -235,13 +256,18 @@ impl Target for Repl {
                 let st = &p.stats;
                 let _ = write!(
                     out,
-                    "primary {} peer {} protocol {} sent {} sent_bytes {} acked {} inflight {} inflight_bytes {} lag_ms {} dirty_kb {} ",
-                    if s.connected { "connected" } else { "connecting" },
+                    "primary {} peer {} protocol {} sent {} sent_bytes {} acked {} acked_bytes {} inflight {} inflight_bytes {} lag_ms {} dirty_kb {} ",
+                    match (s.connected, s.ahead) {
+                        (true, false) => "connected",
+                        (true, true) => "ahead",
+                        (false, _) => "connecting",
+                    },
                     p.addr,
                     self.protocol.as_str(),
                     st.frames_sent.load(Ordering::Relaxed),
                     st.bytes_sent.load(Ordering::Relaxed),
                     st.frames_acked.load(Ordering::Relaxed),
+                    st.bytes_acked.load(Ordering::Relaxed),
                     s.inflight,
                     s.inflight_bytes,
                     s.lag_ms,
@@ -253,10 +279,11 @@ impl Target for Repl {
                 };
                 let _ = write!(
                     out,
-                    "peer_data {} writes {} connects {} refused {} marker ",
+                    "peer_data {} writes {} connects {} congested {} refused {} marker ",
                     s.peer_data,
                     st.writes.load(Ordering::Relaxed),
                     st.connects.load(Ordering::Relaxed),
+                    st.congested.load(Ordering::Relaxed),
                     self.refused.load(Ordering::Relaxed),
                 );
                 match st.marker_id.load(Ordering::Relaxed) {

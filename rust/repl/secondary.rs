@@ -113,6 +113,7 @@ pub(crate) struct Secondary {
     /// Frozen at this marker id (applying nothing until thawed); meaningful while `frozen`.
     pub(crate) frozen_id: AtomicU64,
     pub(crate) frozen: AtomicBool,
+    frozen_since_ms: AtomicU64,
     #[pin]
     thaw: Completion,
     handle: TargetHandle,
@@ -186,6 +187,7 @@ impl Secondary {
                 freeze_timeout_ms: freeze_timeout_ms.unwrap_or(0),
                 frozen_id: AtomicU64::new(0),
                 frozen: AtomicBool::new(false),
+                frozen_since_ms: AtomicU64::new(0),
                 thaw <- Completion::new(),
                 handle,
                 pending <- new_mutex!(None),
@@ -277,10 +279,13 @@ impl Secondary {
                 Ok(session) => {
                     s.set_timeouts(DEAD_MS, DEAD_MS);
                     let Ok(p) = Arc::new(Peer { sock: s, session, addr }, GFP_KERNEL) else { continue };
-                    *self.pending.lock() = Some(p);
                     // An authenticated primary replaces the current session (say, after it
-                    // restarted while this side still had the old connection open).
-                    if let Some(a) = self.active.lock().clone() {
+                    // restarted while this side still had the old connection open). Only the
+                    // session active before this one is published is shut down: the applier
+                    // may take the new one at once.
+                    let old = self.active.lock().clone();
+                    *self.pending.lock() = Some(p);
+                    if let Some(a) = old {
                         a.sock.shutdown();
                     }
                     self.wake.complete();
@@ -298,12 +303,23 @@ impl Secondary {
     fn run_applier(&self) {
         let mut buf = self.buf.lock();
         while !self.stop.load(Ordering::Acquire) {
+            // Frozen at a marker (the session that carried it may have ended): nothing is
+            // applied, from any session, until the thaw.
+            if self.frozen.load(Ordering::Acquire) {
+                let _ = self.frozen_wait(None);
+                continue;
+            }
             self.wake.reinit();
             let Some(p) = self.pending.lock().take() else {
                 self.wake.wait_timeout_ms(1000);
                 continue;
             };
             *self.active.lock() = Some(p.clone());
+            if self.pending.lock().is_some() {
+                // A newer session was published while this one was being taken: the newest
+                // authenticated primary wins.
+                p.sock.shutdown();
+            }
             self.stats.sessions.fetch_add(1, Ordering::Relaxed);
             if self.log.allow() {
                 pr_info!("repl: primary {} connected\n", p.addr);
@@ -347,6 +363,7 @@ impl Secondary {
         self.stats.markers.fetch_add(1, Ordering::Relaxed);
         if self.freeze_on_marker {
             self.frozen_id.store(id, Ordering::Release);
+            self.frozen_since_ms.store(ms_now(), Ordering::Release);
             self.frozen.store(true, Ordering::Release);
         }
         pr_info!(
@@ -360,23 +377,30 @@ impl Secondary {
 
     /// Frozen at a marker: apply nothing until `thaw <id>`, the freeze timeout or removal.
     /// The primary is kept from declaring the link dead by a `PONG` every 2 s.
-    fn frozen_wait(&self, p: &Peer, tx: &mut u64) -> Result<(), LinkError> {
-        let start = ms_now();
+    fn frozen_wait(&self, mut p: Option<(&Peer, &mut u64)>) -> Result<(), LinkError> {
         loop {
             self.thaw.reinit();
             if !self.frozen.load(Ordering::Acquire) || self.stop.load(Ordering::Acquire) {
                 break;
             }
-            let waited = ms_now().saturating_sub(start);
+            let waited = ms_now().saturating_sub(self.frozen_since_ms.load(Ordering::Acquire));
             if self.freeze_timeout_ms != 0 && waited >= u64::from(self.freeze_timeout_ms) {
                 self.frozen.store(false, Ordering::Release);
                 pr_info!("repl: marker {}: freeze timeout, thawing\n", self.frozen_id.load(Ordering::Relaxed));
                 break;
             }
             self.thaw.wait_timeout_ms(2000);
-            link::send_frame(&p.sock, FrameType::Pong, 0, *tx, &0u64.to_le_bytes(), p.session.mac.as_ref())?;
-            *tx += 1;
+            if let Some((peer, tx)) = p.as_mut() {
+                let r = link::send_frame(&peer.sock, FrameType::Pong, 0, **tx, &0u64.to_le_bytes(), peer.session.mac.as_ref());
+                if let Err(e) = r {
+                    // The session is gone, but the freeze holds: the applier waits for the
+                    // thaw before it serves another session.
+                    return Err(e);
+                }
+                **tx += 1;
+            }
         }
+        // Thawed (or removed): tell userspace.
         self.handle.event();
         Ok(())
     }
@@ -461,7 +485,7 @@ impl Secondary {
                 return e;
             }
             if marker.is_some() && self.frozen.load(Ordering::Acquire) {
-                if let Err(e) = self.frozen_wait(p, &mut tx) {
+                if let Err(e) = self.frozen_wait(Some((p, &mut tx))) {
                     return e;
                 }
             }

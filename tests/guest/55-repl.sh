@@ -49,6 +49,7 @@ check "async: secondary catches up" synced ra-p
 check "async: secondary data identical to the primary's" same_data "$PD" "$SD"
 sent=$(field ra-p sent); acked=$(field ra-p acked)
 check_eq "async: every frame sent was acknowledged" "$sent" "$acked"
+check_eq "async: every byte sent was acknowledged" "$(field ra-p sent_bytes)" "$(field ra-p acked_bytes)"
 check_match "async: secondary applied frames and durable epochs" 'applied [1-9][0-9]* applied_bytes [1-9][0-9]* resync_bytes 0 epoch [1-9][0-9]* data consistent' "$(dmsetup status ra-s)"
 check_match "async: flushes became barriers (epoch advanced)" 'epoch [2-9]|epoch [1-9][0-9]' "$(dmsetup status ra-s)"
 check_fails "async: the secondary still refuses writes from above" dd if=/dev/zero of=/dev/mapper/ra-s bs=4k count=1 oflag=direct status=none
@@ -72,7 +73,8 @@ check "sync: primary connects" connected rs-p
 check "sync: ext4 file churn on the primary" ext4_churn rs-p
 check "sync: in sync at once (writes completed only once the secondary had them)" synced rs-p 5
 check "sync: secondary data identical to the primary's" same_data "$PD" "$SD"
-check "sync: the secondary's copy is a clean file system" e2fsck -fn "$SD"
+# (Drop the loop device's page cache first: the secondary's writes reach it as bios.)
+check "sync: the secondary's copy is a clean file system" bash -c "blockdev --flushbufs $SD && e2fsck -fn $SD"
 check "sync: remove" dm_remove rs-p rs-s
 
 # --- link faults during a workload -----------------------------------------------------------
@@ -152,8 +154,64 @@ check_eq "markers: marker ids go on from 1 on a new primary" "1" "$(dmsetup mess
 check "markers: frozen" wait_status rt-s ' frozen 1$' 20
 check "markers: thawed by the timeout" wait_status rt-s ' marker 1 marker_time_ns [0-9]+ frozen -$' 20
 check "markers: remove" dm_remove rt-p rt-s
+# A frozen secondary and a small window: after 10 s the primary goes ahead (writes stay local).
+PORT=$((PORT + 1))
+check "congestion: frozen-capable secondary" node_exec B dmsetup create rc-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 1 freeze_on_marker"
+check "congestion: primary with max_inflight_kb 64" node_exec A dmsetup create rc-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 max_inflight_kb 64"
+check "congestion: connected" connected rc-p
+check_eq "congestion: marker 1" "1" "$(dmsetup message rc-p 0 marker c 2>&1)"
+check "congestion: secondary frozen" wait_status rc-s ' frozen 1$' 20
+check "congestion: 2 MiB of writes complete anyway" timeout 90 dd if=/dev/urandom of=/dev/mapper/rc-p bs=64k count=32 seek=300 oflag=direct status=none
+check "congestion: the primary went ahead, keeping the connection" wait_status rc-p ' primary ahead .* connects 1 congested 1 ' 5
+check_match "congestion: the secondary is still frozen" ' frozen 1$' "$(dmsetup status rc-s)"
+check "congestion: thaw" dmsetup message rc-s 0 thaw 1
+check "congestion: catches up, resyncs, in sync" synced rc-p 120
+check_match "congestion: ...on the same connection" ' connects 1 ' "$(dmsetup status rc-p)"
+check "congestion: identical" same_data "$PD" "$SD"
+check "congestion: remove" dm_remove rc-p rc-s
 check_fails "markers: marker without a connection is refused" bash -c "dmsetup create rx-p --table '0 $S repl primary $PD $NODE_B_IP:$((PORT + 50)) 0' && dmsetup message rx-p 0 marker x"
 dm_remove rx-p 2>/dev/null
+
+# --- the persistent dirty bitmap (meta_dev) ---------------------------------------------------
+PD=$(loopdev rb-p "$MB"); SD=$(loopdev rb-s "$MB"); MD=$(loopdev rb-m 1); S=$(sectors "$PD"); PORT=$((PORT + 1))
+sec_up() { node_exec B dmsetup create rb-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 0"; }
+pri_up() { node_exec A dmsetup create rb-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 meta_dev $MD"; }
+dmesg_mark
+check "bitmap: secondary" sec_up
+check "bitmap: primary with meta_dev" pri_up
+check_match "bitmap: a blank meta_dev is formatted" 'formatting the metadata device' "$(dmesg_since)"
+check "bitmap: connected" connected rb-p
+check "bitmap: replicate 1 MiB" dd if=/dev/urandom of=/dev/mapper/rb-p bs=1M count=1 oflag=direct status=none
+check "bitmap: in sync" synced rb-p
+check "bitmap: secondary down" dm_remove rb-s
+check "bitmap: primary notices" wait_status rb-p ' primary connecting ' 20
+check "bitmap: 4 MiB written while disconnected" dd if=/dev/urandom of=/dev/mapper/rb-p bs=1M count=4 seek=20 oflag=direct status=none
+d1=$(field rb-p dirty_kb)
+check_match "bitmap: dirty regions counted ($d1 KiB)" '^(4[0-9]{3}|[5-9][0-9]{3})$' "$d1"
+check "bitmap: primary removed (bitmap saved)" dm_remove rb-p
+dmesg_mark
+check "bitmap: primary back on the same meta_dev" pri_up
+check_match "bitmap: the saved bitmap is loaded" 'loaded the dirty bitmap: [0-9]+ KiB to resync' "$(dmesg_since)"
+check_eq "bitmap: the same regions are dirty" "$d1" "$(field rb-p dirty_kb)"
+dd if="$MD" of="$IMG_DIR/meta-active" bs=4k count=1 iflag=direct status=none
+check "bitmap: secondary back" sec_up
+check "bitmap: resync of the dirty regions only" synced rb-p 60
+check "bitmap: identical" same_data "$PD" "$SD"
+check_match "bitmap: the secondary got only those regions as resync" "resync_bytes $((d1 * 1024)) " "$(dmsetup status rb-s)"
+check "bitmap: primary removed" dm_remove rb-p
+# A crash leaves the superblock active (the copy taken while the primary ran).
+dd if="$IMG_DIR/meta-active" of="$MD" bs=4k count=1 oflag=direct status=none
+dmesg_mark
+check "bitmap: primary back after a simulated crash" pri_up
+check_match "bitmap: an active superblock means a full resync" 'went down without saving its dirty bitmap: the whole device will be resynced' "$(dmesg_since)"
+check "bitmap: the full resync completes" synced rb-p 120
+check "bitmap: identical after the full resync" same_data "$PD" "$SD"
+check "bitmap: remove" dm_remove rb-p rb-s
+SMALL=$(loopdev rb-small 32)
+dmesg_mark
+check_fails "bitmap: meta_dev of another device is refused" dmsetup create rb-x --table "0 $(sectors "$SMALL") repl primary $SMALL $NODE_B_IP:$PORT 2 meta_dev $MD"
+check_match "bitmap: ...saying why" 'the metadata device belongs to a device of [0-9]+ sectors' "$(dmesg_since)"
+dmsetup remove rb-x 2>/dev/null
 
 # --- authentication --------------------------------------------------------------------------
 # The test runs without a session keyring: keys go to the user session keyring, which

@@ -16,6 +16,7 @@ extern crate std;
 pub mod error;
 pub mod marker;
 pub mod parse;
+pub mod replmeta;
 pub mod replstate;
 pub mod table;
 pub mod wbformat;

@@ -191,6 +191,15 @@ impl<T, S: DerefMut<Target = [Entry<T>]>> Window<T, S> {
         }
     }
 
+    /// Visits every entry, oldest first.
+    pub fn for_each(&self, mut f: impl FnMut(&Entry<T>)) {
+        for i in 0..self.len {
+            if let Some(e) = self.slots.get(self.wrap(self.head + i)) {
+                f(e);
+            }
+        }
+    }
+
     /// Takes every entry out, oldest first (a disconnection), leaving the window empty with
     /// the next sequence number unchanged.
     pub fn drain(&mut self, mut f: impl FnMut(Entry<T>)) {
@@ -295,6 +304,27 @@ impl<W: DerefMut<Target = [u64]>> DirtyMap<W> {
         let last = (sector + sectors - 1) >> self.region_shift;
         for r in first..=last.min(self.regions.saturating_sub(1)) {
             self.set(r, true);
+        }
+    }
+
+    /// Word `i` of the bitmap (bit `r % 64` of word `r / 64` is region `r`).
+    pub fn word(&self, i: usize) -> u64 {
+        self.words.get(i).copied().unwrap_or(0)
+    }
+
+    /// Number of words.
+    pub fn word_count(&self) -> usize {
+        self.regions.div_ceil(64) as usize
+    }
+
+    /// ORs `w` into word `i` (bits beyond the last region are ignored).
+    pub fn merge_word(&mut self, i: usize, w: u64) {
+        let base = i as u64 * 64;
+        let mut m = w;
+        while m != 0 {
+            let b = u64::from(m.trailing_zeros());
+            m &= m - 1;
+            self.set(base + b, true);
         }
     }
 
@@ -420,6 +450,10 @@ mod tests {
         m.mark_all();
         assert_eq!((m.count(), m.next_run(0, 1000)), (100, Some((0, 100))));
         assert!(DirtyMap::new(vec![0u64; 1], 100 * 128, 7).is_none(), "too few words refused");
+        let mut m2 = DirtyMap::new(vec![0u64; 2], 100 * 128, 7).unwrap();
+        m2.merge_word(1, u64::MAX);
+        assert_eq!(m2.count(), 36, "bits past region 99 ignored");
+        assert_eq!((m2.word(1), m2.word_count()), ((1 << 36) - 1, 2));
     }
 
     proptest! {
