@@ -363,7 +363,10 @@ impl<P: PerBio> Bio<P> {
         // not fail in process context.
         let clone = unsafe { bindings::bio_alloc_clone(dev.bdev(), self.ptr.as_ptr(), GFP_NOIO, bs.raw()) };
         if clone.is_null() {
-            ctx.clone_done(self, BlkStatus::from_error(ENOMEM));
+            if let Some((parent, status)) = ctx.clone_done(self, BlkStatus::from_error(ENOMEM)) {
+                drop(ctx);
+                parent.end(status);
+            }
             return;
         }
         let begin = self.begin;
@@ -403,10 +406,14 @@ impl<P: PerBio> Drop for Bio<P> {
 ///
 /// The callback runs in the clone's completion context, which may be interrupt context: it
 /// must not sleep. The context object must be kept alive by its owner too (for example the
-/// target), so that the reference dropped after the callback is never the last one.
+/// target) for as long as parents are outstanding.
 pub trait CloneDone<P: PerBio>: Send + Sync + 'static {
-    /// The clone completed with `status`; `parent` must now be completed (or resubmitted).
-    fn clone_done(&self, parent: Bio<P>, status: BlkStatus);
+    /// The clone completed with `status`. Returns the parent (and its status) if it is to be
+    /// completed now: dmcore completes it after dropping its reference to `self`. (Completing
+    /// the parent can let device-mapper destroy the target, and with it the owner's reference,
+    /// so the context must not be touched, or its last reference dropped in interrupt context,
+    /// after that.) Returns `None` when it kept the parent to complete it later.
+    fn clone_done(&self, parent: Bio<P>, status: BlkStatus) -> Option<(Bio<P>, BlkStatus)>;
 }
 
 #[repr(C)]
@@ -427,7 +434,12 @@ unsafe fn finish_clone<C: CloneDone<P>, P: PerBio>(h: &CloneHeader, status: BlkS
     // taken back once, here.
     let mut parent = unsafe { Bio::<P>::from_owned_raw(h.parent) };
     parent.begin = h.begin;
-    ctx.clone_done(parent, status);
+    let now = ctx.clone_done(parent, status);
+    // The owner holds a reference while the parent is outstanding, so this is not the last.
+    drop(ctx);
+    if let Some((parent, status)) = now {
+        parent.end(status);
+    }
 }
 
 unsafe extern "C" fn clone_end_io(clone: *mut bindings::bio) {

@@ -93,9 +93,9 @@ struct CloneCounter {
 }
 
 impl CloneDone<TestPerBio> for CloneCounter {
-    fn clone_done(&self, parent: Bio<TestPerBio>, status: BlkStatus) {
+    fn clone_done(&self, parent: Bio<TestPerBio>, status: BlkStatus) -> Option<(Bio<TestPerBio>, BlkStatus)> {
         self.done.fetch_add(1, Ordering::Relaxed);
-        parent.end(status);
+        Some((parent, status))
     }
 }
 

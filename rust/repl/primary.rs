@@ -55,6 +55,11 @@ const DEAD_MS: u32 = 12000;
 /// Reconnection backoff bounds.
 const BACKOFF_MIN_MS: u32 = 100;
 const BACKOFF_MAX_MS: u32 = 5000;
+/// Window slots writes leave free, for control frames (pings, barriers, markers, close).
+const RESERVED_SLOTS: usize = 8;
+/// A flush barrier goes out at most this often when writes were sent since the last one, so
+/// that what the secondary applied becomes durable there (see `State::unst_old`).
+const FLUSH_EVERY_MS: u64 = 1000;
 /// The window full for this long: the primary goes ahead (see `wait_room`).
 const CONGESTED_MS: u64 = 10000;
 /// Under load, one resync frame goes out per this many writes.
@@ -105,10 +110,95 @@ struct State {
     /// Dirty regions when the current resync started.
     resync_total: u64,
     acked_seq: u64,
+    /// Regions of frames the secondary acknowledged (applied) but has not yet made durable:
+    /// `unst_old` those sent before the durability barrier `flush_seq`, `unst_new` the later
+    /// ones. A disconnection turns both into dirty regions (a crash of the secondary may have
+    /// lost them from its volatile cache).
+    unst_old: DirtyMap<KVVec<u64>>,
+    unst_new: DirtyMap<KVVec<u64>>,
+    /// The flush barrier in flight that will make `unst_old` durable.
+    flush_seq: Option<u64>,
+    /// Writes were sent since the last flush barrier.
+    unflushed: bool,
     /// A `marker <label>` message waiting for the sender.
     marker_req: Option<wire::Marker>,
     /// Its outcome: 0 sent, or a negative errno.
     marker_result: i32,
+}
+
+impl State {
+    /// Retires what can be retired from the window's front (acknowledged, local write done):
+    /// the regions of writes become "applied, not yet durable"; a retired flush barrier makes
+    /// everything before it durable; the resync-done barrier ends the resync. Returns the write
+    /// data bytes retired.
+    fn retire(&mut self) -> u64 {
+        let State { win, resyncing, resync_done_seq, unst_old, unst_new, flush_seq, .. } = self;
+        let mut bytes = 0;
+        let mut durable = false;
+        win.retire(|e| {
+            match e.kind {
+                Kind::Write | Kind::Resync => {
+                    if flush_seq.is_some_and(|b| e.seq < b) {
+                        unst_old.mark(e.sector, u64::from(e.sectors));
+                    } else {
+                        unst_new.mark(e.sector, u64::from(e.sectors));
+                    }
+                    if e.kind == Kind::Write {
+                        bytes += u64::from(e.sectors) * 512;
+                    }
+                }
+                Kind::Barrier => {
+                    if Some(e.seq) == *resync_done_seq {
+                        *resyncing = false;
+                        *resync_done_seq = None;
+                    }
+                    if Some(e.seq) == *flush_seq {
+                        durable = true;
+                    }
+                }
+                Kind::Other => {}
+            }
+        });
+        if durable {
+            self.unst_old.clear_all();
+            self.flush_seq = None;
+        }
+        bytes
+    }
+
+    /// A flush barrier `seq` was just pushed: if none is in flight, it is the one that makes
+    /// what was applied so far durable.
+    fn flush_pushed(&mut self, seq: u64) {
+        self.unflushed = false;
+        if self.flush_seq.is_none() {
+            let State { unst_old, unst_new, .. } = self;
+            unst_old.merge(unst_new);
+            unst_new.clear_all();
+            self.flush_seq = Some(seq);
+        }
+    }
+
+    /// The connection is gone: every frame not known durable at the secondary marks its
+    /// regions dirty. Returns the bios that were waiting for the network.
+    fn drain(&mut self, done: &mut BioList<PerBio>) {
+        let State { win, dirty, unst_old, unst_new, .. } = self;
+        win.drain(|mut e| {
+            if matches!(e.kind, Kind::Write | Kind::Resync) {
+                dirty.mark(e.sector, u64::from(e.sectors));
+            }
+            if let Some(b) = e.held.take() {
+                done.push(b);
+            }
+        });
+        dirty.merge(unst_old);
+        dirty.merge(unst_new);
+        unst_old.clear_all();
+        unst_new.clear_all();
+        self.flush_seq = None;
+        self.unflushed = false;
+        self.gen = 0;
+        self.ahead = false;
+    }
 }
 
 #[derive(Default)]
@@ -165,6 +255,10 @@ pub(crate) struct Primary {
     marker_done: Completion,
     #[pin]
     marker_lock: Mutex<()>,
+    /// Serialises whole-bitmap operations (saving it, draining the window into it, marking
+    /// everything) so that a save sees each region either dirty or still in flight.
+    #[pin]
+    bitmap_lock: Mutex<()>,
     local_inflight: AtomicU32,
     bs: BioSet,
     dmio: IoClient,
@@ -240,6 +334,9 @@ impl Primary {
         }
         let words = KVVec::from_elem(0u64, DirtyMap::<KVVec<u64>>::words_for(sectors, REGION_SHIFT), GFP_KERNEL)?;
         let dirty = DirtyMap::new(words, sectors, REGION_SHIFT).ok_or(EINVAL)?;
+        let nw = DirtyMap::<KVVec<u64>>::words_for(sectors, REGION_SHIFT);
+        let unst_old = DirtyMap::new(KVVec::from_elem(0u64, nw, GFP_KERNEL)?, sectors, REGION_SHIFT).ok_or(EINVAL)?;
+        let unst_new = DirtyMap::new(KVVec::from_elem(0u64, nw, GFP_KERNEL)?, sectors, REGION_SHIFT).ok_or(EINVAL)?;
         let st = State {
             incoming: BioList::new(),
             win: Window::new(slots, 1),
@@ -252,6 +349,10 @@ impl Primary {
             resync_sent: 0,
             resync_total: 0,
             acked_seq: 0,
+            unst_old,
+            unst_new,
+            flush_seq: None,
+            unflushed: false,
             marker_req: None,
             marker_result: 0,
         };
@@ -292,6 +393,7 @@ impl Primary {
                 local_idle <- Completion::new(),
                 marker_done <- Completion::new(),
                 marker_lock <- new_mutex!(()),
+                bitmap_lock <- new_mutex!(()),
                 local_inflight: AtomicU32::new(0),
                 bs,
                 dmio,
@@ -342,7 +444,11 @@ impl Primary {
     /// that is not clean means the primary went down without saving it: every region is
     /// resynced); every time, marks the superblock active. No write is accepted before this.
     pub(crate) fn preresume(&self) -> Result {
-        let Some(meta) = &self.meta else { return Ok(()) };
+        let Some(meta) = &self.meta else {
+            self.suspended.store(false, Ordering::Release);
+            self.conn_wake.complete();
+            return Ok(());
+        };
         let mut buf = self.meta_buf.lock();
         let geom = MetaSuper { clean: false, sectors: self.sectors, region_shift: REGION_SHIFT };
         if !self.meta_loaded.load(Ordering::Acquire) {
@@ -397,7 +503,21 @@ impl Primary {
     /// resumed, the primary does not reconnect.
     pub(crate) fn postsuspend(&self) {
         self.suspended.store(true, Ordering::Release);
-        let Some(meta) = &self.meta else { return };
+        let Some(meta) = &self.meta else {
+            let (dirty, inflight) = {
+                let g = self.st.lock();
+                (g.dirty.count() + g.unst_old.count() + g.unst_new.count(), g.win.len())
+            };
+            if dirty > 0 || inflight > 0 {
+                pr_warn!(
+                    "repl {}: suspended with {} KiB to resync and {} frames unconfirmed, and no meta_dev to keep them: a table loaded next starts clean (message 'resync' there)\n",
+                    self.data,
+                    dirty << (REGION_SHIFT - 1),
+                    inflight
+                );
+            }
+            return;
+        };
         if !self.meta_loaded.load(Ordering::Acquire) {
             return;
         }
@@ -407,6 +527,7 @@ impl Primary {
     }
 
     fn save_meta(&self, meta: &Device) -> Result {
+        let _b = self.bitmap_lock.lock();
         let mut buf = self.meta_buf.lock();
         let geom = MetaSuper { clean: true, sectors: self.sectors, region_shift: REGION_SHIFT };
         let bitmap = &mut buf[SUPER_BYTES..];
@@ -420,7 +541,9 @@ impl Primary {
             for j in i..(i + 512).min(words) {
                 let at = j * 8;
                 if let Some(b) = bitmap.get_mut(at..at + 8) {
-                    b.copy_from_slice(&g.dirty.word(j).to_le_bytes());
+                    // Applied but not yet durable at the secondary counts as dirty.
+                    let w = g.dirty.word(j) | g.unst_old.word(j) | g.unst_new.word(j);
+                    b.copy_from_slice(&w.to_le_bytes());
                 }
             }
             i += 512;
@@ -428,7 +551,7 @@ impl Primary {
         {
             let g = self.st.lock();
             g.win.for_each(|e| {
-                if matches!(e.kind, Kind::Write | Kind::Resync) && !e.acked && e.sectors > 0 {
+                if matches!(e.kind, Kind::Write | Kind::Resync) && e.sectors > 0 {
                     let first = e.sector / rs;
                     let last = (e.sector + u64::from(e.sectors) - 1) / rs;
                     for r in first..=last {
@@ -480,6 +603,11 @@ impl Primary {
             if g.gen == 0 {
                 return Err(enotconn());
             }
+            if g.ahead || g.resyncing || g.dirty.count() > 0 {
+                // The secondary is behind or inconsistent: a marker now would not mark a
+                // consistent point.
+                return Err(EBUSY);
+            }
             g.marker_req = Some(m);
             g.marker_result = 1;
         }
@@ -524,6 +652,7 @@ impl Primary {
 
     /// The `resync` message: every region is resynced (a full synchronisation).
     pub(crate) fn resync_all(&self) {
+        let _b = self.bitmap_lock.lock();
         let mut g = self.st.lock();
         g.dirty.mark_all();
         g.resync_cursor = 0;
@@ -626,14 +755,25 @@ impl Primary {
     fn install(&self, c: Conn) -> bool {
         let first_seq = if c.mac.is_some() { 2 } else { 1 };
         let Ok(c) = Arc::new(c, GFP_KERNEL) else { return false };
+        let mut done = BioList::new();
         {
+            let _b = self.bitmap_lock.lock();
             let mut g = self.st.lock();
+            if !g.win.is_empty() {
+                // Cannot happen (a disconnection drains before the connector may connect),
+                // but never drop frames that were not confirmed.
+                g.drain(&mut done);
+            }
             g.win.reset(first_seq);
             g.gen = c.gen;
             g.ahead = false;
             g.acked_seq = first_seq - 1;
             g.resync_cursor = 0;
             g.resync_done_seq = None;
+        }
+        while let Some(b) = done.pop() {
+            let st = BlkStatus::from_raw(b.data().status);
+            b.end(st);
         }
         *self.conn.lock() = Some(c.clone());
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -650,27 +790,20 @@ impl Primary {
         if !self.stop.load(Ordering::Acquire) {
             pr_warn!("repl: connection to {} lost: {}\n", self.addr, why);
         }
+        let mut done = BioList::new();
+        {
+            // Drained before `conn` is cleared: until then the connector cannot install (and
+            // reset the window for) a new connection.
+            let _b = self.bitmap_lock.lock();
+            let mut g = self.st.lock();
+            if g.gen == c.gen {
+                g.drain(&mut done);
+            }
+        }
         {
             let mut cur = self.conn.lock();
             if cur.as_ref().is_some_and(|x| x.gen == c.gen) {
                 *cur = None;
-            }
-        }
-        let mut done = BioList::new();
-        {
-            let mut g = self.st.lock();
-            if g.gen == c.gen {
-                let State { win, dirty, .. } = &mut *g;
-                win.drain(|mut e| {
-                    if matches!(e.kind, Kind::Write | Kind::Resync) && !e.acked {
-                        dirty.mark(e.sector, u64::from(e.sectors));
-                    }
-                    if let Some(b) = e.held.take() {
-                        done.push(b);
-                    }
-                });
-                g.gen = 0;
-                g.ahead = false;
             }
         }
         while let Some(b) = done.pop() {
@@ -688,6 +821,7 @@ impl Primary {
         let mut gen = 0;
         let mut epoch = 1u64;
         let mut last_tx = ms_now();
+        let mut last_flush = ms_now();
         let mut since_resync = 0u32;
         loop {
             self.wake.reinit();
@@ -710,6 +844,9 @@ impl Primary {
                 Some(b) => {
                     self.handle(this, b, conn.as_deref(), &mut buf, &mut epoch);
                     last_tx = ms_now();
+                    if let Some(c) = &conn {
+                        self.maybe_flush(c, &mut epoch, &mut last_flush);
+                    }
                     // Under a steady workload the queue is never empty: interleave the resync.
                     since_resync += 1;
                     if since_resync >= RESYNC_EVERY {
@@ -740,19 +877,43 @@ impl Primary {
                             continue;
                         }
                     }
-                    if ms_now().saturating_sub(last_tx) >= PING_MS {
+                    self.maybe_flush(&c, &mut epoch, &mut last_flush);
+                    // A ping only on an idle link: acknowledgements of frames in flight show
+                    // the peer is alive, and the receiver times out if they stop.
+                    let (idle, unflushed) = {
+                        let g = self.st.lock();
+                        (g.win.is_empty(), g.unflushed)
+                    };
+                    if idle && ms_now().saturating_sub(last_tx) >= PING_MS {
                         if let Err(e) = self.send_counted(&c, FrameType::Ping, 0, Kind::Other, 0, 0, &0u64.to_le_bytes()) {
                             self.disconnect(&c, &e);
                         }
                         last_tx = ms_now();
                     }
-                    self.wake.wait_timeout_ms(PING_MS as u32);
+                    self.wake.wait_timeout_ms(if unflushed { FLUSH_EVERY_MS as u32 } else { PING_MS as u32 });
                 }
             }
         }
     }
 
-    /// Waits until the window has room for `bytes` on `c` (or `c` is gone: then `false`).
+    /// Sends a flush barrier when writes were sent since the last one, none is in flight and
+    /// `FLUSH_EVERY_MS` passed: once it is acknowledged, what the secondary applied before it
+    /// is durable there and no longer needs resyncing after a disconnection.
+    fn maybe_flush(&self, c: &Conn, epoch: &mut u64, last: &mut u64) {
+        let due = {
+            let g = self.st.lock();
+            g.gen == c.gen && g.unflushed && g.flush_seq.is_none() && g.win.len() + 1 < g.win.capacity()
+        };
+        if !due || ms_now().saturating_sub(*last) < FLUSH_EVERY_MS {
+            return;
+        }
+        *last = ms_now();
+        match self.send_counted(c, FrameType::Barrier, wire::BARRIER_FLUSH, Kind::Barrier, 0, 0, &epoch.to_le_bytes()) {
+            Ok(_) => *epoch += 1,
+            Err(e) => self.disconnect(c, &e),
+        }
+    }
+
     /// Waits until the window has room for `bytes` on `c`; `false` if the write is not to be
     /// sent: `c` is gone, or the primary is *ahead*. When the window stays full for
     /// `CONGESTED_MS` ("a full queue past a limit"), the primary goes ahead, as DRBD's
@@ -777,7 +938,7 @@ impl Primary {
                     pr_info!("repl: {} caught up; replicating writes again, resyncing the rest\n", self.addr);
                     continue;
                 }
-                if g.win.fits(bytes, self.max_bytes) {
+                if g.win.fits(bytes, self.max_bytes) && g.win.len() + RESERVED_SLOTS < g.win.capacity() {
                     return true;
                 }
                 if ms_now().saturating_sub(start) >= CONGESTED_MS {
@@ -818,6 +979,9 @@ impl Primary {
             if !g.win.push(e) {
                 return Err(LinkError::Io(ENOSPC));
             }
+            if ty == FrameType::Barrier && flags & wire::BARRIER_FLUSH != 0 {
+                g.flush_pushed(seq);
+            }
             seq
         };
         link::send_frame(&c.sock, ty, flags, seq, payload, c.mac.as_ref())?;
@@ -845,6 +1009,7 @@ impl Primary {
             bio.submit_clone(&self.bs, &self.data, sector, this.clone());
             return;
         };
+        let mut marker = None;
         let (ty, flags, range) = if is_write {
             let w = wire::Write { sector, epoch: *epoch, data: &[] };
             let mut fixed = [0u8; WRITE_FIXED as usize];
@@ -857,9 +1022,10 @@ impl Primary {
             out[..WRITE_FIXED as usize].copy_from_slice(&fixed);
             bio.copy_to(&mut out[WRITE_FIXED as usize..]);
             if sector >= self.marker_start {
-                if let Some(m) = out.get(WRITE_FIXED as usize..WRITE_FIXED as usize + RECORD_LEN).and_then(|r| MarkerRecord::decode(r, &KernelCrc32c)) {
-                    self.stats.marker_id.fetch_max(m.id, Ordering::Relaxed);
-                }
+                marker = out
+                    .get(WRITE_FIXED as usize..WRITE_FIXED as usize + RECORD_LEN)
+                    .and_then(|r| MarkerRecord::decode(r, &KernelCrc32c))
+                    .map(|m| m.id);
             }
             (FrameType::Write, if bio.is_fua() { wire::WRITE_FUA } else { 0 }, FRAME_OFF..DATA_OFF + bytes as usize)
         } else {
@@ -869,17 +1035,29 @@ impl Primary {
         // The window entry exists before the local write can complete.
         let seq = {
             let mut g = self.st.lock();
-            if g.gen != c.gen {
+            if g.gen != c.gen || (g.dirty.count() > 0 && !g.resyncing) {
+                // Lost the connection meanwhile; or regions are dirty and the resync has not
+                // started: the secondary still holds a consistent older image, and a write
+                // applied now (before the resync marks it inconsistent) would break that.
+                // Such writes stay local and dirty until the first resync frame is out.
                 None
             } else {
                 let seq = g.win.next_seq();
                 let kind = if is_write { Kind::Write } else { Kind::Barrier };
                 let e = Entry { seq, kind, sector, sectors, sent_ms: ms_now(), ..Entry::default_of() };
-                g.win.push(e).then_some(seq)
+                let pushed = g.win.push(e);
+                if pushed {
+                    if is_write {
+                        g.unflushed = true;
+                    } else {
+                        g.flush_pushed(seq);
+                    }
+                }
+                pushed.then_some(seq)
             }
         };
         let Some(seq) = seq else {
-            // Lost the connection meanwhile: as disconnected.
+            // As disconnected.
             if is_write {
                 self.st.lock().dirty.mark(sector, u64::from(sectors));
             }
@@ -895,6 +1073,9 @@ impl Primary {
             Ok(()) => {
                 self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+                if let Some(id) = marker {
+                    self.stats.marker_id.fetch_max(id, Ordering::Relaxed);
+                }
                 if ty == FrameType::Barrier {
                     *epoch += 1;
                 }
@@ -915,7 +1096,10 @@ impl Primary {
         let Some(e) = g.win.get_mut(seq) else { return };
         e.net_done = true;
         let held = e.held.take();
+        // (An acknowledgement may have come before this: the entry may retire now.)
+        let bytes = g.retire();
         drop(g);
+        self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
         if let Some(b) = held {
             let st = BlkStatus::from_raw(b.data().status);
             b.end(st);
@@ -958,10 +1142,19 @@ impl Primary {
                 }
                 return Ok(false);
             }
-            if !g.win.fits(max_regions * rs * 512, self.max_bytes) {
+            // Sized to the room left in the window, so that the resync always progresses.
+            if g.win.len() + RESERVED_SLOTS >= g.win.capacity() {
                 return Ok(false);
             }
-            g.dirty.next_run(g.resync_cursor, max_regions)
+            let room = if g.win.is_empty() {
+                max_regions
+            } else {
+                (self.max_bytes.saturating_sub(g.win.bytes()) / (rs * 512)).min(max_regions)
+            };
+            if room == 0 {
+                return Ok(false);
+            }
+            g.dirty.next_run(g.resync_cursor, room)
         };
         let Some((first, n)) = run else { return Ok(false) };
         // Wait for local writes in flight (only the sender submits them, and it is here).
@@ -1042,6 +1235,7 @@ impl Primary {
                     }
                 }
                 FrameType::Pong => {}
+                FrameType::Close => break LinkError::Closed,
                 t => break LinkError::Unexpected(t),
             }
         };
@@ -1059,17 +1253,7 @@ impl Primary {
             if !g.win.ack(seq, self.sync, |b| done.push(b)) {
                 return Err(LinkError::Wire(wire::WireError::BadField));
             }
-            let State { win, resyncing, resync_done_seq, .. } = &mut *g;
-            let mut bytes = 0;
-            win.retire(|e| {
-                if e.kind == Kind::Barrier && Some(e.seq) == *resync_done_seq {
-                    *resyncing = false;
-                    *resync_done_seq = None;
-                }
-                if e.kind == Kind::Write {
-                    bytes += u64::from(e.sectors) * 512;
-                }
-            });
+            let bytes = g.retire();
             self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
             if seq > before {
                 g.acked_seq = seq;
@@ -1086,7 +1270,7 @@ impl Primary {
 }
 
 impl CloneDone<PerBio> for Primary {
-    fn clone_done(&self, mut parent: PBio, status: BlkStatus) {
+    fn clone_done(&self, mut parent: PBio, status: BlkStatus) -> Option<(PBio, BlkStatus)> {
         let d = *parent.data();
         if d.gen != 0 {
             let mut g = self.st.lock();
@@ -1098,24 +1282,14 @@ impl CloneDone<PerBio> for Primary {
                         e.held = Some(parent);
                         drop(g);
                         self.local_finished();
-                        return;
+                        return None;
                     }
-                    let State { win, resyncing, resync_done_seq, .. } = &mut *g;
-                    let mut bytes = 0;
-                    win.retire(|e| {
-                        if e.kind == Kind::Barrier && Some(e.seq) == *resync_done_seq {
-                            *resyncing = false;
-                            *resync_done_seq = None;
-                        }
-                        if e.kind == Kind::Write {
-                            bytes += u64::from(e.sectors) * 512;
-                        }
-                    });
+                    let bytes = g.retire();
                     self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
                 }
             }
         }
-        parent.end(status);
         self.local_finished();
+        Some((parent, status))
     }
 }

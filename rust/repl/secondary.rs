@@ -473,6 +473,13 @@ impl Secondary {
                 FrameType::Close => return LinkError::Closed,
                 t => return LinkError::Unexpected(t),
             };
+            // A marker marks a consistent point only on a consistent image.
+            if let Some((id, _)) = marker {
+                if !self.consistent.load(Ordering::Acquire) {
+                    pr_warn!("repl: marker {} ignored: a resync is under way, the data device is not consistent\n", id);
+                    marker = None;
+                }
+            }
             let r = r.and_then(|()| match marker {
                 Some((id, t)) => self.record_marker(id, t),
                 None => Ok(()),

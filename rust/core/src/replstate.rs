@@ -328,10 +328,32 @@ impl<W: DerefMut<Target = [u64]>> DirtyMap<W> {
         }
     }
 
-    /// Marks every region dirty (a full resync).
+    /// Marks every region dirty (a full resync). Word by word: O(regions / 64).
     pub fn mark_all(&mut self) {
-        for r in 0..self.regions {
-            self.set(r, true);
+        let n = self.word_count();
+        for (i, w) in self.words.iter_mut().enumerate().take(n) {
+            let valid = self.regions - i as u64 * 64;
+            *w = if valid >= 64 { !0 } else { (1u64 << valid) - 1 };
+        }
+        self.count = self.regions;
+    }
+
+    /// Clears every region.
+    pub fn clear_all(&mut self) {
+        self.words.fill(0);
+        self.count = 0;
+    }
+
+    /// Marks dirty every region dirty in `other` (same geometry; word by word).
+    pub fn merge<V: DerefMut<Target = [u64]>>(&mut self, other: &DirtyMap<V>) {
+        if other.count == 0 {
+            return;
+        }
+        for i in 0..self.word_count().min(other.word_count()) {
+            let w = other.word(i);
+            if w != 0 {
+                self.merge_word(i, w);
+            }
         }
     }
 
@@ -449,6 +471,15 @@ mod tests {
         assert_eq!((m.count(), m.next_run(0, 8)), (0, None));
         m.mark_all();
         assert_eq!((m.count(), m.next_run(0, 1000)), (100, Some((0, 100))));
+        assert_eq!((m.word(0), m.word(1)), (u64::MAX, (1 << 36) - 1), "bits past the end stay clear");
+        let mut o = DirtyMap::new(vec![0u64; 2], 100 * 128, 7).unwrap();
+        o.mark(64 * 128, 1);
+        o.mark(5 * 128, 1);
+        m.clear_all();
+        assert_eq!(m.count(), 0);
+        m.mark(5 * 128, 1);
+        m.merge(&o);
+        assert_eq!((m.count(), m.is_dirty(5), m.is_dirty(64)), (2, true, true));
         assert!(DirtyMap::new(vec![0u64; 1], 100 * 128, 7).is_none(), "too few words refused");
         let mut m2 = DirtyMap::new(vec![0u64; 2], 100 * 128, 7).unwrap();
         m2.merge_word(1, u64::MAX);
