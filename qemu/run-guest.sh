@@ -2,28 +2,32 @@
 # Boots the wbrepl guest kernel under QEMU (virtme-ng: the host's root file system, read-only,
 # with writable overlays) and runs one command in it. Returns the command's exit status.
 #
-#   qemu/run-guest.sh [--logdir DIR] [--timeout SECONDS] COMMAND [ARGS...]
+#   qemu/run-guest.sh [--logdir DIR] [--timeout SECONDS] [--allow-warning REGEX]... COMMAND [ARGS...]
 #
 # - TCG by default; WBREPL_KVM=1 tries KVM (it hung on this machine kind, see docs/testing.md).
 # - The guest kernel panics on any oops or hung task (the run then ends with status 255).
 # - The kernel console goes to DIR/console.log; the command's output to the terminal and
 #   DIR/guest.log. After the run the console is scanned for BUG:/WARNING:/Oops/general
 #   protection/KASAN/hung-task/soft-lockup lines: any of them fails the run (status 99), and
-#   the lines are printed.
+#   the lines are printed. --allow-warning REGEX (repeatable) exempts a known warning of code
+#   that is not ours: a "cut here" ... "end trace" block with a WARNING: line, no BUG:/Oops/
+#   KASAN/panic line, whose text (its lines joined by spaces) matches REGEX (awk ERE) is left
+#   out of the scan and copied to DIR/allowed-warnings.txt. Only make bench-repl uses it.
 # - Inside the guest (qemu/guest-init.sh): debugfs is mounted, our modules are installed under
 #   /lib/modules/$(uname -r)/extra for autoloading, $WBREPL_ROOT is this repository and
 #   $WBREPL_LOGDIR the (writable) log directory; dmesg is saved to DIR/dmesg.txt.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-logdir="" timeout=${WBREPL_GUEST_TIMEOUT:-2400}
+logdir="" timeout=${WBREPL_GUEST_TIMEOUT:-2400} allowed=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --logdir) logdir=$2; shift 2;;
     --timeout) timeout=$2; shift 2;;
+    --allow-warning) allowed+=("$2"); shift 2;;
     *) break;;
   esac
 done
-[ $# -gt 0 ] || { echo "usage: $0 [--logdir DIR] [--timeout S] COMMAND [ARGS...]" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 [--logdir DIR] [--timeout S] [--allow-warning REGEX]... COMMAND [ARGS...]" >&2; exit 2; }
 # The guest starts in /tmp: make a script path given relative to here absolute.
 if [ -e "$1" ]; then set -- "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")" "${@:2}"; fi
 kdir=${KDIR:-$("$root/qemu/build-kernel.sh" --kdir)}
@@ -51,7 +55,28 @@ set -e
 [ $rc = 124 ] && echo "[run-guest] guest timed out after ${timeout}s" >&2
 
 bad='BUG:|WARNING:|Oops|general protection|KASAN|blocked for more than|soft lockup|Kernel panic|Call Trace:'
-if grep -nE "$bad" "$logdir/console.log" > "$logdir/kernel-errors.txt"; then
+# The console with the allowed warnings' blocks blanked (line numbers kept).
+scan() {
+  if [ ${#allowed[@]} = 0 ]; then cat "$logdir/console.log"; return; fi
+  printf '%s\n' "${allowed[@]}" | awk -v out="$logdir/allowed-warnings.txt" '
+    FNR == NR { re[++nre] = $0; next }
+    function flush(   i, ok, text) {
+      text = ""
+      for (i = 1; i <= nb; i++) text = text " " blk[i]
+      ok = text ~ /WARNING:/ && text !~ /BUG:|Oops|KASAN|Kernel panic|general protection/
+      if (ok) { ok = 0; for (i = 1; i <= nre; i++) if (text ~ re[i]) ok = 1 }
+      for (i = 1; i <= nb; i++) {
+        if (ok) { print "" ; print blk[i] > out } else print blk[i]
+      }
+      nb = 0; inblk = 0
+    }
+    /------------\[ cut here \]------------/ { if (inblk) flush(); inblk = 1 }
+    inblk { blk[++nb] = $0; if ($0 ~ /---\[ end trace/) flush(); next }
+    { print }
+    END { if (inblk) flush() }' - "$logdir/console.log" || cat "$logdir/console.log"
+}
+rm -f "$logdir/allowed-warnings.txt"
+if scan | grep -nE "$bad" > "$logdir/kernel-errors.txt"; then
   echo "[run-guest] kernel errors in the guest console ($logdir/console.log):" >&2
   head -n 40 "$logdir/kernel-errors.txt" >&2
   echo "[run-guest] console tail:" >&2
