@@ -238,9 +238,24 @@ impl Socket {
 
     /// Receives exactly `buf.len()` bytes. The peer closing first is `ECONNRESET`.
     pub fn recv_exact(&self, buf: &mut [u8]) -> Result {
+        self.recv_exact_by(buf, None)
+    }
+
+    /// As [`Socket::recv_exact`], but all of it by `deadline_ms` (monotonic milliseconds,
+    /// `ktime_get`): the timeouts are set to the time left before each receive, so a peer that
+    /// trickles bytes cannot stretch a bounded wait. Leaves both timeouts changed (callers set
+    /// them again with [`Socket::set_timeouts`]).
+    pub fn recv_exact_by(&self, buf: &mut [u8], deadline_ms: Option<i64>) -> Result {
         let _noio = NoIoScope::enter();
         let mut off = 0;
         while off < buf.len() {
+            if let Some(d) = deadline_ms {
+                let left = d - kernel::time::Ktime::ktime_get().to_ms();
+                if left <= 0 {
+                    return Err(Error::from_errno(-(bindings::ETIMEDOUT as i32)));
+                }
+                self.set_timeouts(left.min(i64::from(u32::MAX)) as u32, left.min(i64::from(u32::MAX)) as u32);
+            }
             let rest = &mut buf[off..];
             let mut iov = bindings::kvec { iov_base: rest.as_mut_ptr().cast(), iov_len: rest.len() };
             let mut msg = bindings::msghdr::default();

@@ -85,11 +85,22 @@ pub(crate) fn recv_frame<'b>(
     mac: Option<&KernelHmac>,
     buf: &'b mut [u8],
 ) -> Result<(Header, &'b [u8]), LinkError> {
+    recv_frame_by(sock, rx, mac, buf, None)
+}
+
+/// As [`recv_frame`], all of it by `deadline_ms` (see [`Socket::recv_exact_by`]).
+fn recv_frame_by<'b>(
+    sock: &Socket,
+    rx: &mut RxSeq,
+    mac: Option<&KernelHmac>,
+    buf: &'b mut [u8],
+    deadline_ms: Option<i64>,
+) -> Result<(Header, &'b [u8]), LinkError> {
     let mut hdr = [0u8; HEADER_LEN];
-    sock.recv_exact(&mut hdr)?;
+    sock.recv_exact_by(&mut hdr, deadline_ms)?;
     let h = Header::decode(&hdr)?;
     let payload = buf.get_mut(..h.len as usize).ok_or(LinkError::Wire(WireError::BadLength))?;
-    sock.recv_exact(payload)?;
+    sock.recv_exact_by(payload, deadline_ms)?;
     let h = wire::open(&hdr, payload, rx, &KernelCrc32c, as_mac(mac))?;
     Ok((h, payload))
 }
@@ -105,8 +116,16 @@ pub(crate) struct Session {
 }
 
 /// Runs the handshake (`docs/repl.md`, "Handshake") on a fresh socket: `HELLO` both ways, then
-/// with `key` the `AUTH` proofs, deriving the session key.
-pub(crate) fn handshake(sock: &Socket, role: wire::Role, sectors: u64, key: Option<&KernelHmac>) -> Result<Session, LinkError> {
+/// with `key` the `AUTH` proofs, deriving the session key. All of it within `limit_ms`, however
+/// the peer paces its bytes.
+pub(crate) fn handshake(
+    sock: &Socket,
+    role: wire::Role,
+    sectors: u64,
+    key: Option<&KernelHmac>,
+    limit_ms: u32,
+) -> Result<Session, LinkError> {
+    let deadline = Some(kernel::time::Ktime::ktime_get().to_ms() + i64::from(limit_ms));
     let mut own = Hello { role, sectors, nonce: [0u8; NONCE_LEN] };
     random_bytes(&mut own.nonce);
     let flags = if key.is_some() { wire::HELLO_AUTH } else { 0 };
@@ -115,7 +134,7 @@ pub(crate) fn handshake(sock: &Socket, role: wire::Role, sectors: u64, key: Opti
     let mut enc = [0u8; Hello::LEN];
     let send_hello = |enc: &mut [u8; Hello::LEN]| send_frame(sock, FrameType::Hello, flags, 0, own.encode(enc), None);
     let recv_hello = |rx: &mut RxSeq, buf: &mut [u8; Hello::LEN]| -> Result<(Hello, bool), LinkError> {
-        let (h, p) = recv_frame(sock, rx, None, buf)?;
+        let (h, p) = recv_frame_by(sock, rx, None, buf, deadline)?;
         if h.ty != FrameType::Hello {
             return Err(LinkError::Unexpected(h.ty));
         }
@@ -137,7 +156,7 @@ pub(crate) fn handshake(sock: &Socket, role: wire::Role, sectors: u64, key: Opti
     let proof = wire::auth_proof(key, role, &own.nonce, &peer.nonce)?;
     let mut pbuf = [0u8; MAC_LEN];
     let recv_proof = |rx: &mut RxSeq, pbuf: &mut [u8; MAC_LEN]| -> Result<(), LinkError> {
-        let (h, p) = recv_frame(sock, rx, None, pbuf)?;
+        let (h, p) = recv_frame_by(sock, rx, None, pbuf, deadline)?;
         if h.ty != FrameType::Auth {
             return Err(LinkError::Unexpected(h.ty));
         }

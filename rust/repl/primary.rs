@@ -746,7 +746,7 @@ impl Primary {
     fn connect(&self) -> Result<Conn, LinkError> {
         let sock = Socket::connect(&self.ns, self.addr, CONNECT_MS)?;
         sock.set_timeouts(HANDSHAKE_MS, HANDSHAKE_MS);
-        let s = link::handshake(&sock, wire::Role::Primary, self.sectors, self.key.as_ref())?;
+        let s = link::handshake(&sock, wire::Role::Primary, self.sectors, self.key.as_ref(), HANDSHAKE_MS)?;
         sock.set_timeouts(DEAD_MS, DEAD_MS);
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed).max(1);
         Ok(Conn { sock, mac: s.mac, rx: s.rx, gen, dead: AtomicBool::new(false) })

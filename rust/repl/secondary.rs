@@ -42,7 +42,7 @@ const HANDSHAKE_MS: u32 = 5000;
 const DEAD_MS: u32 = 15000;
 
 struct Peer {
-    sock: Socket,
+    sock: Arc<Socket>,
     session: Session,
     addr: SocketAddrV4,
 }
@@ -123,6 +123,9 @@ pub(crate) struct Secondary {
     active: Mutex<Option<Arc<Peer>>>,
     #[pin]
     listener: Mutex<Option<Arc<Socket>>>,
+    /// The connection whose handshake the listener is running.
+    #[pin]
+    handshaking: Mutex<Option<Arc<Socket>>>,
     #[pin]
     buf: Mutex<KVVec<u8>>,
     #[pin]
@@ -193,6 +196,7 @@ impl Secondary {
                 pending <- new_mutex!(None),
                 active <- new_mutex!(None),
                 listener <- new_mutex!(None),
+                handshaking <- new_mutex!(None),
                 buf <- new_mutex!(buf),
                 wake <- Completion::new(),
                 dmio,
@@ -218,6 +222,9 @@ impl Secondary {
         this.stop.store(true, Ordering::Release);
         if let Some(l) = this.listener.lock().clone() {
             l.shutdown();
+        }
+        if let Some(h) = this.handshaking.lock().clone() {
+            h.shutdown();
         }
         if let Some(p) = this.active.lock().clone() {
             p.sock.shutdown();
@@ -275,7 +282,15 @@ impl Secondary {
             };
             let addr = s.peer_addr().unwrap_or(SocketAddrV4 { ip: [0; 4], port: 0 });
             s.set_timeouts(HANDSHAKE_MS, HANDSHAKE_MS);
-            match link::handshake(&s, wire::Role::Secondary, self.sectors, self.key.as_ref()) {
+            let Ok(s) = Arc::new(s, GFP_KERNEL) else { continue };
+            // Published, so that removing the target can cut a handshake short.
+            *self.handshaking.lock() = Some(s.clone());
+            if self.stop.load(Ordering::Acquire) {
+                s.shutdown();
+            }
+            let r = link::handshake(&s, wire::Role::Secondary, self.sectors, self.key.as_ref(), HANDSHAKE_MS);
+            *self.handshaking.lock() = None;
+            match r {
                 Ok(session) => {
                     s.set_timeouts(DEAD_MS, DEAD_MS);
                     let Ok(p) = Arc::new(Peer { sock: s, session, addr }, GFP_KERNEL) else { continue };

@@ -254,7 +254,24 @@ real_primary() {
   node_exec A dmsetup create fz-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 0" &&
     dd if=/dev/urandom of=/dev/mapper/fz-p bs=64k count=16 oflag=direct status=none
 }
+# A peer that trickles one byte a second: the handshake has 5 s in all, not 5 s per byte.
+trickle() {
+  node_exec A python3 -c "
+import socket, time
+s = socket.create_connection(('$NODE_B_IP', $PORT))
+for i in range(150):
+    try:
+        s.send(b'W'); time.sleep(1)
+    except OSError:
+        break
+" >/dev/null 2>&1 &
+  TRICKLE=$!
+}
+trickle
+sleep 1
 check "fuzz: a real primary still connects and replicates" real_primary
+check "fuzz: ...within 20 s, while a peer trickles bytes at the listener" connected fz-p 20
+kill $TRICKLE 2>/dev/null; wait $TRICKLE 2>/dev/null
 check "fuzz: in sync" synced fz-p
 check "fuzz: identical" same_data "$PD" "$SD"
 check "fuzz: remove" dm_remove fz-p fz-s
