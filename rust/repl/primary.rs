@@ -1000,13 +1000,7 @@ impl Primary {
         let bytes = u64::from(sectors) * 512;
         let c = c.filter(|c| self.wait_room(c, bytes));
         let Some(c) = c else {
-            // Disconnected: local only, and the regions differ from the secondary now.
-            if is_write {
-                self.st.lock().dirty.mark(sector, u64::from(sectors));
-            }
-            *bio.data_mut() = PerBio::default();
-            self.local_inflight.fetch_add(1, Ordering::AcqRel);
-            bio.submit_clone(&self.bs, &self.data, sector, this.clone());
+            self.submit_local(this, bio, is_write);
             return;
         };
         let mut marker = None;
@@ -1057,13 +1051,7 @@ impl Primary {
             }
         };
         let Some(seq) = seq else {
-            // As disconnected.
-            if is_write {
-                self.st.lock().dirty.mark(sector, u64::from(sectors));
-            }
-            *bio.data_mut() = PerBio::default();
-            self.local_inflight.fetch_add(1, Ordering::AcqRel);
-            bio.submit_clone(&self.bs, &self.data, sector, this.clone());
+            self.submit_local(this, bio, is_write);
             return;
         };
         *bio.data_mut() = PerBio { seq, gen: c.gen, status: 0 };
@@ -1085,6 +1073,18 @@ impl Primary {
             }
             Err(e) => self.disconnect(c, &e),
         }
+    }
+
+    /// A write (or flush) that is not sent: to the local device only; a write's regions now
+    /// differ from the secondary.
+    fn submit_local(&self, this: &Arc<Self>, mut bio: PBio, is_write: bool) {
+        let sector = bio.target_sector();
+        if is_write {
+            self.st.lock().dirty.mark(sector, u64::from(bio.sectors()));
+        }
+        *bio.data_mut() = PerBio::default();
+        self.local_inflight.fetch_add(1, Ordering::AcqRel);
+        bio.submit_clone(&self.bs, &self.data, sector, this.clone());
     }
 
     /// The network part of frame `seq` is done (async: sent).

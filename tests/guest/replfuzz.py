@@ -80,6 +80,18 @@ def rest(s):
         return out, True
 
 
+def refused(s, name, failures):
+    """Ends our side of the case; the peer must have sent nothing more and closed."""
+    try:
+        s.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # already dropped by the secondary
+    got, closed = rest(s)
+    s.close()
+    if got or not closed:
+        failures.append("%s: %d bytes back, closed=%s" % (name, len(got), closed))
+
+
 def connect(host, port):
     s = socket.create_connection((host, port), timeout=10)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -156,28 +168,17 @@ def main():
                 s.sendall(frame(AUTH, 0, 1, payload))
             else:
                 s.sendall(payload)
-            try:
-                s.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # already dropped by the secondary
-            got, closed = rest(s)
-            s.close()
             # Nothing after the HELLO: no proof of the secondary, no acknowledgement.
-            if got or not closed:
-                failures.append("%s: %d bytes back, closed=%s" % (name, len(got), closed))
+            refused(s, name, failures)
             done += 1
     else:
         for name, bad in bad_frames(sectors, rng, n):
             s = session(host, port, sectors)
             try:
                 s.sendall(bad)
-                s.shutdown(socket.SHUT_WR)
             except OSError:
                 pass  # already dropped by the secondary
-            got, closed = rest(s)
-            s.close()
-            if got or not closed:
-                failures.append("%s: %d bytes back, closed=%s" % (name, len(got), closed))
+            refused(s, name, failures)
             done += 1
     print("fuzz: %d cases, %d accepted" % (done, len(failures)))
     for f in failures[:20]:
