@@ -86,6 +86,8 @@ struct Conn {
     sock: Socket,
     mac: Option<KernelHmac>,
     rx: RxSeq,
+    /// Sequence number of our first frame after the handshake.
+    first_seq: u64,
     gen: u32,
     dead: AtomicBool,
 }
@@ -210,8 +212,7 @@ pub(crate) struct Stats {
     pub(crate) bytes_acked: AtomicU64,
     pub(crate) writes: AtomicU64,
     pub(crate) connects: AtomicU64,
-    pub(crate) resync_bytes: AtomicU64,
-    /// Connections given up because the window stayed full.
+    /// Times the primary went ahead (the window stayed full).
     pub(crate) congested: AtomicU64,
     /// The last marker sent (a marker-region write or a `MARKER` frame); 0: none yet.
     pub(crate) marker_id: AtomicU64,
@@ -749,11 +750,11 @@ impl Primary {
         let s = link::handshake(&sock, wire::Role::Primary, self.sectors, self.key.as_ref(), HANDSHAKE_MS)?;
         sock.set_timeouts(DEAD_MS, DEAD_MS);
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed).max(1);
-        Ok(Conn { sock, mac: s.mac, rx: s.rx, gen, dead: AtomicBool::new(false) })
+        Ok(Conn { sock, mac: s.mac, rx: s.rx, first_seq: s.tx_seq, gen, dead: AtomicBool::new(false) })
     }
 
     fn install(&self, c: Conn) -> bool {
-        let first_seq = if c.mac.is_some() { 2 } else { 1 };
+        let first_seq = c.first_seq;
         let Ok(c) = Arc::new(c, GFP_KERNEL) else { return false };
         let mut done = BioList::new();
         {
@@ -1206,7 +1207,6 @@ impl Primary {
         };
         link::send_frame(&c.sock, FrameType::ResyncWrite, 0, seq, &buf[FRAME_OFF..end], c.mac.as_ref())?;
         self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-        self.stats.resync_bytes.fetch_add(sectors * 512, Ordering::Relaxed);
         Ok(true)
     }
 

@@ -88,7 +88,6 @@ pub(crate) struct Stats {
     pub(crate) sessions: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) durable_epoch: AtomicU64,
-    pub(crate) last_frame_ms: AtomicU64,
     /// Markers recorded.
     pub(crate) markers: AtomicU64,
     /// The last marker recorded (durable with everything before it); 0: none.
@@ -128,8 +127,13 @@ pub(crate) struct Secondary {
     handshaking: Mutex<Option<Arc<Socket>>>,
     #[pin]
     buf: Mutex<KVVec<u8>>,
+    /// Wakes the applier: a session was published, or the target is going.
     #[pin]
     wake: Completion,
+    /// The listener's own retry waits (cut short at removal); apart from `wake`, so that
+    /// neither worker consumes the other's wake-up.
+    #[pin]
+    listen_wake: Completion,
     dmio: IoClient,
     stop: AtomicBool,
     pub(crate) stats: Stats,
@@ -199,6 +203,7 @@ impl Secondary {
                 handshaking <- new_mutex!(None),
                 buf <- new_mutex!(buf),
                 wake <- Completion::new(),
+                listen_wake <- Completion::new(),
                 dmio,
                 stop: AtomicBool::new(false),
                 stats: Stats::default(),
@@ -230,6 +235,7 @@ impl Secondary {
             p.sock.shutdown();
         }
         this.wake.complete_all();
+        this.listen_wake.complete_all();
         this.thaw.complete_all();
         this.wq_listen.flush();
         this.wq_apply.flush();
@@ -260,8 +266,8 @@ impl Secondary {
                         pr_warn!("repl: cannot listen on {} (error {}); retrying\n", self.addr, e.to_errno());
                         logged = true;
                     }
-                    self.wake.reinit();
-                    self.wake.wait_timeout_ms(500);
+                    self.listen_wake.reinit();
+                    self.listen_wake.wait_timeout_ms(500);
                 }
             }
         };
@@ -275,8 +281,8 @@ impl Secondary {
                 Ok(s) => s,
                 Err(e) if is_timeout(&e) => continue,
                 Err(_) => {
-                    self.wake.reinit();
-                    self.wake.wait_timeout_ms(100);
+                    self.listen_wake.reinit();
+                    self.listen_wake.wait_timeout_ms(100);
                     continue;
                 }
             };
@@ -440,7 +446,6 @@ impl Secondary {
                 Ok(x) => x,
                 Err(e) => return e,
             };
-            self.stats.last_frame_ms.store(ms_now(), Ordering::Relaxed);
             let mut marker = None;
             let r = match h.ty {
                 FrameType::Write | FrameType::ResyncWrite => {
