@@ -1,16 +1,23 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Synchronous block I/O between kernel buffers and device regions (`dm-io`).
+//! Block I/O between kernel buffers and device regions (`dm-io`).
 //!
 //! C header: [`include/linux/dm-io.h`](srctree/include/linux/dm-io.h)
 //!
-//! Used for metadata and for the slow paths of targets, always from process context (it
-//! sleeps). dm-io allocates from its own mempools (GFP_NOIO), so it cannot recurse into I/O.
+//! [`IoClient`] does synchronous I/O, for metadata and the slow paths of targets, always from
+//! process context (it sleeps). [`AsyncWriter`] submits writes from owned buffers ([`IoBuf`])
+//! and hands each buffer back to a handler when its write completes, so that many writes can
+//! be in flight (a replication secondary applying a stream). dm-io allocates from its own
+//! mempools (GFP_NOIO), so neither can recurse into I/O.
 
 use super::bindings;
 use super::device::Device;
+use super::wq::Completion;
+use core::ops::{Deref, DerefMut, Range};
 use core::ptr::NonNull;
-use kernel::error::{code::*, Result};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use kernel::error::{code::*, Error, Result};
+use kernel::prelude::*;
 
 /// A range of sectors on a device.
 #[derive(Clone, Copy)]
@@ -63,6 +70,25 @@ impl IoClient {
     }
 
     fn run(&self, opf: u32, regions: &mut [bindings::dm_io_region], buf: *mut u8) -> Result {
+        let mut req = self.request(opf, buf);
+        let mut errs: kernel::ffi::c_ulong = 0;
+        // SAFETY: no preconditions.
+        let prio = unsafe { bindings::dmcore_ioprio_default() };
+        // SAFETY: `req` describes a buffer that the callers below checked to cover every region
+        // (or no buffer, for an empty flush); synchronous I/O (`notify.fn_` is NULL) keeps it
+        // borrowed until completion. `regions` are valid for the call.
+        let r = unsafe {
+            bindings::dm_io(&mut req, regions.len() as u32, regions.as_mut_ptr(), &mut errs, prio)
+        };
+        kernel::error::to_result(r)?;
+        if errs != 0 {
+            return Err(EIO);
+        }
+        Ok(())
+    }
+
+    /// A request for `buf` (NULL: none) without a notifier (synchronous).
+    fn request(&self, opf: u32, buf: *mut u8) -> bindings::dm_io_request {
         let mem = if buf.is_null() {
             bindings::dm_io_memory { type_: bindings::dm_io_mem_type_DM_IO_KMEM, ..Default::default() }
         } else {
@@ -79,26 +105,12 @@ impl IoClient {
             }
             m
         };
-        let mut req = bindings::dm_io_request {
+        bindings::dm_io_request {
             bi_opf: opf,
             mem,
             notify: bindings::dm_io_notify { fn_: None, context: core::ptr::null_mut() },
             client: self.c.as_ptr(),
-        };
-        let mut errs: kernel::ffi::c_ulong = 0;
-        // SAFETY: no preconditions.
-        let prio = unsafe { bindings::dmcore_ioprio_default() };
-        // SAFETY: `req` describes a buffer that the callers below checked to cover every region
-        // (or no buffer, for an empty flush); synchronous I/O (`notify.fn_` is NULL) keeps it
-        // borrowed until completion. `regions` are valid for the call.
-        let r = unsafe {
-            bindings::dm_io(&mut req, regions.len() as u32, regions.as_mut_ptr(), &mut errs, prio)
-        };
-        kernel::error::to_result(r)?;
-        if errs != 0 {
-            return Err(EIO);
         }
-        Ok(())
     }
 
     fn opf(write: bool, flags: IoFlags) -> u32 {
@@ -145,7 +157,183 @@ impl IoClient {
 
 impl Drop for IoClient {
     fn drop(&mut self) {
-        // SAFETY: created in `new`, destroyed once; no I/O is in flight (all I/O is synchronous).
+        // SAFETY: created in `new`, destroyed once; no I/O is in flight: synchronous I/O has
+        // returned, and an `AsyncWriter` waits for its writes before its client is dropped.
         unsafe { bindings::dm_io_client_destroy(self.c.as_ptr()) };
+    }
+}
+
+/// A kernel buffer for [`AsyncWriter`]: owned by its user while idle, by the writer while a
+/// write from it is in flight, and handed back by [`WriteDone::write_done`].
+///
+/// `tag` is the user's (say, which slot the write belongs to); it travels with the buffer.
+pub struct IoBuf {
+    inner: KBox<IoBufInner>,
+}
+
+struct IoBufInner {
+    data: KVVec<u8>,
+    tag: usize,
+    /// While in flight: the `AsyncWriter` that submitted it (type-erased).
+    owner: *const kernel::ffi::c_void,
+}
+
+// SAFETY: `owner` is only dereferenced by the completion callback, which is allowed to run on
+// any CPU; the buffer itself is plain memory.
+unsafe impl Send for IoBuf {}
+
+impl IoBuf {
+    /// A zeroed buffer of `len` bytes (`kvmalloc`: page-aligned when `len` is at least a page).
+    pub fn new(len: usize) -> Result<Self> {
+        let data = KVVec::from_elem(0u8, len, GFP_KERNEL)?;
+        Ok(Self { inner: KBox::new(IoBufInner { data, tag: 0, owner: core::ptr::null() }, GFP_KERNEL)? })
+    }
+
+    /// The user's tag.
+    pub fn tag(&self) -> usize {
+        self.inner.tag
+    }
+
+    /// Sets the user's tag.
+    pub fn set_tag(&mut self, tag: usize) {
+        self.inner.tag = tag;
+    }
+}
+
+impl Deref for IoBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.inner.data
+    }
+}
+
+impl DerefMut for IoBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.inner.data
+    }
+}
+
+/// What an [`AsyncWriter`] calls when a write completes.
+pub trait WriteDone: Send + Sync {
+    /// The write from `buf` finished (`ok`: without error). Runs in the completion context,
+    /// which may be a hard interrupt: it must not sleep or allocate with `GFP_KERNEL`. Dropping
+    /// `buf` here is allowed but wasteful (the user usually keeps it for the next write).
+    fn write_done(&self, buf: IoBuf, ok: bool);
+}
+
+/// Asynchronous writes through dm-io, each from an [`IoBuf`], with a handler `H` that gets
+/// each buffer back on completion.
+///
+/// # Invariants
+///
+/// `inflight` is one more than the number of writes submitted and not yet notified, until
+/// `drop` takes its own count away. Each in-flight `IoBuf` holds a pointer to `self`, which is
+/// pinned and outlives them: `drop` waits for the last one (the notifier's `complete_all` on
+/// `idle` is its last access to `self`).
+#[pin_data(PinnedDrop)]
+pub struct AsyncWriter<H: WriteDone> {
+    client: IoClient,
+    #[pin]
+    handler: H,
+    inflight: AtomicUsize,
+    #[pin]
+    idle: Completion,
+}
+
+unsafe extern "C" fn notify_write<H: WriteDone>(error: kernel::ffi::c_ulong, ctx: *mut kernel::ffi::c_void) {
+    // SAFETY: `ctx` is the `IoBufInner` that `AsyncWriter::write` leaked with `KBox::into_raw`
+    // for this write, notified exactly once; ownership comes back here.
+    let mut inner = unsafe { KBox::from_raw(ctx as *mut IoBufInner) };
+    let owner = core::mem::replace(&mut inner.owner, core::ptr::null());
+    // SAFETY: `owner` is the pinned `AsyncWriter<H>` that submitted the write; by its type
+    // invariant it outlives its in-flight writes, and this write counts in `inflight` until the
+    // `fetch_sub` below.
+    let w = unsafe { &*(owner as *const AsyncWriter<H>) };
+    w.handler.write_done(IoBuf { inner }, error == 0);
+    if w.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // Only after `drop` gave up its own count: `drop` waits for this.
+        w.idle.complete_all();
+    }
+}
+
+impl<H: WriteDone> AsyncWriter<H> {
+    /// A writer with its own dm-io client and `handler`.
+    pub fn new(client: IoClient, handler: impl PinInit<H>) -> impl PinInit<Self> {
+        pin_init!(Self {
+            client,
+            handler <- handler,
+            // INVARIANT: no write in flight; the one is `drop`'s.
+            inflight: AtomicUsize::new(1),
+            idle <- Completion::new(),
+        })
+    }
+
+    /// The completion handler (shared state for the user).
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// The synchronous client, for I/O that must be done in line.
+    pub fn client(&self) -> &IoClient {
+        &self.client
+    }
+
+    /// Writes `buf[range]` to `sectors` of `dev` at `sector`, asynchronously: the handler gets
+    /// `buf` back when the write is done. `range` must be a whole number of sectors
+    /// (`EINVAL` otherwise, with the buffer returned). Process context (dm-io may sleep
+    /// waiting for its mempools).
+    pub fn write(
+        &self,
+        mut buf: IoBuf,
+        range: Range<usize>,
+        dev: &Device,
+        sector: u64,
+        flags: IoFlags,
+    ) -> core::result::Result<(), (IoBuf, Error)> {
+        let len = range.end.saturating_sub(range.start);
+        if range.end > buf.len() || len == 0 || len % 512 != 0 {
+            return Err((buf, EINVAL));
+        }
+        let mut region = Region { dev, sector, sectors: len as u64 / 512 }.raw();
+        let ptr = buf.inner.data[range.start..].as_mut_ptr();
+        let mut req = self.client.request(IoClient::opf(true, flags), ptr);
+        req.notify = bindings::dm_io_notify {
+            fn_: Some(notify_write::<H>),
+            context: core::ptr::null_mut(),
+        };
+        buf.inner.owner = self as *const Self as *const kernel::ffi::c_void;
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let raw = KBox::into_raw(buf.inner);
+        req.notify.context = raw.cast();
+        // SAFETY: no preconditions.
+        let prio = unsafe { bindings::dmcore_ioprio_default() };
+        // SAFETY: the buffer (checked above to hold `range`, which `region` matches) is owned by
+        // the request until `notify_write` takes it back; `self` outlives the write (type
+        // invariant, counted in `inflight` above). `region` is read during the call. An
+        // asynchronous dm_io that fails returns an error without notifying.
+        let r = unsafe { bindings::dm_io(&mut req, 1, &mut region, core::ptr::null_mut(), prio) };
+        if r != 0 {
+            // SAFETY: not submitted, so not notified: `raw` is still ours, from `into_raw`.
+            let inner = unsafe { KBox::from_raw(raw) };
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return Err((IoBuf { inner }, Error::from_errno(r)));
+        }
+        Ok(())
+    }
+
+    /// Writes submitted and not yet completed.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire).saturating_sub(1)
+    }
+}
+
+#[pinned_drop]
+impl<H: WriteDone> PinnedDrop for AsyncWriter<H> {
+    fn drop(self: Pin<&mut Self>) {
+        // Give up our count; if writes are still in flight, the last notifier completes `idle`
+        // (its last access to `self`), and the wait returns only once it released it.
+        if self.inflight.fetch_sub(1, Ordering::AcqRel) != 1 {
+            while !self.idle.wait_timeout_ms(1000) {}
+        }
     }
 }
