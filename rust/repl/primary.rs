@@ -71,6 +71,8 @@ const STABLE_MS: u64 = 10000;
 #[derive(Clone, Copy, Default)]
 pub(crate) struct PerBio {
     seq: u64,
+    /// The epoch its frame was sent in (0: not sent).
+    epoch: u64,
     gen: u32,
     status: u8,
 }
@@ -261,6 +263,12 @@ pub(crate) struct Primary {
     #[pin]
     bitmap_lock: Mutex<()>,
     local_inflight: AtomicU32,
+    /// The epoch new writes are sent in (DRBD's transfer-log epoch). It ends, and the next
+    /// write starts a new one, when a write sent in it completes (see `end_sent`) or a flush
+    /// barrier is sent. The secondary applies the writes of one epoch in any order, but every
+    /// frame before the first write of an epoch before that write: so a write submitted after
+    /// another completed is applied after it.
+    epoch: AtomicU64,
     bs: BioSet,
     dmio: IoClient,
     stop: AtomicBool,
@@ -396,6 +404,7 @@ impl Primary {
                 marker_lock <- new_mutex!(()),
                 bitmap_lock <- new_mutex!(()),
                 local_inflight: AtomicU32::new(0),
+                epoch: AtomicU64::new(1),
                 bs,
                 dmio,
                 stop: AtomicBool::new(false),
@@ -687,6 +696,20 @@ impl Primary {
         self.conn.lock().clone()
     }
 
+    /// A bio whose write was sent is completed: if it was sent in the current epoch, the epoch
+    /// ends here, before the completion is visible above (writes submitted from now on go in
+    /// the next epoch).
+    fn end_sent(&self, b: PBio, st: BlkStatus) {
+        self.close_epoch(b.data().epoch);
+        b.end(st);
+    }
+
+    fn close_epoch(&self, e: u64) {
+        if e != 0 {
+            let _ = self.epoch.compare_exchange(e, e.wrapping_add(1), Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
     fn local_finished(&self) {
         if self.local_inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.local_idle.complete();
@@ -774,7 +797,7 @@ impl Primary {
         }
         while let Some(b) = done.pop() {
             let st = BlkStatus::from_raw(b.data().status);
-            b.end(st);
+            self.end_sent(b, st);
         }
         *self.conn.lock() = Some(c.clone());
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -809,7 +832,7 @@ impl Primary {
         }
         while let Some(b) = done.pop() {
             let st = BlkStatus::from_raw(b.data().status);
-            b.end(st);
+            self.end_sent(b, st);
         }
         self.wake.complete();
         self.conn_wake.complete();
@@ -820,7 +843,6 @@ impl Primary {
     fn run_sender(&self, this: &Arc<Self>) {
         let mut buf = self.buf.lock();
         let mut gen = 0;
-        let mut epoch = 1u64;
         let mut last_tx = ms_now();
         let mut last_flush = ms_now();
         let mut since_resync = 0u32;
@@ -829,9 +851,8 @@ impl Primary {
             let conn = self.current().filter(|c| !c.dead.load(Ordering::Acquire));
             if let Some(c) = &conn {
                 if c.gen != gen {
-                    // A new connection: epochs restart, a pending resync is counted anew.
+                    // A new connection: a pending resync is counted anew.
                     gen = c.gen;
-                    epoch = 1;
                     let mut g = self.st.lock();
                     if g.dirty.count() > 0 && !g.resyncing {
                         g.resync_total = g.dirty.count();
@@ -843,10 +864,10 @@ impl Primary {
             let bio = self.st.lock().incoming.pop();
             match bio {
                 Some(b) => {
-                    self.handle(this, b, conn.as_deref(), &mut buf, &mut epoch);
+                    self.handle(this, b, conn.as_deref(), &mut buf);
                     last_tx = ms_now();
                     if let Some(c) = &conn {
-                        self.maybe_flush(c, &mut epoch, &mut last_flush);
+                        self.maybe_flush(c, &mut last_flush);
                     }
                     // Under a steady workload the queue is never empty: interleave the resync.
                     since_resync += 1;
@@ -878,7 +899,7 @@ impl Primary {
                             continue;
                         }
                     }
-                    self.maybe_flush(&c, &mut epoch, &mut last_flush);
+                    self.maybe_flush(&c, &mut last_flush);
                     // A ping only on an idle link: acknowledgements of frames in flight show
                     // the peer is alive, and the receiver times out if they stop.
                     let (idle, unflushed) = {
@@ -900,7 +921,7 @@ impl Primary {
     /// Sends a flush barrier when writes were sent since the last one, none is in flight and
     /// `FLUSH_EVERY_MS` passed: once it is acknowledged, what the secondary applied before it
     /// is durable there and no longer needs resyncing after a disconnection.
-    fn maybe_flush(&self, c: &Conn, epoch: &mut u64, last: &mut u64) {
+    fn maybe_flush(&self, c: &Conn, last: &mut u64) {
         let due = {
             let g = self.st.lock();
             g.gen == c.gen && g.unflushed && g.flush_seq.is_none() && g.win.len() + 1 < g.win.capacity()
@@ -909,8 +930,9 @@ impl Primary {
             return;
         }
         *last = ms_now();
+        let epoch = self.epoch.load(Ordering::Acquire);
         match self.send_counted(c, FrameType::Barrier, wire::BARRIER_FLUSH, Kind::Barrier, 0, 0, &epoch.to_le_bytes()) {
-            Ok(_) => *epoch += 1,
+            Ok(_) => self.close_epoch(epoch),
             Err(e) => self.disconnect(c, &e),
         }
     }
@@ -990,7 +1012,7 @@ impl Primary {
         Ok(seq)
     }
 
-    fn handle(&self, this: &Arc<Self>, mut bio: PBio, c: Option<&Conn>, buf: &mut KVVec<u8>, epoch: &mut u64) {
+    fn handle(&self, this: &Arc<Self>, mut bio: PBio, c: Option<&Conn>, buf: &mut KVVec<u8>) {
         let op = bio.op();
         let sector = bio.target_sector();
         let sectors = bio.sectors();
@@ -1005,8 +1027,9 @@ impl Primary {
             return;
         };
         let mut marker = None;
+        let epoch = self.epoch.load(Ordering::Acquire);
         let (ty, flags, range) = if is_write {
-            let w = wire::Write { sector, epoch: *epoch, data: &[] };
+            let w = wire::Write { sector, epoch, data: &[] };
             let mut fixed = [0u8; WRITE_FIXED as usize];
             w.encode_fixed(&mut fixed);
             let Some(out) = buf.get_mut(FRAME_OFF..DATA_OFF + bytes as usize) else {
@@ -1055,7 +1078,7 @@ impl Primary {
             self.submit_local(this, bio, is_write);
             return;
         };
-        *bio.data_mut() = PerBio { seq, gen: c.gen, status: 0 };
+        *bio.data_mut() = PerBio { seq, epoch: if is_write { epoch } else { 0 }, gen: c.gen, status: 0 };
         self.local_inflight.fetch_add(1, Ordering::AcqRel);
         bio.submit_clone(&self.bs, &self.data, sector, this.clone());
         match link::send_frame(&c.sock, ty, flags, seq, &buf[range], c.mac.as_ref()) {
@@ -1066,7 +1089,7 @@ impl Primary {
                     self.stats.marker_id.fetch_max(id, Ordering::Relaxed);
                 }
                 if ty == FrameType::Barrier {
-                    *epoch += 1;
+                    self.close_epoch(epoch);
                 }
                 if !self.sync {
                     self.net_done(c.gen, seq);
@@ -1103,7 +1126,7 @@ impl Primary {
         self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
         if let Some(b) = held {
             let st = BlkStatus::from_raw(b.data().status);
-            b.end(st);
+            self.end_sent(b, st);
         }
     }
 
@@ -1262,7 +1285,7 @@ impl Primary {
         }
         while let Some(b) = done.pop() {
             let st = BlkStatus::from_raw(b.data().status);
-            b.end(st);
+            self.end_sent(b, st);
         }
         self.wake.complete();
         Ok(())
@@ -1290,6 +1313,7 @@ impl CloneDone<PerBio> for Primary {
             }
         }
         self.local_finished();
+        self.close_epoch(d.epoch);
         Some((parent, status))
     }
 }

@@ -11,7 +11,7 @@
 //! refuses writes from above. Frames and the handshake: [`link`] on `rust/core/src/wire.rs`.
 
 // `pin_init!` of the shared state expands one recursion level per field.
-#![recursion_limit = "256"]
+#![recursion_limit = "512"]
 #![deny(unsafe_code)]
 
 use core::fmt::Write;

@@ -1,45 +1,62 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The secondary role: accept one authenticated primary and apply its stream to the data
-//! device, in order.
+//! device.
 //!
-//! Two long-running workers, each on its own workqueue:
+//! Three long-running workers, each on its own workqueue:
 //! - the **listener** accepts connections and runs the handshake. Only a peer that completes
 //!   it (authenticated, with `auth`) replaces the current session, so a stray or hostile
 //!   connection cannot disturb a working link;
 //! - the **applier** serves the session: receives each frame, checks it (header bounds before
-//!   the payload is read; CRC, MAC and sequence number after), applies it and acknowledges it.
-//!   Frames are applied one at a time in stream order, which keeps every epoch boundary;
-//!   a flush barrier flushes the data device before it is acknowledged.
+//!   the payload is read; CRC, MAC and sequence number after) and applies it. Writes are
+//!   submitted asynchronously (dm-io), many at a time, each from its own receive buffer, as
+//!   DRBD's receiver does. Order is kept where it matters: the first write of a new epoch, a
+//!   write overlapping one in flight, and every other frame (flush barrier, marker) wait until
+//!   every write before them has completed;
+//! - the **acker** acknowledges, in stream order, the frames whose writes have completed: one
+//!   cumulative `ACK` for all of them.
 //!
-//! Any malformed frame ends the session (logged with its reason); the target keeps working
-//! and the listener accepts the next connection.
+//! Any malformed frame, or a failed write, ends the session (logged with its reason); the
+//! target keeps working and the listener accepts the next connection.
 
 use crate::dmcore::crc::KernelCrc32c;
 use crate::dmcore::device::Device;
-use crate::dmcore::target::TargetHandle;
-use crate::dmcore::dmio::{IoClient, IoFlags, Region};
+use crate::dmcore::dmio::{AsyncWriter, IoBuf, IoClient, IoFlags, Region, WriteDone};
 use crate::dmcore::hmac::KernelHmac;
 use crate::dmcore::net::{is_timeout, NetNs, Socket};
+use crate::dmcore::sync::IrqSpinLock;
+use crate::dmcore::target::TargetHandle;
 use crate::dmcore::wq::{Completion, WorkQueue};
 use crate::link::{self, LinkError, Session};
 use crate::primary::{ms_now, DATA_OFF};
-use crate::wbrepl_core::parse::SocketAddrV4;
 use crate::wbrepl_core::marker::MarkerRecord;
-use crate::wbrepl_core::wire::{self, FrameType};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::wbrepl_core::parse::SocketAddrV4;
+use crate::wbrepl_core::wire::{self, FrameType, Header, WRITE_FIXED};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use kernel::error::code::EIO;
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::workqueue::{impl_has_work, new_work, Work, WorkItem};
 
-/// Where a received frame's payload goes in the buffer: a write's data then starts at
+/// Where a received write frame's payload goes in its buffer: the data then starts at
 /// `DATA_OFF`, page-aligned.
-const FRAME_OFF: usize = DATA_OFF - wire::WRITE_FIXED as usize;
+const FRAME_OFF: usize = DATA_OFF - WRITE_FIXED as usize;
 /// Handshake step timeout.
 const HANDSHAKE_MS: u32 = 5000;
 /// Nothing received for this long (the primary pings every few seconds): the session is dead.
 const DEAD_MS: u32 = 15000;
+/// Receive buffers: writes of up to `SMALL_DATA` bytes (the 4 KiB writes of a random workload)
+/// take a small one, larger writes a large one (up to `wire::MAX_DATA`). Together they bound
+/// the writes in flight: 128 x 20 KiB + 8 x 1 MiB, 10.5 MiB per secondary, allocated at load.
+const SMALL_DATA: usize = 16 * 1024;
+const N_SMALL: usize = 128;
+const N_LARGE: usize = 8;
+/// Frames received and not yet acknowledged, at most (writes in flight and the control frames
+/// between them).
+const RING: usize = 256;
+/// Largest payload of a frame other than a write (`MARKER`: 80 bytes).
+const CONTROL_MAX: usize = 128;
 
 struct Peer {
     sock: Arc<Socket>,
@@ -47,6 +64,193 @@ struct Peer {
     addr: SocketAddrV4,
 }
 
+/// Where acknowledgements go: the session being served (`gen`) and its next sequence number.
+/// Under its mutex, so that the acker's `ACK`s and the applier's `PONG`s never interleave.
+struct Out {
+    peer: Arc<Peer>,
+    gen: u32,
+    tx: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// A write in flight.
+    Writing,
+    /// Applied (or a frame with nothing to apply): may be acknowledged.
+    Done,
+    /// The write failed: the session ends, nothing from here on is acknowledged.
+    Failed,
+}
+
+/// One received frame, until it is acknowledged.
+struct Slot {
+    seq: u64,
+    gen: u32,
+    state: SlotState,
+    sector: u64,
+    sectors: u64,
+    /// The buffer, once its write completed (for the acker to return to the pool).
+    buf: Option<IoBuf>,
+}
+
+/// The frames received and not yet acknowledged, in stream order (a circular buffer of
+/// `RING` slots, allocated at load).
+struct Ring {
+    slots: KVec<Option<Slot>>,
+    head: usize,
+    len: usize,
+    /// Writes in flight.
+    writing: usize,
+}
+
+impl Ring {
+    fn at(&self, i: usize) -> usize {
+        let n = self.slots.len().max(1);
+        (self.head + i).checked_rem(n).unwrap_or(0)
+    }
+
+    /// Appends `slot`; its index (the tag of its write's buffer), or `None` if full.
+    fn push(&mut self, slot: Slot) -> Option<usize> {
+        if self.len >= self.slots.len() {
+            return None;
+        }
+        let i = self.at(self.len);
+        if slot.state == SlotState::Writing {
+            self.writing += 1;
+        }
+        *self.slots.get_mut(i)? = Some(slot);
+        self.len += 1;
+        Some(i)
+    }
+
+    /// Takes the oldest frame if it is no longer in flight.
+    fn pop_finished(&mut self) -> Option<Slot> {
+        if self.len == 0 {
+            return None;
+        }
+        let h = self.head;
+        let e = self.slots.get_mut(h)?;
+        if e.as_ref()?.state == SlotState::Writing {
+            return None;
+        }
+        let slot = e.take();
+        self.head = self.at(1);
+        self.len -= 1;
+        slot
+    }
+
+    /// Whether a write in flight overlaps `sectors` sectors at `sector`.
+    fn overlaps(&self, sector: u64, sectors: u64) -> bool {
+        let end = sector.saturating_add(sectors);
+        (0..self.len).any(|i| {
+            self.slots.get(self.at(i)).and_then(|s| s.as_ref()).is_some_and(|s| {
+                s.state == SlotState::Writing && s.sector < end && sector < s.sector.saturating_add(s.sectors)
+            })
+        })
+    }
+}
+
+/// State shared with the write completions (interrupt context).
+#[pin_data]
+struct Pipe {
+    #[pin]
+    ring: IrqSpinLock<Ring>,
+    /// A frame became acknowledgeable.
+    #[pin]
+    to_acker: Completion,
+    /// A write completed or buffers were returned.
+    #[pin]
+    to_applier: Completion,
+}
+
+impl WriteDone for Pipe {
+    fn write_done(&self, buf: IoBuf, ok: bool) {
+        let spare = {
+            let mut r = self.ring.lock();
+            r.writing = r.writing.saturating_sub(1);
+            let tag = buf.tag();
+            match r.slots.get_mut(tag).and_then(|s| s.as_mut()) {
+                Some(s) => {
+                    s.state = if ok { SlotState::Done } else { SlotState::Failed };
+                    s.buf = Some(buf);
+                    None
+                }
+                // Cannot happen (a slot stays until its write is done); never lose the buffer
+                // silently inside the lock.
+                None => Some(buf),
+            }
+        };
+        drop(spare);
+        self.to_acker.complete();
+        self.to_applier.complete();
+    }
+}
+
+/// Idle buffers of one size: a stack in a vector allocated at load (the kernel's `KVec` of
+/// 6.12 has no `pop`).
+struct Stack {
+    bufs: KVec<Option<IoBuf>>,
+    n: usize,
+}
+
+impl Stack {
+    fn new(count: usize, len: usize) -> Result<Self> {
+        let mut bufs = KVec::with_capacity(count, GFP_KERNEL)?;
+        for _ in 0..count {
+            bufs.push(Some(IoBuf::new(len)?), GFP_KERNEL)?;
+        }
+        Ok(Self { bufs, n: count })
+    }
+
+    fn pop(&mut self) -> Option<IoBuf> {
+        let i = self.n.checked_sub(1)?;
+        let b = self.bufs.get_mut(i)?.take()?;
+        self.n = i;
+        Some(b)
+    }
+
+    /// Never more buffers come back than went out, so there is always room.
+    fn push(&mut self, b: IoBuf) {
+        if let Some(slot) = self.bufs.get_mut(self.n) {
+            *slot = Some(b);
+            self.n += 1;
+        }
+    }
+}
+
+/// Idle receive buffers.
+struct Pools {
+    small: Stack,
+    large: Stack,
+}
+
+impl Pools {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            small: Stack::new(N_SMALL, DATA_OFF + SMALL_DATA)?,
+            large: Stack::new(N_LARGE, DATA_OFF + wire::MAX_DATA as usize)?,
+        })
+    }
+
+    fn take(&mut self, payload: usize) -> Option<IoBuf> {
+        if payload <= WRITE_FIXED as usize + SMALL_DATA {
+            self.small.pop()
+        } else {
+            self.large.pop()
+        }
+    }
+
+    fn put(&mut self, b: IoBuf) {
+        if b.len() > DATA_OFF + SMALL_DATA {
+            self.large.push(b)
+        } else {
+            self.small.push(b)
+        }
+    }
+}
+
+/// A kernel-log rate limit: at most `BURST` lines per `INTERVAL_MS`, then one line saying how
+/// many were suppressed (a peer that keeps connecting must not flood the log).
 /// A kernel-log rate limit: at most `BURST` lines per `INTERVAL_MS`, then one line saying how
 /// many were suppressed (a peer that keeps connecting must not flood the log).
 #[derive(Default)]
@@ -125,8 +329,18 @@ pub(crate) struct Secondary {
     /// The connection whose handshake the listener is running.
     #[pin]
     handshaking: Mutex<Option<Arc<Socket>>>,
+    /// Asynchronous writes to `data`, with the frames in flight (`Pipe`).
     #[pin]
-    buf: Mutex<KVVec<u8>>,
+    aio: AsyncWriter<Pipe>,
+    #[pin]
+    pools: Mutex<Pools>,
+    /// Where acknowledgements go.
+    #[pin]
+    out: Mutex<Option<Out>>,
+    /// The session being served (its frames' slots carry it).
+    gen: AtomicU32,
+    /// A write of the current session failed: nothing more is acknowledged, the session ends.
+    apply_failed: AtomicBool,
     /// Wakes the applier: a session was published, or the target is going.
     #[pin]
     wake: Completion,
@@ -134,21 +348,24 @@ pub(crate) struct Secondary {
     /// neither worker consumes the other's wake-up.
     #[pin]
     listen_wake: Completion,
-    dmio: IoClient,
     stop: AtomicBool,
     pub(crate) stats: Stats,
     log: LogLimit,
     wq_listen: WorkQueue,
     wq_apply: WorkQueue,
+    wq_ack: WorkQueue,
     #[pin]
     w_listen: Work<Secondary, 0>,
     #[pin]
     w_apply: Work<Secondary, 1>,
+    #[pin]
+    w_ack: Work<Secondary, 2>,
 }
 
 impl_has_work! {
     impl HasWork<Self, 0> for Secondary { self.w_listen }
     impl HasWork<Self, 1> for Secondary { self.w_apply }
+    impl HasWork<Self, 2> for Secondary { self.w_ack }
 }
 
 impl WorkItem<0> for Secondary {
@@ -165,6 +382,13 @@ impl WorkItem<1> for Secondary {
     }
 }
 
+impl WorkItem<2> for Secondary {
+    type Pointer = Arc<Secondary>;
+    fn run(this: Arc<Secondary>) {
+        this.run_acker();
+    }
+}
+
 impl Secondary {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -177,10 +401,16 @@ impl Secondary {
         freeze_timeout_ms: Option<u32>,
         handle: TargetHandle,
     ) -> Result<Arc<Self>> {
-        let buf = KVVec::from_elem(0u8, FRAME_OFF + wire::MAX_PAYLOAD as usize, GFP_KERNEL)?;
-        let dmio = IoClient::new()?;
+        let pools = Pools::new()?;
+        let mut slots = KVec::with_capacity(RING, GFP_KERNEL)?;
+        for _ in 0..RING {
+            slots.push(None, GFP_KERNEL)?;
+        }
+        let ring = Ring { slots, head: 0, len: 0, writing: 0 };
+        let client = IoClient::new()?;
         let wq_listen = WorkQueue::new(kernel::c_str!("repl_listen"), 1, true)?;
         let wq_apply = WorkQueue::new(kernel::c_str!("repl_apply"), 1, true)?;
+        let wq_ack = WorkQueue::new(kernel::c_str!("repl_ack"), 1, true)?;
         Arc::pin_init(
             pin_init!(Secondary {
                 data,
@@ -201,17 +431,29 @@ impl Secondary {
                 active <- new_mutex!(None),
                 listener <- new_mutex!(None),
                 handshaking <- new_mutex!(None),
-                buf <- new_mutex!(buf),
+                aio <- AsyncWriter::new(
+                    client,
+                    pin_init!(Pipe {
+                        ring <- IrqSpinLock::new(ring),
+                        to_acker <- Completion::new(),
+                        to_applier <- Completion::new(),
+                    })
+                ),
+                pools <- new_mutex!(pools),
+                out <- new_mutex!(None),
+                gen: AtomicU32::new(0),
+                apply_failed: AtomicBool::new(false),
                 wake <- Completion::new(),
                 listen_wake <- Completion::new(),
-                dmio,
                 stop: AtomicBool::new(false),
                 stats: Stats::default(),
                 log: LogLimit::default(),
                 wq_listen,
                 wq_apply,
+                wq_ack,
                 w_listen <- new_work!("repl::listen"),
                 w_apply <- new_work!("repl::apply"),
+                w_ack <- new_work!("repl::ack"),
             }),
             GFP_KERNEL,
         )
@@ -220,6 +462,7 @@ impl Secondary {
     pub(crate) fn start(this: &Arc<Self>) {
         let _ = this.wq_listen.enqueue::<Arc<Secondary>, 0>(this.clone());
         let _ = this.wq_apply.enqueue::<Arc<Secondary>, 1>(this.clone());
+        let _ = this.wq_ack.enqueue::<Arc<Secondary>, 2>(this.clone());
     }
 
     /// Stops both workers and closes every socket; returns once the workers have returned.
@@ -237,8 +480,12 @@ impl Secondary {
         this.wake.complete_all();
         this.listen_wake.complete_all();
         this.thaw.complete_all();
+        this.aio.handler().to_acker.complete_all();
+        this.aio.handler().to_applier.complete_all();
         this.wq_listen.flush();
+        // The applier returns only once every write it submitted has completed.
         this.wq_apply.flush();
+        this.wq_ack.flush();
         *this.pending.lock() = None;
         *this.listener.lock() = None;
     }
@@ -322,12 +569,11 @@ impl Secondary {
     }
 
     fn run_applier(&self) {
-        let mut buf = self.buf.lock();
         while !self.stop.load(Ordering::Acquire) {
             // Frozen at a marker (the session that carried it may have ended): nothing is
             // applied, from any session, until the thaw.
             if self.frozen.load(Ordering::Acquire) {
-                let _ = self.frozen_wait(None);
+                let _ = self.frozen_wait(false);
                 continue;
             }
             self.wake.reinit();
@@ -345,8 +591,11 @@ impl Secondary {
             if self.log.allow() {
                 pr_info!("repl: primary {} connected\n", p.addr);
             }
-            let why = self.serve(&p, &mut buf);
+            let gen = self.gen.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+            *self.out.lock() = Some(Out { peer: p.clone(), gen, tx: p.session.tx_seq });
+            let why = self.serve(&p, gen);
             p.sock.shutdown();
+            self.end_session();
             *self.active.lock() = None;
             match why {
                 LinkError::Stopped => {}
@@ -365,6 +614,102 @@ impl Secondary {
         }
     }
 
+    /// After a session: waits for its writes in flight (their buffers must come back), then
+    /// forgets its unacknowledged frames. The primary resends or resyncs what it did not see
+    /// acknowledged.
+    fn end_session(&self) {
+        *self.out.lock() = None;
+        let pipe = self.aio.handler();
+        loop {
+            pipe.to_applier.reinit();
+            self.reap(false);
+            {
+                // Under the ring lock, as the acker sets it: a failure of this session cannot
+                // be recorded after this.
+                let r = pipe.ring.lock();
+                if r.len == 0 {
+                    self.apply_failed.store(false, Ordering::Release);
+                    break;
+                }
+            }
+            pipe.to_applier.wait_timeout_ms(1000);
+        }
+    }
+
+    fn run_acker(&self) {
+        let pipe = self.aio.handler();
+        while !self.stop.load(Ordering::Acquire) {
+            pipe.to_acker.reinit();
+            if self.reap(true) == 0 {
+                pipe.to_acker.wait_timeout_ms(1000);
+            }
+        }
+    }
+
+    /// Takes the finished frames from the front of the ring, returns their buffers to the
+    /// pools and, with `ack`, acknowledges them with one `ACK` (the highest sequence number:
+    /// acknowledgements are cumulative). A failed write stops acknowledgements and ends the
+    /// session. Returns how many frames were taken.
+    fn reap(&self, ack: bool) -> usize {
+        let pipe = self.aio.handler();
+        let mut last = None;
+        let mut n = 0;
+        let mut bytes = 0u64;
+        loop {
+            let slot = {
+                let mut r = pipe.ring.lock();
+                let slot = r.pop_finished();
+                if slot.as_ref().is_some_and(|s| s.state == SlotState::Failed) {
+                    self.apply_failed.store(true, Ordering::Release);
+                }
+                slot
+            };
+            let Some(slot) = slot else { break };
+            n += 1;
+            if slot.state != SlotState::Failed && !self.apply_failed.load(Ordering::Acquire) {
+                last = Some((slot.gen, slot.seq));
+                if slot.buf.is_some() {
+                    bytes += slot.sectors * 512;
+                }
+            }
+            if let Some(b) = slot.buf {
+                self.pools.lock().put(b);
+            }
+        }
+        if n == 0 {
+            return 0;
+        }
+        pipe.to_applier.complete();
+        if self.apply_failed.load(Ordering::Acquire) {
+            // The applier reports it; the socket is shut down so that it stops receiving.
+            if let Some(o) = self.out.lock().as_ref() {
+                o.peer.sock.shutdown();
+            }
+            return n;
+        }
+        let Some((gen, seq)) = last else { return n };
+        self.stats.frames.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if ack {
+            let a = wire::Ack { seq, durable_epoch: self.stats.durable_epoch.load(Ordering::Relaxed) };
+            if self.send_out(gen, FrameType::Ack, &a.encode()).is_err() {
+                if let Some(o) = self.out.lock().as_ref() {
+                    o.peer.sock.shutdown();
+                }
+            }
+        }
+        n
+    }
+
+    /// Sends a frame on session `gen`, if it is still the one served.
+    fn send_out(&self, gen: u32, ty: FrameType, payload: &[u8]) -> Result<(), LinkError> {
+        let mut o = self.out.lock();
+        let Some(o) = o.as_mut().filter(|o| o.gen == gen) else { return Ok(()) };
+        link::send_frame(&o.peer.sock, ty, 0, o.tx, payload, o.peer.session.mac.as_ref())?;
+        o.tx += 1;
+        Ok(())
+    }
+
     /// The `thaw <id>` message.
     pub(crate) fn thaw(&self, id: u64) -> Result {
         if !self.frozen.load(Ordering::Acquire) || self.frozen_id.load(Ordering::Acquire) != id {
@@ -375,10 +720,10 @@ impl Secondary {
         Ok(())
     }
 
-    /// A marker's frame was applied: flush, so that it and every write before it are durable,
-    /// then record it and tell userspace (a dm event).
+    /// A marker's frame was applied (every write before it has completed): flush, so that it
+    /// and every write before it are durable, then record it and tell userspace (a dm event).
     fn record_marker(&self, id: u64, time_ns: u64) -> Result<(), LinkError> {
-        self.dmio.flush(&self.data).map_err(LinkError::Apply)?;
+        self.aio.client().flush(&self.data).map_err(LinkError::Apply)?;
         self.stats.marker_id.store(id, Ordering::Release);
         self.stats.marker_time_ns.store(time_ns, Ordering::Release);
         self.stats.markers.fetch_add(1, Ordering::Relaxed);
@@ -397,8 +742,9 @@ impl Secondary {
     }
 
     /// Frozen at a marker: apply nothing until `thaw <id>`, the freeze timeout or removal.
-    /// The primary is kept from declaring the link dead by a `PONG` every 2 s.
-    fn frozen_wait(&self, mut p: Option<(&Peer, &mut u64)>) -> Result<(), LinkError> {
+    /// With `session`, the primary is kept from declaring the link dead by a `PONG` every 2 s.
+    fn frozen_wait(&self, session: bool) -> Result<(), LinkError> {
+        let gen = self.gen.load(Ordering::Acquire);
         loop {
             self.thaw.reinit();
             if !self.frozen.load(Ordering::Acquire) || self.stop.load(Ordering::Acquire) {
@@ -411,14 +757,10 @@ impl Secondary {
                 break;
             }
             self.thaw.wait_timeout_ms(2000);
-            if let Some((peer, tx)) = p.as_mut() {
-                let r = link::send_frame(&peer.sock, FrameType::Pong, 0, **tx, &0u64.to_le_bytes(), peer.session.mac.as_ref());
-                if let Err(e) = r {
-                    // The session is gone, but the freeze holds: the applier waits for the
-                    // thaw before it serves another session.
-                    return Err(e);
-                }
-                **tx += 1;
+            if session {
+                // On failure the session is gone, but the freeze holds: the applier waits for
+                // the thaw before it serves another session.
+                self.send_out(gen, FrameType::Pong, &0u64.to_le_bytes())?;
             }
         }
         // Thawed (or removed): tell userspace.
@@ -426,96 +768,219 @@ impl Secondary {
         Ok(())
     }
 
-    fn ack(&self, p: &Peer, tx: &mut u64, seq: u64) -> Result<(), LinkError> {
-        let a = wire::Ack { seq, durable_epoch: self.stats.durable_epoch.load(Ordering::Relaxed) };
-        link::send_frame(&p.sock, FrameType::Ack, 0, *tx, &a.encode(), p.session.mac.as_ref())?;
-        *tx += 1;
+    /// Waits until `cond` holds on the ring (re-checked after every write completion or
+    /// returned buffer). Fails if a write failed or the target is going.
+    fn wait_ring(&self, cond: impl Fn(&Ring) -> bool) -> Result<(), LinkError> {
+        let pipe = self.aio.handler();
+        loop {
+            pipe.to_applier.reinit();
+            if self.apply_failed.load(Ordering::Acquire) {
+                return Err(LinkError::Apply(EIO));
+            }
+            if cond(&pipe.ring.lock()) {
+                return Ok(());
+            }
+            if self.stop.load(Ordering::Acquire) {
+                return Err(LinkError::Stopped);
+            }
+            pipe.to_applier.wait_timeout_ms(1000);
+        }
+    }
+
+    /// Waits until every write received so far has completed.
+    fn drain(&self) -> Result<(), LinkError> {
+        self.wait_ring(|r| r.writing == 0)
+    }
+
+    /// A frame with nothing (more) to apply: acknowledged in order, after the writes before it.
+    fn push_done(&self, gen: u32, seq: u64) -> Result<(), LinkError> {
+        self.wait_ring(|r| r.len < r.slots.len())?;
+        let slot = Slot { seq, gen, state: SlotState::Done, sector: 0, sectors: 0, buf: None };
+        let _ = self.aio.handler().ring.lock().push(slot);
+        self.aio.handler().to_acker.complete();
         Ok(())
     }
 
+    /// A receive buffer for a write frame with a `payload`-byte payload (waits for one).
+    fn take_buf(&self, payload: usize) -> Result<IoBuf, LinkError> {
+        let pipe = self.aio.handler();
+        loop {
+            pipe.to_applier.reinit();
+            if let Some(b) = self.pools.lock().take(payload) {
+                return Ok(b);
+            }
+            if self.apply_failed.load(Ordering::Acquire) {
+                return Err(LinkError::Apply(EIO));
+            }
+            if self.stop.load(Ordering::Acquire) {
+                return Err(LinkError::Stopped);
+            }
+            pipe.to_applier.wait_timeout_ms(1000);
+        }
+    }
+
     /// Serves one session until it ends; returns why.
-    fn serve(&self, p: &Peer, buf: &mut KVVec<u8>) -> LinkError {
+    fn serve(&self, p: &Peer, gen: u32) -> LinkError {
         let mut rx = p.session.rx;
-        let mut tx = p.session.tx_seq;
+        // The epoch of the last write received: the first write of another epoch waits for
+        // every write before it.
+        let mut epoch = None;
         loop {
             if self.stop.load(Ordering::Acquire) {
                 return LinkError::Stopped;
             }
-            // Received so that a write's data is page-aligned, as block I/O from it needs.
-            let (h, payload) = match link::recv_frame(&p.sock, &mut rx, p.session.mac.as_ref(), &mut buf[FRAME_OFF..]) {
-                Ok(x) => x,
-                Err(e) => return e,
-            };
-            let mut marker = None;
-            let r = match h.ty {
-                FrameType::Write | FrameType::ResyncWrite => {
-                    let w = match wire::Write::decode(payload, self.sectors) {
-                        Ok(w) => w,
-                        Err(e) => return e.into(),
-                    };
-                    if h.ty == FrameType::ResyncWrite {
-                        // Resync writes come in no particular order.
-                        self.consistent.store(false, Ordering::Release);
-                        self.stats.resync_bytes.fetch_add(w.data.len() as u64, Ordering::Relaxed);
-                    }
-                    let flags = IoFlags { fua: h.flags & wire::WRITE_FUA != 0, preflush: false };
-                    let region = Region { dev: &self.data, sector: w.sector, sectors: w.data.len() as u64 / 512 };
-                    if h.ty == FrameType::Write && w.sector >= self.marker_start {
-                        marker = MarkerRecord::decode(w.data, &KernelCrc32c).map(|m| (m.id, m.time_ns));
-                    }
-                    self.dmio.write(&[region], w.data, flags).map_err(LinkError::Apply).map(|()| {
-                        self.stats.bytes.fetch_add(w.data.len() as u64, Ordering::Relaxed);
-                    })
-                }
-                FrameType::Marker => match wire::Marker::decode(payload) {
-                    Ok(m) => {
-                        marker = Some((m.id, m.time_ns));
-                        Ok(())
-                    }
-                    Err(e) => return e.into(),
-                },
-                FrameType::Barrier => {
-                    let epoch = payload.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
-                    let mut r = Ok(());
-                    if h.flags & wire::BARRIER_FLUSH != 0 {
-                        r = self.dmio.flush(&self.data).map_err(LinkError::Apply);
-                        if r.is_ok() && epoch > 0 {
-                            self.stats.durable_epoch.store(epoch, Ordering::Relaxed);
-                        }
-                    }
-                    if r.is_ok() && h.flags & wire::BARRIER_RESYNC_DONE != 0 {
-                        self.consistent.store(true, Ordering::Release);
-                        pr_info!("repl: resync from {} complete; the data device is consistent\n", p.addr);
-                    }
-                    r
-                }
-                FrameType::Ping => Ok(()),
-                FrameType::Close => return LinkError::Closed,
-                t => return LinkError::Unexpected(t),
-            };
-            // A marker marks a consistent point only on a consistent image.
-            if let Some((id, _)) = marker {
-                if !self.consistent.load(Ordering::Acquire) {
-                    pr_warn!("repl: marker {} ignored: a resync is under way, the data device is not consistent\n", id);
-                    marker = None;
-                }
+            if self.apply_failed.load(Ordering::Acquire) {
+                return LinkError::Apply(EIO);
             }
-            let r = r.and_then(|()| match marker {
-                Some((id, t)) => self.record_marker(id, t),
-                None => Ok(()),
+            let r = link::recv_header(&p.sock).and_then(|(raw, h)| match h.ty {
+                FrameType::Write | FrameType::ResyncWrite => self.apply_write(p, gen, &raw, h, &mut rx, &mut epoch),
+                _ => self.apply_control(p, gen, &raw, h, &mut rx),
             });
             if let Err(e) = r {
+                // A failed write makes the acker shut the socket down: that is the reason,
+                // not the socket error it causes here.
+                if self.apply_failed.load(Ordering::Acquire) {
+                    return LinkError::Apply(EIO);
+                }
                 return e;
             }
-            self.stats.frames.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.ack(p, &mut tx, h.seq) {
-                return e;
+        }
+    }
+
+    /// Receives a write frame into a pooled buffer and submits it.
+    fn apply_write(
+        &self,
+        p: &Peer,
+        gen: u32,
+        raw: &link::RawHeader,
+        h: Header,
+        rx: &mut wire::RxSeq,
+        epoch: &mut Option<u64>,
+    ) -> Result<(), LinkError> {
+        let mut buf = self.take_buf(h.len as usize)?;
+        // Received so that the data is page-aligned, as block I/O from it needs.
+        let r = match buf.get_mut(FRAME_OFF..) {
+            Some(b) => link::recv_payload(&p.sock, raw, h, rx, p.session.mac.as_ref(), b)
+                .and_then(|(h, payload)| Ok((h, wire::Write::decode(payload, self.sectors)?))),
+            None => Err(LinkError::Wire(wire::WireError::BadLength)),
+        };
+        let (h, sector, w_epoch, len, marker) = match r {
+            Ok((h, w)) => {
+                // A marker record written into the marker region is recognised as well.
+                let marker = if h.ty == FrameType::Write && w.sector >= self.marker_start {
+                    MarkerRecord::decode(w.data, &KernelCrc32c).map(|m| (m.id, m.time_ns))
+                } else {
+                    None
+                };
+                (h, w.sector, w.epoch, w.data.len(), marker)
             }
-            if marker.is_some() && self.frozen.load(Ordering::Acquire) {
-                if let Err(e) = self.frozen_wait(Some((p, &mut tx))) {
-                    return e;
+            Err(e) => {
+                self.pools.lock().put(buf);
+                return Err(e);
+            }
+        };
+        let sectors = len as u64 / 512;
+        let flags = IoFlags { fua: h.flags & wire::WRITE_FUA != 0, preflush: false };
+        if h.ty == FrameType::ResyncWrite {
+            // Resync writes come in no particular order.
+            self.consistent.store(false, Ordering::Release);
+            self.stats.resync_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        let new_epoch = h.ty == FrameType::Write && epoch.is_some_and(|e| e != w_epoch);
+        if h.ty == FrameType::Write {
+            *epoch = Some(w_epoch);
+        }
+        let pipe = self.aio.handler();
+        let ordered = new_epoch || marker.is_some() || pipe.ring.lock().overlaps(sector, sectors);
+        let ready = if ordered { self.drain() } else { Ok(()) }.and_then(|()| self.wait_ring(|r| r.len < r.slots.len()));
+        if let Err(e) = ready {
+            self.pools.lock().put(buf);
+            return Err(e);
+        }
+        let data = DATA_OFF..DATA_OFF + len;
+        if let Some((id, t)) = marker {
+            // In line: written, flushed and recorded before anything after it is applied.
+            let region = Region { dev: &self.data, sector, sectors };
+            let r = match buf.get(data) {
+                Some(d) => self.aio.client().write(&[region], d, flags).map_err(LinkError::Apply),
+                None => Err(LinkError::Wire(wire::WireError::BadLength)),
+            };
+            self.pools.lock().put(buf);
+            r?;
+            self.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+            self.marker(gen, h.seq, id, t)
+        } else {
+            let slot = Slot { seq: h.seq, gen, state: SlotState::Writing, sector, sectors, buf: None };
+            let Some(tag) = pipe.ring.lock().push(slot) else {
+                // Cannot happen: room was waited for, and only this thread pushes.
+                self.pools.lock().put(buf);
+                return Err(LinkError::Apply(EIO));
+            };
+            buf.set_tag(tag);
+            match self.aio.write(buf, data, &self.data, sector, flags) {
+                Ok(()) => Ok(()),
+                Err((b, e)) => {
+                    // Not submitted: the slot fails (the acker stops here), the buffer returns.
+                    let mut r = pipe.ring.lock();
+                    r.writing = r.writing.saturating_sub(1);
+                    if let Some(s) = r.slots.get_mut(tag).and_then(|s| s.as_mut()) {
+                        s.state = SlotState::Failed;
+                    }
+                    drop(r);
+                    self.pools.lock().put(b);
+                    Err(LinkError::Apply(e))
                 }
             }
+        }
+    }
+
+    /// A marker (a `MARKER` frame, or a record written into the marker region) after every
+    /// write before it completed: recorded (flushed first), acknowledged, and with
+    /// `freeze_on_marker` the applier freezes here.
+    fn marker(&self, gen: u32, seq: u64, id: u64, time_ns: u64) -> Result<(), LinkError> {
+        // A marker marks a consistent point only on a consistent image.
+        let recorded = if self.consistent.load(Ordering::Acquire) {
+            self.record_marker(id, time_ns)?;
+            true
+        } else {
+            pr_warn!("repl: marker {} ignored: a resync is under way, the data device is not consistent\n", id);
+            false
+        };
+        self.push_done(gen, seq)?;
+        if recorded && self.frozen.load(Ordering::Acquire) {
+            self.frozen_wait(true)?;
+        }
+        Ok(())
+    }
+
+    /// Any frame but a write: applied in line, after every write before it.
+    fn apply_control(&self, p: &Peer, gen: u32, raw: &link::RawHeader, h: Header, rx: &mut wire::RxSeq) -> Result<(), LinkError> {
+        let mut buf = [0u8; CONTROL_MAX];
+        let (h, payload) = link::recv_payload(&p.sock, raw, h, rx, p.session.mac.as_ref(), &mut buf)?;
+        match h.ty {
+            FrameType::Marker => {
+                let m = wire::Marker::decode(payload)?;
+                self.drain()?;
+                self.marker(gen, h.seq, m.id, m.time_ns)
+            }
+            FrameType::Barrier => {
+                let epoch = payload.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+                self.drain()?;
+                if h.flags & wire::BARRIER_FLUSH != 0 {
+                    self.aio.client().flush(&self.data).map_err(LinkError::Apply)?;
+                    if epoch > 0 {
+                        self.stats.durable_epoch.store(epoch, Ordering::Relaxed);
+                    }
+                }
+                if h.flags & wire::BARRIER_RESYNC_DONE != 0 {
+                    self.consistent.store(true, Ordering::Release);
+                    pr_info!("repl: resync from {} complete; the data device is consistent\n", p.addr);
+                }
+                self.push_done(gen, h.seq)
+            }
+            FrameType::Ping => self.push_done(gen, h.seq),
+            FrameType::Close => Err(LinkError::Closed),
+            t => Err(LinkError::Unexpected(t)),
         }
     }
 }

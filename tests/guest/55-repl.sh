@@ -56,6 +56,60 @@ check_fails "async: the secondary still refuses writes from above" dd if=/dev/ze
 check_fails "async: an unknown message is refused" dmsetup message ra-p 0 frobnicate
 check "async: remove" dm_remove ra-p ra-s
 
+# --- order: a write submitted after another completed is applied after it --------------------
+# The secondary's data device is dm-delay: writes to its first half take 1.5 s, to the second
+# half no time. X (slow half) then Y (fast half), Y submitted after X completed (async: X
+# completes on the primary at once), so Y is in a later epoch: when Y's data is on the
+# secondary's disk, X's must be there already. A secondary that applied Y without waiting for
+# the writes of earlier epochs would put Y there about 1.5 s before X. W (fast half) goes first,
+# so that the periodic flush barrier (at most one a second; it drains too) falls before X.
+PD=$(loopdev ro-p "$MB"); SL=$(loopdev ro-s "$MB"); S=$(sectors "$PD"); H=$((S / 2)); PORT=$((PORT + 1))
+check "order: secondary device, its first half with 1.5 s writes (dm-delay)" dmsetup create ro-d --table "0 $H delay $SL 0 0 $SL 0 1500
+$H $((S - H)) linear $SL $H"
+check "order: secondary" node_exec B dmsetup create ro-s --table "0 $S repl secondary /dev/mapper/ro-d $NODE_B_IP:$PORT 0"
+check "order: primary" node_exec A dmsetup create ro-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 protocol async"
+check "order: connected" connected ro-p
+order_round() {
+  local x=$((16 + $1)) y=$((H / 8 + 16 + $1)) i blk=() f
+  for f in w x y; do head -c 4096 /dev/urandom >"$IMG_DIR/o$f"; done
+  dd if="$IMG_DIR/ow" of=/dev/mapper/ro-p bs=4k seek=$((y + 100)) oflag=direct status=none &&
+    dd if="$IMG_DIR/ox" of=/dev/mapper/ro-p bs=4k seek=$x oflag=direct status=none &&
+    dd if="$IMG_DIR/oy" of=/dev/mapper/ro-p bs=4k seek=$y oflag=direct status=none || return 1
+  for i in $(seq 150); do
+    if cmp -s <(dd if="$SL" bs=4k skip=$y count=1 iflag=direct status=none) "$IMG_DIR/oy"; then
+      cmp -s <(dd if="$SL" bs=4k skip=$x count=1 iflag=direct status=none) "$IMG_DIR/ox" && return 0
+      echo "round $1: Y reached the secondary's disk before X"
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "round $1: Y never reached the secondary's disk"
+  return 1
+}
+for r in 1 2 3; do check "order: round $r: X (slow) then Y: Y lands after X" order_round "$r"; done
+check "order: in sync" synced ro-p
+check "order: remove" dm_remove ro-p ro-s ro-d
+
+# --- a disk that fails writes at the secondary ------------------------------------------------
+# The secondary's data device is switched to dm-flakey failing every write: a write that fails
+# there is never acknowledged (the session ends, the primary marks it dirty); once the disk
+# works again the primary reconnects and resyncs, and the copies are identical.
+PD=$(loopdev rx-p "$MB"); SL=$(loopdev rx-s "$MB"); S=$(sectors "$PD"); PORT=$((PORT + 1))
+check "write errors: secondary device (linear for now)" dmsetup create rx-d --table "0 $S linear $SL 0"
+check "write errors: secondary" node_exec B dmsetup create rx-s --table "0 $S repl secondary /dev/mapper/rx-d $NODE_B_IP:$PORT 0"
+check "write errors: primary" node_exec A dmsetup create rx-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 protocol async"
+check "write errors: connected" connected rx-p
+check "write errors: the secondary's disk now fails every write" bash -c "dmsetup load rx-d --table '0 $S flakey $SL 0 0 3600 1 error_writes' && dmsetup suspend rx-d && dmsetup resume rx-d"
+dmesg_mark
+check "write errors: 2 MiB written on the primary" dd if=/dev/urandom of=/dev/mapper/rx-p bs=64k count=32 seek=40 oflag=direct status=none
+check "write errors: the secondary ends the session" wait_status rx-s ' dropped [1-9]' 30
+check_match "write errors: ...saying why" 'session with .* ended: local write failed' "$(dmesg_since)"
+check_match "write errors: the primary has dirty regions to resync" ' dirty_kb [1-9]' "$(dmesg_since >/dev/null; dmsetup status rx-p)"
+check "write errors: the disk works again" bash -c "dmsetup load rx-d --table '0 $S linear $SL 0' && dmsetup suspend rx-d && dmsetup resume rx-d"
+check "write errors: reconnect and resync" synced rx-p 90
+check "write errors: identical" same_data "$PD" "$SL"
+check "write errors: remove" dm_remove rx-p rx-s rx-d
+
 # --- sync: ext4 churn --------------------------------------------------------------------------
 ext4_churn() {
   local m=$IMG_DIR/mnt
