@@ -13,10 +13,12 @@
 # primary and secondary data devices; DRBD's, with internal meta data at their end (drbdmeta
 # create-md). fio writes the first WBREPL_BENCH_MB - 16 MiB of every device.
 #
-# Two phases per round: "async" (the local device, dm-repl `protocol async`, DRBD protocol A,
-# all three set up together) and "sync" (dm-repl `protocol sync`, DRBD protocol C). Within a
-# phase each workload runs on every product back to back, so a pair of measurements is seconds
-# apart; the order of dm-repl and DRBD alternates between rounds. DRBD's initial sync is skipped
+# Four phases per round: "async" (the local device, dm-repl `protocol async`, DRBD protocol A,
+# all three set up together) and "sync" (dm-repl `protocol sync`, DRBD protocol C); then DRBD
+# A and C again with `data-integrity-alg crc32c`, the like-for-like comparison (dm-repl always
+# checks a CRC-32C of every frame; DRBD by default checks nothing beyond TCP's checksum). Within
+# a phase each workload runs on every product back to back, so a pair of measurements is
+# seconds apart; the order of dm-repl and DRBD alternates between rounds. DRBD's initial sync is skipped
 # (new-current-uuid --clear-bitmap while connected). Before every workload all products of the
 # phase are checked to be connected with nothing in flight (a product still draining its
 # replication would slow the one measured), after it the measured one to be still on its first
@@ -144,8 +146,8 @@ drbd_synced() {
       grep -q ' lo:0 pe:0 ua:0 ap:0 .* oos:0' || return 1
   done
 }
-drbd_up() {  # PROTOCOL (A or C)
-  local pd sd
+drbd_up() {  # PROTOCOL (A or C) [DATA-INTEGRITY-ALG]
+  local pd sd alg=${2:-}
   pd=$(fresh_dev drbd-p) && LOOPS+=("$pd") && sd=$(fresh_dev drbd-s) && LOOPS+=("$sd") || exit 1
   step drbdmeta --force 0 v08 "$pd" internal create-md
   step drbdmeta --force 1 v08 "$sd" internal create-md
@@ -155,8 +157,8 @@ drbd_up() {  # PROTOCOL (A or C)
   step $DRBDSETUP new-resource bench-b
   step $DRBDSETUP new-minor bench-b 1 0
   step $DRBDSETUP attach 1 "$sd" "$sd" internal
-  step $DRBDSETUP connect bench-a ipv4:$IP_A:$DRBD_PORT ipv4:$IP_B:$DRBD_PORT --protocol="$1"
-  step $DRBDSETUP connect bench-b ipv4:$IP_B:$DRBD_PORT ipv4:$IP_A:$DRBD_PORT --protocol="$1"
+  step $DRBDSETUP connect bench-a ipv4:$IP_A:$DRBD_PORT ipv4:$IP_B:$DRBD_PORT --protocol="$1" ${alg:+--data-integrity-alg=$alg}
+  step $DRBDSETUP connect bench-b ipv4:$IP_B:$DRBD_PORT ipv4:$IP_A:$DRBD_PORT --protocol="$1" ${alg:+--data-integrity-alg=$alg}
   wait_for 30 bash -c "[ \"\$($DRBDSETUP cstate 0)\" = Connected ] && [ \"\$($DRBDSETUP cstate 1)\" = Connected ]" ||
     die "DRBD ($1) did not connect: $(cat /proc/drbd)"
   [ "$($DRBDSETUP dstate 0)" = Inconsistent/Inconsistent ] || die "DRBD: unexpected disk states: $(cat /proc/drbd)"
@@ -203,21 +205,22 @@ print("%.0f %.0f %.0f %.1f %.0f %.0f" % (w["iops"], l["50.000000"] / 1000, l["99
 }
 
 declare -A R DEV
-# phase ROUND MODE PRODUCT:NAME:PROTOCOL...: sets the products up together (in the order
-# given), runs each workload on each of them in turn, tears them down.
+# phase ROUND MODE PRODUCT:NAME:PROTOCOL[:EXTRA]...: sets the products up together (in the
+# order given), runs each workload on each of them in turn, tears them down. EXTRA: DRBD's
+# data-integrity-alg.
 phase() {
-  local round=$1 mode=$2 p kind name proto w; shift 2
+  local round=$1 mode=$2 p kind name proto extra w; shift 2
   echo "# round $round, $mode: setting up (at ${SECONDS} s)"
   for p in "$@"; do
-    IFS=: read -r kind name proto <<<"$p"
-    ${kind}_up "$proto"
+    IFS=: read -r kind name proto extra <<<"$p"
+    ${kind}_up "$proto" "$extra"
   done
   for w in qd32 qd1 seq; do
     for p in "$@"; do
       # Every product of the phase idle (replication drained), not only the one measured.
       local q
       for q in "$@"; do "${q%%:*}_before"; done
-      IFS=: read -r kind name proto <<<"$p"
+      IFS=: read -r kind name proto extra <<<"$p"
       case $w in
         qd32) R[$name#$round,$w]=$(run "${DEV[$kind]}" --rw=randwrite --bs=4k --iodepth=32) ;;
         qd1) R[$name#$round,$w]=$(run "${DEV[$kind]}" --rw=randwrite --bs=4k --iodepth=1) ;;
@@ -228,7 +231,7 @@ phase() {
     done
   done
   for p in "$@"; do
-    IFS=: read -r kind name proto <<<"$p"
+    IFS=: read -r kind name proto extra <<<"$p"
     ${kind}_info | sed "s/^/#   $name: /"
     ${kind}_down || die "cannot take $name down: $(dmsetup status 2>&1; cat /proc/drbd)"
   done
@@ -250,7 +253,11 @@ for r in $(seq "$ROUNDS"); do
     phase "$r" async local:local: drbd:drbd-A:A repl:repl-async:async
     phase "$r" sync drbd:drbd-C:C repl:repl-sync:sync
   fi
-  names+=("local#$r" "repl-async#$r" "drbd-A#$r" "repl-sync#$r" "drbd-C#$r")
+  # Like for like: dm-repl checks a CRC-32C on every frame (both sides compute it); DRBD does
+  # so only with a data-integrity-alg. One DRBD pair at a time, so phases of their own.
+  phase "$r" async-crc32c drbd:drbd-A-crc:A:crc32c
+  phase "$r" sync-crc32c drbd:drbd-C-crc:C:crc32c
+  names+=("local#$r" "repl-async#$r" "drbd-A#$r" "drbd-A-crc#$r" "repl-sync#$r" "drbd-C#$r" "drbd-C-crc#$r")
 done
 
 echo
@@ -274,7 +281,7 @@ echo
 echo "MEDIAN of $ROUNDS rounds:"
 printf '%-12s %12s %12s %12s %12s %12s\n' target qd32_IOPS qd1_IOPS qd1_p50_us qd1_p99_us seq_MB/s
 declare -A M
-for t in local repl-async drbd-A repl-sync drbd-C; do
+for t in local repl-async drbd-A drbd-A-crc repl-sync drbd-C drbd-C-crc; do
   M[$t,qd32]=$(median "$t" qd32 1); M[$t,qd1]=$(median "$t" qd1 1)
   M[$t,p50]=$(median "$t" qd1 2); M[$t,p99]=$(median "$t" qd1 3); M[$t,seq]=$(median "$t" seq 4)
   printf '%-12s %12s %12s %12s %12s %12s\n' "$t" "${M[$t,qd32]}" "${M[$t,qd1]}" "${M[$t,p50]}" "${M[$t,p99]}" "${M[$t,seq]}"
@@ -295,6 +302,11 @@ echo "RATIO mbps-1m-seqwrite-sync repl/drbd = $(ratio "${M[repl-sync,seq]}" "${M
 echo "RATIO iops-4k-randwrite-qd32-async repl/drbd = $(ratio "${M[repl-async,qd32]}" "${M[drbd-A,qd32]}")"
 echo "RATIO iops-4k-randwrite-qd32-sync repl/drbd = $(ratio "${M[repl-sync,qd32]}" "${M[drbd-C,qd32]}")"
 echo "RATIO iops-4k-randwrite-qd1-sync repl/drbd = $(ratio "${M[repl-sync,qd1]}" "${M[drbd-C,qd1]}")"
+# Against DRBD with data-integrity-alg crc32c (the same per-frame check dm-repl always does).
+echo "RATIO mbps-1m-seqwrite-async repl/drbd-crc32c = $(ratio "${M[repl-async,seq]}" "${M[drbd-A-crc,seq]}")"
+echo "RATIO mbps-1m-seqwrite-sync repl/drbd-crc32c = $(ratio "${M[repl-sync,seq]}" "${M[drbd-C-crc,seq]}")"
+echo "RATIO iops-4k-randwrite-qd32-async repl/drbd-crc32c = $(ratio "${M[repl-async,qd32]}" "${M[drbd-A-crc,qd32]}")"
+echo "RATIO iops-4k-randwrite-qd32-sync repl/drbd-crc32c = $(ratio "${M[repl-sync,qd32]}" "${M[drbd-C-crc,qd32]}")"
 # Latency ratios: clat of 4k QD1 random writes; lat- is the median (p50), p99- the 99th percentile.
 echo "RATIO lat-4k-qd1-async repl/local = $(ratio "${M[repl-async,p50]}" "${M[local,p50]}")"
 echo "RATIO p99-4k-qd1-async repl/local = $(ratio "${M[repl-async,p99]}" "${M[local,p99]}")"
