@@ -172,7 +172,7 @@ pub struct IoBuf {
 }
 
 struct IoBufInner {
-    data: KVVec<u8>,
+    data: VVec<u8>,
     tag: usize,
     /// While in flight: the `AsyncWriter` that submitted it (type-erased).
     owner: *const kernel::ffi::c_void,
@@ -183,9 +183,10 @@ struct IoBufInner {
 unsafe impl Send for IoBuf {}
 
 impl IoBuf {
-    /// A zeroed buffer of `len` bytes (`kvmalloc`: page-aligned when `len` is at least a page).
+    /// A zeroed, page-aligned buffer of `len` bytes (`vmalloc`: no high-order allocation, and
+    /// no rounding up to a power of two).
     pub fn new(len: usize) -> Result<Self> {
-        let data = KVVec::from_elem(0u8, len, GFP_KERNEL)?;
+        let data = VVec::from_elem(0u8, len, GFP_KERNEL)?;
         Ok(Self { inner: KBox::new(IoBufInner { data, tag: 0, owner: core::ptr::null() }, GFP_KERNEL)? })
     }
 
@@ -216,23 +217,25 @@ impl DerefMut for IoBuf {
 /// What an [`AsyncWriter`] calls when a write completes.
 pub trait WriteDone: Send + Sync {
     /// The write from `buf` finished (`ok`: without error). Runs in the completion context,
-    /// which may be a hard interrupt: it must not sleep or allocate with `GFP_KERNEL`. Dropping
-    /// `buf` here is allowed but wasteful (the user usually keeps it for the next write).
+    /// which may be a hard interrupt or another atomic context: it must not sleep or allocate,
+    /// and must not drop `buf` (freeing vmalloc memory may sleep outside interrupt context):
+    /// keep it for process context to reuse or free.
     fn write_done(&self, buf: IoBuf, ok: bool);
 }
 
-/// Asynchronous writes through dm-io, each from an [`IoBuf`], with a handler `H` that gets
-/// each buffer back on completion.
+/// Asynchronous writes to one device through dm-io, each from an [`IoBuf`], with a handler
+/// `H` that gets each buffer back on completion.
 ///
 /// # Invariants
 ///
 /// `inflight` is one more than the number of writes submitted and not yet notified, until
 /// `drop` takes its own count away. Each in-flight `IoBuf` holds a pointer to `self`, which is
 /// pinned and outlives them: `drop` waits for the last one (the notifier's `complete_all` on
-/// `idle` is its last access to `self`).
+/// `idle` is its last access to `self`) before any field, the device among them, is dropped.
 #[pin_data(PinnedDrop)]
 pub struct AsyncWriter<H: WriteDone> {
     client: IoClient,
+    dev: Device,
     #[pin]
     handler: H,
     inflight: AtomicUsize,
@@ -257,10 +260,12 @@ unsafe extern "C" fn notify_write<H: WriteDone>(error: kernel::ffi::c_ulong, ctx
 }
 
 impl<H: WriteDone> AsyncWriter<H> {
-    /// A writer with its own dm-io client and `handler`.
-    pub fn new(client: IoClient, handler: impl PinInit<H>) -> impl PinInit<Self> {
+    /// A writer to `dev` with its own dm-io client and `handler`. It keeps `dev` open until
+    /// its last write has completed.
+    pub fn new(client: IoClient, dev: Device, handler: impl PinInit<H>) -> impl PinInit<Self> {
         pin_init!(Self {
             client,
+            dev,
             handler <- handler,
             // INVARIANT: no write in flight; the one is `drop`'s.
             inflight: AtomicUsize::new(1),
@@ -278,23 +283,27 @@ impl<H: WriteDone> AsyncWriter<H> {
         &self.client
     }
 
-    /// Writes `buf[range]` to `sectors` of `dev` at `sector`, asynchronously: the handler gets
-    /// `buf` back when the write is done. `range` must be a whole number of sectors
-    /// (`EINVAL` otherwise, with the buffer returned). Process context (dm-io may sleep
-    /// waiting for its mempools).
+    /// The device written to.
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// Writes `buf[range]` to the device at `sector`, asynchronously: the handler gets `buf`
+    /// back when the write is done. `range` must start on a sector boundary and be a whole
+    /// number of sectors (`EINVAL` otherwise, with the buffer returned). Process context
+    /// (dm-io may sleep waiting for its mempools).
     pub fn write(
         &self,
         mut buf: IoBuf,
         range: Range<usize>,
-        dev: &Device,
         sector: u64,
         flags: IoFlags,
     ) -> core::result::Result<(), (IoBuf, Error)> {
         let len = range.end.saturating_sub(range.start);
-        if range.end > buf.len() || len == 0 || len % 512 != 0 {
+        if range.end > buf.len() || len == 0 || len % 512 != 0 || range.start % 512 != 0 {
             return Err((buf, EINVAL));
         }
-        let mut region = Region { dev, sector, sectors: len as u64 / 512 }.raw();
+        let mut region = Region { dev: &self.dev, sector, sectors: len as u64 / 512 }.raw();
         let ptr = buf.inner.data[range.start..].as_mut_ptr();
         let mut req = self.client.request(IoClient::opf(true, flags), ptr);
         req.notify = bindings::dm_io_notify {

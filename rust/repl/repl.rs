@@ -73,7 +73,7 @@ impl Repl {
     fn data(&self) -> &Device {
         match &self.engine {
             Engine::Primary(p) => &p.data,
-            Engine::Secondary(s) => &s.data,
+            Engine::Secondary(s) => s.data(),
         }
     }
 }

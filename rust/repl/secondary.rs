@@ -48,7 +48,7 @@ const HANDSHAKE_MS: u32 = 5000;
 const DEAD_MS: u32 = 15000;
 /// Receive buffers: writes of up to `SMALL_DATA` bytes (the 4 KiB writes of a random workload)
 /// take a small one, larger writes a large one (up to `wire::MAX_DATA`). Together they bound
-/// the writes in flight: 128 x 20 KiB + 8 x 1 MiB, 10.5 MiB per secondary, allocated at load.
+/// the writes in flight: 128 x 20 KiB + 8 x 1028 KiB (vmalloc), 10.5 MiB per secondary, at load.
 const SMALL_DATA: usize = 16 * 1024;
 const N_SMALL: usize = 128;
 const N_LARGE: usize = 8;
@@ -101,6 +101,12 @@ struct Ring {
     len: usize,
     /// Writes in flight.
     writing: usize,
+    /// A write of this session failed (set by its completion): nothing from it on is
+    /// acknowledged, no later frame is applied, and the session ends.
+    failed: bool,
+    /// A buffer handed back for a slot that no longer exists (cannot happen); kept here
+    /// rather than freed in the completion's context.
+    stray: Option<IoBuf>,
 }
 
 impl Ring {
@@ -165,22 +171,31 @@ struct Pipe {
 
 impl WriteDone for Pipe {
     fn write_done(&self, buf: IoBuf, ok: bool) {
-        let spare = {
+        {
             let mut r = self.ring.lock();
             r.writing = r.writing.saturating_sub(1);
+            if !ok {
+                // Recorded here, not when the acker gets to the slot: a drain that sees no
+                // write in flight must also see that one failed.
+                r.failed = true;
+            }
             let tag = buf.tag();
             match r.slots.get_mut(tag).and_then(|s| s.as_mut()) {
                 Some(s) => {
                     s.state = if ok { SlotState::Done } else { SlotState::Failed };
                     s.buf = Some(buf);
-                    None
                 }
-                // Cannot happen (a slot stays until its write is done); never lose the buffer
-                // silently inside the lock.
-                None => Some(buf),
+                // Cannot happen (a slot stays until its write is done).
+                None => {
+                    if r.stray.is_none() {
+                        r.stray = Some(buf);
+                    } else {
+                        // Twice the impossible: freed here, in spite of the context.
+                        drop(buf);
+                    }
+                }
             }
-        };
-        drop(spare);
+        }
         self.to_acker.complete();
         self.to_applier.complete();
     }
@@ -301,7 +316,6 @@ pub(crate) struct Stats {
 
 #[pin_data]
 pub(crate) struct Secondary {
-    pub(crate) data: Device,
     pub(crate) sectors: u64,
     pub(crate) addr: SocketAddrV4,
     ns: NetNs,
@@ -339,8 +353,6 @@ pub(crate) struct Secondary {
     out: Mutex<Option<Out>>,
     /// The session being served (its frames' slots carry it).
     gen: AtomicU32,
-    /// A write of the current session failed: nothing more is acknowledged, the session ends.
-    apply_failed: AtomicBool,
     /// Wakes the applier: a session was published, or the target is going.
     #[pin]
     wake: Completion,
@@ -406,14 +418,13 @@ impl Secondary {
         for _ in 0..RING {
             slots.push(None, GFP_KERNEL)?;
         }
-        let ring = Ring { slots, head: 0, len: 0, writing: 0 };
+        let ring = Ring { slots, head: 0, len: 0, writing: 0, failed: false, stray: None };
         let client = IoClient::new()?;
         let wq_listen = WorkQueue::new(kernel::c_str!("repl_listen"), 1, true)?;
         let wq_apply = WorkQueue::new(kernel::c_str!("repl_apply"), 1, true)?;
         let wq_ack = WorkQueue::new(kernel::c_str!("repl_ack"), 1, true)?;
         Arc::pin_init(
             pin_init!(Secondary {
-                data,
                 sectors,
                 addr,
                 ns: NetNs::current(),
@@ -433,6 +444,7 @@ impl Secondary {
                 handshaking <- new_mutex!(None),
                 aio <- AsyncWriter::new(
                     client,
+                    data,
                     pin_init!(Pipe {
                         ring <- IrqSpinLock::new(ring),
                         to_acker <- Completion::new(),
@@ -442,7 +454,6 @@ impl Secondary {
                 pools <- new_mutex!(pools),
                 out <- new_mutex!(None),
                 gen: AtomicU32::new(0),
-                apply_failed: AtomicBool::new(false),
                 wake <- Completion::new(),
                 listen_wake <- Completion::new(),
                 stop: AtomicBool::new(false),
@@ -488,6 +499,11 @@ impl Secondary {
         this.wq_ack.flush();
         *this.pending.lock() = None;
         *this.listener.lock() = None;
+    }
+
+    /// The data device.
+    pub(crate) fn data(&self) -> &Device {
+        self.aio.device()
     }
 
     /// The peer's address, if a session is active.
@@ -624,11 +640,11 @@ impl Secondary {
             pipe.to_applier.reinit();
             self.reap(false);
             {
-                // Under the ring lock, as the acker sets it: a failure of this session cannot
-                // be recorded after this.
-                let r = pipe.ring.lock();
+                // Nothing of this session is left (no write in flight): its failure, if any,
+                // is forgotten with it.
+                let mut r = pipe.ring.lock();
                 if r.len == 0 {
-                    self.apply_failed.store(false, Ordering::Release);
+                    r.failed = false;
                     break;
                 }
             }
@@ -653,20 +669,24 @@ impl Secondary {
     fn reap(&self, ack: bool) -> usize {
         let pipe = self.aio.handler();
         let mut last = None;
+        let mut gen_seen = None;
         let mut n = 0;
         let mut bytes = 0u64;
+        let mut failed = false;
         loop {
-            let slot = {
+            let (slot, stray) = {
                 let mut r = pipe.ring.lock();
                 let slot = r.pop_finished();
-                if slot.as_ref().is_some_and(|s| s.state == SlotState::Failed) {
-                    self.apply_failed.store(true, Ordering::Release);
-                }
-                slot
+                failed |= r.failed;
+                (slot, r.stray.take())
             };
+            if let Some(b) = stray {
+                self.pools.lock().put(b);
+            }
             let Some(slot) = slot else { break };
             n += 1;
-            if slot.state != SlotState::Failed && !self.apply_failed.load(Ordering::Acquire) {
+            gen_seen = Some(slot.gen);
+            if !failed && slot.state == SlotState::Done {
                 last = Some((slot.gen, slot.seq));
                 if slot.buf.is_some() {
                     bytes += slot.sectors * 512;
@@ -680,25 +700,29 @@ impl Secondary {
             return 0;
         }
         pipe.to_applier.complete();
-        if self.apply_failed.load(Ordering::Acquire) {
-            // The applier reports it; the socket is shut down so that it stops receiving.
-            if let Some(o) = self.out.lock().as_ref() {
-                o.peer.sock.shutdown();
-            }
-            return n;
-        }
-        let Some((gen, seq)) = last else { return n };
-        self.stats.frames.fetch_add(n as u64, Ordering::Relaxed);
-        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if ack {
-            let a = wire::Ack { seq, durable_epoch: self.stats.durable_epoch.load(Ordering::Relaxed) };
-            if self.send_out(gen, FrameType::Ack, &a.encode()).is_err() {
-                if let Some(o) = self.out.lock().as_ref() {
-                    o.peer.sock.shutdown();
+        if let Some((gen, seq)) = last {
+            self.stats.frames.fetch_add(n as u64, Ordering::Relaxed);
+            self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+            if ack && !failed {
+                let a = wire::Ack { seq, durable_epoch: self.stats.durable_epoch.load(Ordering::Relaxed) };
+                if self.send_out(gen, FrameType::Ack, &a.encode()).is_err() {
+                    failed = true;
                 }
             }
         }
+        if failed {
+            // A failed write (the applier reports it) or a failed send: the session's socket
+            // is shut down so that the applier stops receiving. Only that session's.
+            if let Some(o) = self.out.lock().as_ref().filter(|o| Some(o.gen) == gen_seen) {
+                o.peer.sock.shutdown();
+            }
+        }
         n
+    }
+
+    /// Whether a write of the current session failed.
+    fn failed(&self) -> bool {
+        self.aio.handler().ring.lock().failed
     }
 
     /// Sends a frame on session `gen`, if it is still the one served.
@@ -723,7 +747,7 @@ impl Secondary {
     /// A marker's frame was applied (every write before it has completed): flush, so that it
     /// and every write before it are durable, then record it and tell userspace (a dm event).
     fn record_marker(&self, id: u64, time_ns: u64) -> Result<(), LinkError> {
-        self.aio.client().flush(&self.data).map_err(LinkError::Apply)?;
+        self.aio.client().flush(self.data()).map_err(LinkError::Apply)?;
         self.stats.marker_id.store(id, Ordering::Release);
         self.stats.marker_time_ns.store(time_ns, Ordering::Release);
         self.stats.markers.fetch_add(1, Ordering::Relaxed);
@@ -774,11 +798,16 @@ impl Secondary {
         let pipe = self.aio.handler();
         loop {
             pipe.to_applier.reinit();
-            if self.apply_failed.load(Ordering::Acquire) {
-                return Err(LinkError::Apply(EIO));
-            }
-            if cond(&pipe.ring.lock()) {
-                return Ok(());
+            {
+                // Both under one lock: a drain that finds no write in flight also finds out
+                // whether one of them failed.
+                let r = pipe.ring.lock();
+                if r.failed {
+                    return Err(LinkError::Apply(EIO));
+                }
+                if cond(&r) {
+                    return Ok(());
+                }
             }
             if self.stop.load(Ordering::Acquire) {
                 return Err(LinkError::Stopped);
@@ -809,7 +838,7 @@ impl Secondary {
             if let Some(b) = self.pools.lock().take(payload) {
                 return Ok(b);
             }
-            if self.apply_failed.load(Ordering::Acquire) {
+            if self.failed() {
                 return Err(LinkError::Apply(EIO));
             }
             if self.stop.load(Ordering::Acquire) {
@@ -829,7 +858,7 @@ impl Secondary {
             if self.stop.load(Ordering::Acquire) {
                 return LinkError::Stopped;
             }
-            if self.apply_failed.load(Ordering::Acquire) {
+            if self.failed() {
                 return LinkError::Apply(EIO);
             }
             let r = link::recv_header(&p.sock).and_then(|(raw, h)| match h.ty {
@@ -839,7 +868,7 @@ impl Secondary {
             if let Err(e) = r {
                 // A failed write makes the acker shut the socket down: that is the reason,
                 // not the socket error it causes here.
-                if self.apply_failed.load(Ordering::Acquire) {
+                if self.failed() {
                     return LinkError::Apply(EIO);
                 }
                 return e;
@@ -900,7 +929,7 @@ impl Secondary {
         let data = DATA_OFF..DATA_OFF + len;
         if let Some((id, t)) = marker {
             // In line: written, flushed and recorded before anything after it is applied.
-            let region = Region { dev: &self.data, sector, sectors };
+            let region = Region { dev: self.data(), sector, sectors };
             let r = match buf.get(data) {
                 Some(d) => self.aio.client().write(&[region], d, flags).map_err(LinkError::Apply),
                 None => Err(LinkError::Wire(wire::WireError::BadLength)),
@@ -917,12 +946,13 @@ impl Secondary {
                 return Err(LinkError::Apply(EIO));
             };
             buf.set_tag(tag);
-            match self.aio.write(buf, data, &self.data, sector, flags) {
+            match self.aio.write(buf, data, sector, flags) {
                 Ok(()) => Ok(()),
                 Err((b, e)) => {
                     // Not submitted: the slot fails (the acker stops here), the buffer returns.
                     let mut r = pipe.ring.lock();
                     r.writing = r.writing.saturating_sub(1);
+                    r.failed = true;
                     if let Some(s) = r.slots.get_mut(tag).and_then(|s| s.as_mut()) {
                         s.state = SlotState::Failed;
                     }
@@ -967,7 +997,7 @@ impl Secondary {
                 let epoch = payload.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
                 self.drain()?;
                 if h.flags & wire::BARRIER_FLUSH != 0 {
-                    self.aio.client().flush(&self.data).map_err(LinkError::Apply)?;
+                    self.aio.client().flush(self.data()).map_err(LinkError::Apply)?;
                     if epoch > 0 {
                         self.stats.durable_epoch.store(epoch, Ordering::Relaxed);
                     }
