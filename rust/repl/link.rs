@@ -100,36 +100,23 @@ fn recv_frame_by<'b>(
     recv_payload_by(sock, &hdr, h, rx, mac, buf, deadline_ms)
 }
 
-/// A received frame header, raw (for [`recv_payload`]) and decoded (bounds checked: the type
+/// A received frame header, raw (for [`recv_payload_by`]) and decoded (bounds checked: the type
 /// is known and the length allowed for it).
 pub(crate) type RawHeader = [u8; HEADER_LEN];
 
-/// Receives one frame header, so that the caller can choose where its payload goes.
-pub(crate) fn recv_header(sock: &Socket) -> Result<(RawHeader, Header), LinkError> {
-    recv_header_by(sock, None)
-}
-
-fn recv_header_by(sock: &Socket, deadline_ms: Option<i64>) -> Result<(RawHeader, Header), LinkError> {
+/// Receives one frame header (all of it by `deadline_ms`, see [`Socket::recv_exact_by`]), so
+/// that the caller can choose where its payload goes.
+pub(crate) fn recv_header_by(sock: &Socket, deadline_ms: Option<i64>) -> Result<(RawHeader, Header), LinkError> {
     let mut hdr = [0u8; HEADER_LEN];
     sock.recv_exact_by(&mut hdr, deadline_ms)?;
     let h = Header::decode(&hdr)?;
     Ok((hdr, h))
 }
 
-/// Receives the payload of the frame whose header [`recv_header`] returned into `buf`, and
-/// checks the frame (CRC, MAC, sequence). A payload longer than `buf` is refused unread.
-pub(crate) fn recv_payload<'b>(
-    sock: &Socket,
-    hdr: &RawHeader,
-    h: Header,
-    rx: &mut RxSeq,
-    mac: Option<&KernelHmac>,
-    buf: &'b mut [u8],
-) -> Result<(Header, &'b [u8]), LinkError> {
-    recv_payload_by(sock, hdr, h, rx, mac, buf, None)
-}
-
-fn recv_payload_by<'b>(
+/// Receives the payload of the frame whose header [`recv_header_by`] returned into `buf` (by
+/// `deadline_ms`), and checks the frame (CRC, MAC, sequence). A payload longer than `buf` is
+/// refused unread.
+pub(crate) fn recv_payload_by<'b>(
     sock: &Socket,
     hdr: &RawHeader,
     h: Header,

@@ -861,7 +861,7 @@ impl Secondary {
             if self.failed() {
                 return LinkError::Apply(EIO);
             }
-            let r = link::recv_header(&p.sock).and_then(|(raw, h)| match h.ty {
+            let r = link::recv_header_by(&p.sock, None).and_then(|(raw, h)| match h.ty {
                 FrameType::Write | FrameType::ResyncWrite => self.apply_write(p, gen, &raw, h, &mut rx, &mut epoch),
                 _ => self.apply_control(p, gen, &raw, h, &mut rx),
             });
@@ -889,7 +889,7 @@ impl Secondary {
         let mut buf = self.take_buf(h.len as usize)?;
         // Received so that the data is page-aligned, as block I/O from it needs.
         let r = match buf.get_mut(FRAME_OFF..) {
-            Some(b) => link::recv_payload(&p.sock, raw, h, rx, p.session.mac.as_ref(), b)
+            Some(b) => link::recv_payload_by(&p.sock, raw, h, rx, p.session.mac.as_ref(), b, None)
                 .and_then(|(h, payload)| Ok((h, wire::Write::decode(payload, self.sectors)?))),
             None => Err(LinkError::Wire(wire::WireError::BadLength)),
         };
@@ -986,7 +986,7 @@ impl Secondary {
     /// Any frame but a write: applied in line, after every write before it.
     fn apply_control(&self, p: &Peer, gen: u32, raw: &link::RawHeader, h: Header, rx: &mut wire::RxSeq) -> Result<(), LinkError> {
         let mut buf = [0u8; CONTROL_MAX];
-        let (h, payload) = link::recv_payload(&p.sock, raw, h, rx, p.session.mac.as_ref(), &mut buf)?;
+        let (h, payload) = link::recv_payload_by(&p.sock, raw, h, rx, p.session.mac.as_ref(), &mut buf, None)?;
         match h.ty {
             FrameType::Marker => {
                 let m = wire::Marker::decode(payload)?;

@@ -32,6 +32,7 @@
 # seen); clat is printed too. The table shows every round; the RATIO lines are ratios of the
 # medians (TCG on a shared host moves single runs by tens of percent, at times several-fold).
 set -u
+. "$(dirname "$0")/lib.sh"
 : "${WBREPL_ROOT:?run me through qemu/run-guest.sh}"
 RUNTIME=${WBREPL_BENCH_SECONDS:-10}
 ROUNDS=${WBREPL_BENCH_ROUNDS:-3}
@@ -270,13 +271,7 @@ for n in "${names[@]}"; do
     printf '%-14s %-18s %8s %8s %8s %8s %11s %11s\n' "$n" "$wl" "$iops" "$p50" "$p99" "$mbps" "$cp50" "$cp99"
   done
 done
-# median TARGET WORKLOAD FIELD(1 iops, 2 p50, 3 p99, 4 MB/s) over the rounds
-median() {
-  local r v=()
-  for r in $(seq "$ROUNDS"); do v+=("$(awk -v f="$3" '{print $f}' <<<"${R[$1#$r,$2]}")"); done
-  printf '%s\n' "${v[@]}" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'
-}
-ratio() { python3 -c "print('%.2f' % ($1 / $2 if $2 else 0))"; }
+# median TARGET WORKLOAD FIELD(1 iops, 2 p50, 3 p99, 4 MB/s): median and ratio from lib.sh
 echo
 echo "MEDIAN of $ROUNDS rounds:"
 printf '%-12s %12s %12s %12s %12s %12s\n' target qd32_IOPS qd1_IOPS qd1_p50_us qd1_p99_us seq_MB/s

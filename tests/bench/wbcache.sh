@@ -10,6 +10,7 @@
 # the ratios are of the medians, so that one noisy round (TCG on a shared host) does not decide.
 # Ends with one "RATIO ..." line per comparison.
 set -u
+. "$(dirname "$0")/lib.sh"
 : "${WBREPL_ROOT:?run me through qemu/run-guest.sh}"
 DELAY=${WBREPL_BENCH_DELAY_MS:-2}
 RUNTIME=${WBREPL_BENCH_RUNTIME:-10}
@@ -73,13 +74,7 @@ for n in "${names[@]}"; do
     printf '%-14s %-22s %10s %10s %10s %10s\n' "$n" "$wl" "$iops" "$p50" "$p99" "$mbps"
   done
 done
-# median TARGET WORKLOAD FIELD(1 iops, 3 p99, 4 MB/s) over the rounds
-median() {
-  local r v=()
-  for r in $(seq "$ROUNDS"); do v+=("$(awk -v f="$3" '{print $f}' <<<"${R[$1#$r,$2]}")"); done
-  printf '%s\n' "${v[@]}" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'
-}
-ratio() { python3 -c "print('%.2f' % ($1 / $2 if $2 else 0))"; }
+# median TARGET WORKLOAD FIELD(1 iops, 3 p99, 4 MB/s): median and ratio from lib.sh
 wq32=$(median wbcache qd32 1); cq32=$(median writecache qd32 1)
 wq1=$(median wbcache qd1 1); cq1=$(median writecache qd1 1)
 w99=$(median wbcache qd1 3); c99=$(median writecache qd1 3)

@@ -278,22 +278,21 @@ check "auth: replicate" dd if=/dev/urandom of=/dev/mapper/rk-p bs=64k count=32 o
 check "auth: in sync" synced rk-p
 check "auth: identical" same_data "$PD" "$SD"
 check "auth: remove" dm_remove rk-p rk-s
-PORT=$((PORT + 1))
-dmesg_mark
-check "auth: wrong key: secondary up" node_exec B dmsetup create rw-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 2 auth wbrepl-other-key"
-check "auth: wrong key: primary up" node_exec A dmsetup create rw-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 auth wbrepl-test-key"
-sleep 3
-check_match "auth: wrong key: never connected" ' primary connecting .* connects 0 ' "$(dmsetup status rw-p)"
-check_match "auth: wrong key: refused by the secondary" 'refused connection from 10.99.0.1:[0-9]+: authentication failed' "$(dmesg_since)"
-check "auth: wrong key: remove" dm_remove rw-p rw-s
-PORT=$((PORT + 1))
-dmesg_mark
-check "auth: no key on one side: secondary up" node_exec B dmsetup create rn-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 0"
-check "auth: no key on one side: primary up" node_exec A dmsetup create rn-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 auth wbrepl-test-key"
-sleep 3
-check_match "auth: mismatch: never connected" ' primary connecting .* connects 0 ' "$(dmsetup status rn-p)"
-check_match "auth: mismatch: refused" 'authentication' "$(dmesg_since)"
-check "auth: mismatch: remove" dm_remove rn-p rn-s
+# refused LABEL NAME "SECONDARY OPTS" "PRIMARY OPTS" LOG-REGEX: a pair that must never connect,
+# the secondary logging why.
+refused() {
+  local label=$1 n=$2
+  PORT=$((PORT + 1))
+  dmesg_mark
+  check "auth: $label: secondary up" node_exec B dmsetup create "$n-s" --table "0 $S repl secondary $SD $NODE_B_IP:$PORT $3"
+  check "auth: $label: primary up" node_exec A dmsetup create "$n-p" --table "0 $S repl primary $PD $NODE_B_IP:$PORT $4"
+  sleep 3
+  check_match "auth: $label: never connected" ' primary connecting .* connects 0 ' "$(dmsetup status "$n-p")"
+  check_match "auth: $label: refused by the secondary" "$5" "$(dmesg_since)"
+  check "auth: $label: remove" dm_remove "$n-p" "$n-s"
+}
+refused "wrong key" rw "2 auth wbrepl-other-key" "2 auth wbrepl-test-key" 'refused connection from 10.99.0.1:[0-9]+: authentication failed'
+refused "no key on one side" rn "0" "2 auth wbrepl-test-key" 'authentication'
 check_fails "auth: a missing key fails the table load" dmsetup create rx --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 auth wbrepl-no-such-key"
 check_match "auth: ...with a clear error" 'Key lookup failed' "$(dmesg | tail -n 5)"
 
