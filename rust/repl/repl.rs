@@ -56,8 +56,6 @@ enum Engine {
 struct Repl {
     len: u64,
     engine: Engine,
-    /// A secondary's `meta_dev`, held open (its state is not kept there yet).
-    _meta: Option<Device>,
     protocol: Protocol,
     /// `<#opt_args> [opt_args...]` as `dmsetup table` prints it (devices as `major:minor`),
     /// rendered once by the constructor.
@@ -157,6 +155,7 @@ impl Target for Repl {
                 ti.set_num_flush_bios(1);
                 let s = Secondary::new(
                     data,
+                    meta.take(),
                     len,
                     t.addr,
                     key,
@@ -175,7 +174,6 @@ impl Target for Repl {
         let me = Self {
             len,
             engine,
-            _meta: meta,
             protocol: t.opts.protocol(),
             opts_line,
             refused: AtomicU64::new(0),
@@ -206,13 +204,14 @@ impl Target for Repl {
     fn preresume(&self) -> Result {
         match &self.engine {
             Engine::Primary(p) => p.preresume(),
-            Engine::Secondary(_) => Ok(()),
+            Engine::Secondary(s) => s.preresume(),
         }
     }
 
     fn postsuspend(&self) {
-        if let Engine::Primary(p) = &self.engine {
-            p.postsuspend();
+        match &self.engine {
+            Engine::Primary(p) => p.postsuspend(),
+            Engine::Secondary(s) => s.postsuspend(),
         }
     }
 

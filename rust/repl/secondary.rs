@@ -26,11 +26,12 @@ use crate::dmcore::hmac::KernelHmac;
 use crate::dmcore::net::{is_timeout, NetNs, Socket};
 use crate::dmcore::sync::IrqSpinLock;
 use crate::dmcore::target::TargetHandle;
-use crate::dmcore::wq::{Completion, WorkQueue};
+use crate::dmcore::wq::{sleep_ms, Completion, WorkQueue};
 use crate::link::{self, LinkError, Session};
 use crate::primary::{ms_now, DATA_OFF};
 use crate::wbrepl_core::marker::MarkerRecord;
 use crate::wbrepl_core::parse::SocketAddrV4;
+use crate::wbrepl_core::replmeta::SecSuper;
 use crate::wbrepl_core::wire::{self, FrameType, Header, WRITE_FIXED};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::error::code::EIO;
@@ -57,6 +58,8 @@ const N_LARGE: usize = 8;
 const RING: usize = 256;
 /// Largest payload of a frame other than a write (`MARKER`: 80 bytes).
 const CONTROL_MAX: usize = 128;
+/// The secondary's superblock block on `meta_dev`.
+const META_BYTES: usize = 4096;
 
 struct Peer {
     sock: Arc<Socket>,
@@ -316,6 +319,15 @@ pub(crate) struct Stats {
 
 #[pin_data]
 pub(crate) struct Secondary {
+    /// Keeps the consistency state across restarts (`SecSuper` in its first 4 KiB).
+    meta: Option<Device>,
+    #[pin]
+    meta_buf: Mutex<KVVec<u8>>,
+    meta_loaded: AtomicBool,
+    /// Suspended: the applier serves no session (set by `postsuspend`, cleared by `preresume`).
+    suspended: AtomicBool,
+    /// The applier is serving a session (see `postsuspend`).
+    serving: AtomicBool,
     pub(crate) sectors: u64,
     pub(crate) addr: SocketAddrV4,
     ns: NetNs,
@@ -405,6 +417,7 @@ impl Secondary {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         data: Device,
+        meta: Option<Device>,
         sectors: u64,
         addr: SocketAddrV4,
         key: Option<KernelHmac>,
@@ -414,6 +427,7 @@ impl Secondary {
         handle: TargetHandle,
     ) -> Result<Arc<Self>> {
         let pools = Pools::new()?;
+        let meta_buf = KVVec::from_elem(0u8, if meta.is_some() { META_BYTES } else { 0 }, GFP_KERNEL)?;
         let mut slots = KVec::with_capacity(RING, GFP_KERNEL)?;
         for _ in 0..RING {
             slots.push(None, GFP_KERNEL)?;
@@ -425,6 +439,11 @@ impl Secondary {
         let wq_ack = WorkQueue::new(kernel::c_str!("repl_ack"), 1, true)?;
         Arc::pin_init(
             pin_init!(Secondary {
+                meta,
+                meta_buf <- new_mutex!(meta_buf),
+                meta_loaded: AtomicBool::new(false),
+                suspended: AtomicBool::new(false),
+                serving: AtomicBool::new(false),
                 sectors,
                 addr,
                 ns: NetNs::current(),
@@ -499,6 +518,89 @@ impl Secondary {
         this.wq_ack.flush();
         *this.pending.lock() = None;
         *this.listener.lock() = None;
+    }
+
+    /// Before the first resume: loads the consistency state from `meta_dev` (a blank one is
+    /// formatted, taken to be consistent); then lets the applier serve sessions again.
+    pub(crate) fn preresume(&self) -> Result {
+        if let Some(meta) = &self.meta {
+            if !self.meta_loaded.load(Ordering::Acquire) {
+                let mut buf = self.meta_buf.lock();
+                let region = Region { dev: meta, sector: 0, sectors: (META_BYTES / 512) as u64 };
+                self.aio.client().read(region, &mut buf[..])?;
+                match SecSuper::decode(&buf[..], &KernelCrc32c) {
+                    Err(e) => {
+                        pr_err!("repl {}: cannot use the metadata device: {}\n", meta, e.as_str());
+                        return Err(EINVAL);
+                    }
+                    Ok(None) => {
+                        pr_info!("repl {}: formatting the metadata device (the data device is taken to be consistent)\n", meta);
+                        drop(buf);
+                        self.save_state(true)?;
+                    }
+                    Ok(Some(sb)) if sb.sectors != self.sectors => {
+                        pr_err!(
+                            "repl {}: the metadata device belongs to a device of {} sectors (this one has {}); wipe it to start over\n",
+                            meta,
+                            sb.sectors,
+                            self.sectors
+                        );
+                        return Err(EINVAL);
+                    }
+                    Ok(Some(sb)) => {
+                        self.consistent.store(sb.consistent, Ordering::Release);
+                        pr_info!(
+                            "repl {}: the data device is {}\n",
+                            meta,
+                            if sb.consistent { "consistent" } else { "inconsistent (a resync was under way): markers are ignored until a resync completes" }
+                        );
+                    }
+                }
+                self.meta_loaded.store(true, Ordering::Release);
+            }
+        }
+        self.suspended.store(false, Ordering::SeqCst);
+        self.wake.complete();
+        Ok(())
+    }
+
+    /// After a suspend: the session ends and the applier waits (nothing is applied while the
+    /// device is suspended, and a table loaded next finds the state saved).
+    pub(crate) fn postsuspend(&self) {
+        self.suspended.store(true, Ordering::SeqCst);
+        while self.serving.load(Ordering::SeqCst) {
+            // Again each time: the applier may have taken a session just before.
+            if let Some(p) = self.active.lock().clone() {
+                p.sock.shutdown();
+            }
+            sleep_ms(10);
+        }
+        if self.meta_loaded.load(Ordering::Acquire) {
+            if let Err(e) = self.save_state(self.consistent.load(Ordering::Acquire)) {
+                pr_err!("repl: cannot save the state to the metadata device (error {})\n", e.to_errno());
+            }
+        }
+    }
+
+    /// Writes the consistency state to `meta_dev` (FUA), if there is one.
+    fn save_state(&self, consistent: bool) -> Result {
+        let Some(meta) = &self.meta else { return Ok(()) };
+        let mut buf = self.meta_buf.lock();
+        buf.fill(0);
+        SecSuper { consistent, sectors: self.sectors }.encode(&KernelCrc32c, &mut buf[..]);
+        let region = Region { dev: meta, sector: 0, sectors: (META_BYTES / 512) as u64 };
+        self.aio.client().write(&[region], &buf[..], IoFlags { fua: true, preflush: false })
+    }
+
+    /// Changes the consistency state: on `meta_dev` first (durable before anything that
+    /// depends on it is applied), then in memory.
+    fn set_consistent(&self, consistent: bool) -> Result<(), LinkError> {
+        if self.consistent.load(Ordering::Acquire) == consistent {
+            return Ok(());
+        }
+        self.save_state(consistent).map_err(LinkError::Apply)?;
+        self.consistent.store(consistent, Ordering::Release);
+        Ok(())
     }
 
     /// The data device.
@@ -593,7 +695,16 @@ impl Secondary {
                 continue;
             }
             self.wake.reinit();
+            // Announced before `suspended` is checked, and `postsuspend` sets `suspended` before
+            // it checks this: one of the two sees the other.
+            self.serving.store(true, Ordering::SeqCst);
+            if self.suspended.load(Ordering::SeqCst) {
+                self.serving.store(false, Ordering::SeqCst);
+                self.wake.wait_timeout_ms(1000);
+                continue;
+            }
             let Some(p) = self.pending.lock().take() else {
+                self.serving.store(false, Ordering::SeqCst);
                 self.wake.wait_timeout_ms(1000);
                 continue;
             };
@@ -613,6 +724,7 @@ impl Secondary {
             p.sock.shutdown();
             self.end_session();
             *self.active.lock() = None;
+            self.serving.store(false, Ordering::SeqCst);
             match why {
                 LinkError::Stopped => {}
                 LinkError::Closed => {
@@ -911,8 +1023,12 @@ impl Secondary {
         let sectors = len as u64 / 512;
         let flags = IoFlags { fua: h.flags & wire::WRITE_FUA != 0, preflush: false };
         if h.ty == FrameType::ResyncWrite {
-            // Resync writes come in no particular order.
-            self.consistent.store(false, Ordering::Release);
+            // Resync writes come in no particular order: the device is not a consistent image
+            // from the first one on (on meta_dev before that write is applied).
+            if let Err(e) = self.set_consistent(false) {
+                self.pools.lock().put(buf);
+                return Err(e);
+            }
             self.stats.resync_bytes.fetch_add(len as u64, Ordering::Relaxed);
         }
         let new_epoch = h.ty == FrameType::Write && epoch.is_some_and(|e| e != w_epoch);
@@ -996,14 +1112,15 @@ impl Secondary {
             FrameType::Barrier => {
                 let epoch = payload.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
                 self.drain()?;
-                if h.flags & wire::BARRIER_FLUSH != 0 {
+                // The end of a resync is flushed too: consistent means durable.
+                if h.flags & (wire::BARRIER_FLUSH | wire::BARRIER_RESYNC_DONE) != 0 {
                     self.aio.client().flush(self.data()).map_err(LinkError::Apply)?;
                     if epoch > 0 {
                         self.stats.durable_epoch.store(epoch, Ordering::Relaxed);
                     }
                 }
                 if h.flags & wire::BARRIER_RESYNC_DONE != 0 {
-                    self.consistent.store(true, Ordering::Release);
+                    self.set_consistent(true)?;
                     pr_info!("repl: resync from {} complete; the data device is consistent\n", p.addr);
                 }
                 self.push_done(gen, h.seq)

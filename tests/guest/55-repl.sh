@@ -267,6 +267,43 @@ check_fails "bitmap: meta_dev of another device is refused" dmsetup create rb-x 
 check_match "bitmap: ...saying why" 'the metadata device belongs to a device of [0-9]+ sectors' "$(dmesg_since)"
 dmsetup remove rb-x 2>/dev/null
 
+# --- the secondary's consistency state on its meta_dev -----------------------------------------
+# A secondary restarted in the middle of a resync must know that its device is not a consistent
+# image (markers are ignored until a resync completes). Its data device is dm-delay with 1 s
+# writes, so that a full resync of the device takes several seconds.
+PD=$(loopdev rc-p "$MB"); SL=$(loopdev rc-s "$MB"); SM=$(loopdev rc-m 1); S=$(sectors "$PD"); PORT=$((PORT + 1))
+csec_up() { node_exec B dmsetup create rc-s --table "0 $S repl secondary /dev/mapper/rc-d $NODE_B_IP:$PORT 2 meta_dev $SM"; }
+cpri_up() { node_exec A dmsetup create rc-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 0"; }
+# The consistent flag as stored on the metadata device (what a crash would leave).
+on_disk() { dd if="$SM" bs=4k count=1 iflag=direct status=none | od -An -tu4 -j12 -N4 | tr -d ' '; }
+check "sec state: slow secondary device (dm-delay, 1 s writes)" dmsetup create rc-d --table "0 $S delay $SL 0 0 $SL 0 1000"
+dmesg_mark
+check "sec state: secondary with meta_dev" csec_up
+check_match "sec state: a blank meta_dev is formatted" 'formatting the metadata device \(the data device is taken to be consistent\)' "$(dmesg_since)"
+check_eq "sec state: on disk: consistent" 1 "$(on_disk)"
+check "sec state: primary" cpri_up
+check "sec state: connected" connected rc-p
+check "sec state: a full resync is requested" dmsetup message rc-p 0 resync
+check "sec state: the secondary is resyncing" wait_status rc-s ' data inconsistent ' 20
+check_eq "sec state: on disk: inconsistent already (before any orderly shutdown)" 0 "$(on_disk)"
+check "sec state: primary removed in the middle of the resync" dm_remove rc-p
+check "sec state: secondary removed" dm_remove rc-s
+dmesg_mark
+check "sec state: secondary back on the same meta_dev" csec_up
+check_match "sec state: it knows its device is inconsistent" ' data inconsistent ' "$(dmsetup status rc-s)"
+check_match "sec state: ...and says so" 'the data device is inconsistent' "$(dmesg_since)"
+check "sec state: primary back" cpri_up
+check "sec state: full resync" dmsetup message rc-p 0 resync
+check "sec state: the resync completes" synced rc-p 120
+check_match "sec state: consistent again" ' data consistent ' "$(dmsetup status rc-s)"
+check_eq "sec state: on disk: consistent" 1 "$(on_disk)"
+check "sec state: identical" same_data "$PD" "$SL"
+check "sec state: remove" dm_remove rc-p rc-s rc-d
+dmesg_mark
+check_fails "sec state: a primary's meta_dev is refused by a secondary" node_exec B dmsetup create rc-x --table "0 $S repl secondary $SL $NODE_B_IP:$((PORT + 1)) 2 meta_dev $MD"
+check_match "sec state: ...saying why" "holds a primary's metadata" "$(dmesg_since)"
+dmsetup remove rc-x 2>/dev/null
+
 # --- authentication --------------------------------------------------------------------------
 # The test runs without a session keyring: keys go to the user session keyring, which
 # request_key() searches for such processes (docs/repl.md, "Keys").

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! dm-repl's metadata device (`meta_dev`, primary): a superblock and the persistent dirty
-//! bitmap.
+//! dm-repl's metadata device (`meta_dev`). A primary's: a superblock and the persistent dirty
+//! bitmap ([`MetaSuper`]). A secondary's: one superblock with its consistency state
+//! ([`SecSuper`]).
 //!
 //! | offset | size | content |
 //! |---|---|---|
@@ -67,6 +68,9 @@ impl MetaSuper {
     /// an error for a damaged or foreign one.
     pub fn decode(b: &[u8], crc: &impl Crc32c) -> Result<Option<Self>, Error> {
         let b = b.get(..CRC_AT + 4).ok_or(err!("Metadata superblock truncated"))?;
+        if b[0..8] == SEC_MAGIC {
+            return Err(err!("Metadata device holds a secondary's metadata"));
+        }
         if b[0..8] != META_MAGIC {
             return Ok(None);
         }
@@ -85,6 +89,63 @@ impl MetaSuper {
             return Err(err!("Metadata superblock geometry is invalid"));
         }
         Ok(Some(s))
+    }
+}
+
+/// A secondary's superblock magic.
+pub const SEC_MAGIC: [u8; 8] = *b"WBRPSMT1";
+const SEC_FLAG_CONSISTENT: u32 = 1;
+const SEC_CRC_AT: usize = 24;
+
+/// A secondary's superblock: magic `WBRPSMT1` (8), version u32 (1), flags u32 (bit 0:
+/// consistent), device sectors u64, CRC-32C of bytes 0..24 u32; the rest of the 4 KiB block
+/// zero.
+///
+/// *Consistent* is cleared on disk before the first resync write of a resync is applied and set
+/// again once the resync is complete and flushed, so a secondary that restarts in the middle of
+/// a resync knows its device is not a consistent image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecSuper {
+    /// The data device holds a consistent image (no resync under way).
+    pub consistent: bool,
+    /// Device size in sectors.
+    pub sectors: u64,
+}
+
+impl SecSuper {
+    /// Encodes into the first bytes of `out` (at least 28; the caller zeroes the rest).
+    pub fn encode(&self, crc: &impl Crc32c, out: &mut [u8]) {
+        let Some(o) = out.get_mut(..SEC_CRC_AT + 4) else { return };
+        o.fill(0);
+        o[0..8].copy_from_slice(&SEC_MAGIC);
+        o[8..12].copy_from_slice(&META_VERSION.to_le_bytes());
+        o[12..16].copy_from_slice(&(if self.consistent { SEC_FLAG_CONSISTENT } else { 0 }).to_le_bytes());
+        o[16..24].copy_from_slice(&self.sectors.to_le_bytes());
+        let c = crc.append(0, &o[..SEC_CRC_AT]);
+        o[SEC_CRC_AT..SEC_CRC_AT + 4].copy_from_slice(&c.to_le_bytes());
+    }
+
+    /// Decodes a secondary's superblock: `Ok(None)` for a device that was never formatted,
+    /// an error for a damaged one or for a primary's metadata.
+    pub fn decode(b: &[u8], crc: &impl Crc32c) -> Result<Option<Self>, Error> {
+        let b = b.get(..SEC_CRC_AT + 4).ok_or(err!("Metadata superblock truncated"))?;
+        if b[0..8] == META_MAGIC {
+            return Err(err!("Metadata device holds a primary's metadata"));
+        }
+        if b[0..8] != SEC_MAGIC {
+            return Ok(None);
+        }
+        if crc.append(0, &b[..SEC_CRC_AT]) != le32(b, SEC_CRC_AT) {
+            return Err(err!("Metadata superblock checksum mismatch"));
+        }
+        if le32(b, 8) != META_VERSION {
+            return Err(err!("Metadata version not supported"));
+        }
+        let flags = le32(b, 12);
+        if flags & !SEC_FLAG_CONSISTENT != 0 {
+            return Err(err!("Metadata superblock has unknown flags"));
+        }
+        Ok(Some(Self { consistent: flags & SEC_FLAG_CONSISTENT != 0, sectors: le64(b, 16) }))
     }
 }
 
@@ -111,5 +172,29 @@ mod tests {
             assert!(MetaSuper::decode(&t, &RefCrc).is_err(), "bit {i}");
         }
         assert!(MetaSuper::decode(&b[..20], &RefCrc).is_err());
+    }
+
+    #[test]
+    fn secondary_superblock_round_trips_and_damage_is_refused() {
+        for consistent in [true, false] {
+            let s = SecSuper { consistent, sectors: 123456 };
+            let mut b = [0u8; 512];
+            s.encode(&RefCrc, &mut b);
+            assert_eq!(SecSuper::decode(&b, &RefCrc), Ok(Some(s)));
+            for i in 64..(SEC_CRC_AT + 4) * 8 {
+                let mut t = b;
+                t[i / 8] ^= 1 << (i % 8);
+                assert!(SecSuper::decode(&t, &RefCrc).is_err(), "bit {i}");
+            }
+        }
+        assert_eq!(SecSuper::decode(&[0u8; 512], &RefCrc), Ok(None), "unformatted");
+        // A primary's metadata is not taken for a secondary's (nor the other way round).
+        let mut p = [0u8; 512];
+        MetaSuper { clean: true, sectors: 1 << 21, region_shift: 7 }.encode(&RefCrc, &mut p);
+        assert!(SecSuper::decode(&p, &RefCrc).is_err());
+        let mut q = [0u8; 512];
+        SecSuper { consistent: true, sectors: 8 }.encode(&RefCrc, &mut q);
+        assert!(MetaSuper::decode(&q, &RefCrc).is_err());
+        assert!(SecSuper::decode(&b""[..], &RefCrc).is_err());
     }
 }
