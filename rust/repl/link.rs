@@ -139,35 +139,39 @@ pub(crate) struct Session {
     pub(crate) tx_seq: u64,
     /// The peer's next sequence number.
     pub(crate) rx: RxSeq,
+    /// The peer (a secondary) said its device is inconsistent (`HELLO_INCONSISTENT`).
+    pub(crate) peer_inconsistent: bool,
 }
 
 /// Runs the handshake (`docs/repl.md`, "Handshake") on a fresh socket: `HELLO` both ways, then
 /// with `key` the `AUTH` proofs, deriving the session key. All of it within `limit_ms`, however
-/// the peer paces its bytes.
+/// the peer paces its bytes. `inconsistent` (a secondary only) sets `HELLO_INCONSISTENT`.
 pub(crate) fn handshake(
     sock: &Socket,
     role: wire::Role,
     sectors: u64,
     key: Option<&KernelHmac>,
+    inconsistent: bool,
     limit_ms: u32,
 ) -> Result<Session, LinkError> {
     let deadline = Some(kernel::time::Ktime::ktime_get().to_ms() + i64::from(limit_ms));
     let mut own = Hello { role, sectors, nonce: [0u8; NONCE_LEN] };
     random_bytes(&mut own.nonce);
-    let flags = if key.is_some() { wire::HELLO_AUTH } else { 0 };
+    let flags = if key.is_some() { wire::HELLO_AUTH } else { 0 }
+        | if inconsistent && role == wire::Role::Secondary { wire::HELLO_INCONSISTENT } else { 0 };
     let mut rx = RxSeq::new();
     let mut buf = [0u8; Hello::LEN];
     let mut enc = [0u8; Hello::LEN];
     let send_hello = |enc: &mut [u8; Hello::LEN]| send_frame(sock, FrameType::Hello, flags, 0, own.encode(enc), None);
-    let recv_hello = |rx: &mut RxSeq, buf: &mut [u8; Hello::LEN]| -> Result<(Hello, bool), LinkError> {
+    let recv_hello = |rx: &mut RxSeq, buf: &mut [u8; Hello::LEN]| -> Result<(Hello, u16), LinkError> {
         let (h, p) = recv_frame_by(sock, rx, None, buf, deadline)?;
         if h.ty != FrameType::Hello {
             return Err(LinkError::Unexpected(h.ty));
         }
-        Ok((Hello::decode(p)?, h.flags & wire::HELLO_AUTH != 0))
+        Ok((Hello::decode(p)?, h.flags))
     };
     // The primary speaks first.
-    let (peer, peer_auth) = if role == wire::Role::Primary {
+    let (peer, peer_flags) = if role == wire::Role::Primary {
         send_hello(&mut enc)?;
         recv_hello(&mut rx, &mut buf)?
     } else {
@@ -175,9 +179,14 @@ pub(crate) fn handshake(
         send_hello(&mut enc)?;
         p
     };
+    let peer_auth = peer_flags & wire::HELLO_AUTH != 0;
+    let peer_inconsistent = peer_flags & wire::HELLO_INCONSISTENT != 0;
+    if peer_inconsistent && peer.role != wire::Role::Secondary {
+        return Err(LinkError::Wire(WireError::BadFlags));
+    }
     wire::check_hello(&own, key.is_some(), &peer, peer_auth)?;
     let Some(key) = key else {
-        return Ok(Session { mac: None, tx_seq: 1, rx });
+        return Ok(Session { mac: None, tx_seq: 1, rx, peer_inconsistent });
     };
     let proof = wire::auth_proof(key, role, &own.nonce, &peer.nonce)?;
     let mut pbuf = [0u8; MAC_LEN];
@@ -199,5 +208,5 @@ pub(crate) fn handshake(
     let (pn, sn) = if role == wire::Role::Primary { (&own.nonce, &peer.nonce) } else { (&peer.nonce, &own.nonce) };
     let skey = wire::session_key(key, pn, sn)?;
     let mac = KernelHmac::new(&skey)?;
-    Ok(Session { mac: Some(mac), tx_seq: 2, rx })
+    Ok(Session { mac: Some(mac), tx_seq: 2, rx, peer_inconsistent })
 }

@@ -92,6 +92,8 @@ struct Conn {
     first_seq: u64,
     gen: u32,
     dead: AtomicBool,
+    /// The secondary reported an interrupted resync (`HELLO_INCONSISTENT`).
+    peer_inconsistent: bool,
 }
 
 /// State shared with bio completions (interrupt context): under an IRQ-safe lock.
@@ -770,10 +772,18 @@ impl Primary {
     fn connect(&self) -> Result<Conn, LinkError> {
         let sock = Socket::connect(&self.ns, self.addr, CONNECT_MS)?;
         sock.set_timeouts(HANDSHAKE_MS, HANDSHAKE_MS);
-        let s = link::handshake(&sock, wire::Role::Primary, self.sectors, self.key.as_ref(), HANDSHAKE_MS)?;
+        let s = link::handshake(&sock, wire::Role::Primary, self.sectors, self.key.as_ref(), false, HANDSHAKE_MS)?;
         sock.set_timeouts(DEAD_MS, DEAD_MS);
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed).max(1);
-        Ok(Conn { sock, mac: s.mac, rx: s.rx, first_seq: s.tx_seq, gen, dead: AtomicBool::new(false) })
+        Ok(Conn {
+            sock,
+            mac: s.mac,
+            rx: s.rx,
+            first_seq: s.tx_seq,
+            gen,
+            dead: AtomicBool::new(false),
+            peer_inconsistent: s.peer_inconsistent,
+        })
     }
 
     fn install(&self, c: Conn) -> bool {
@@ -794,6 +804,24 @@ impl Primary {
             g.acked_seq = first_seq - 1;
             g.resync_cursor = 0;
             g.resync_done_seq = None;
+            if c.peer_inconsistent && !g.resyncing {
+                // The secondary's device is in the middle of a resync that this table did not
+                // run (say, the primary was reloaded meanwhile). With a loaded bitmap, every
+                // region that may differ is dirty in it; without one, nothing is known: all of
+                // it. Either way the resync ends with the resync-done barrier.
+                let all = !self.meta_loaded.load(Ordering::Acquire);
+                if all {
+                    g.dirty.mark_all();
+                }
+                g.resyncing = true;
+                g.resync_total = g.dirty.count();
+                g.resync_sent = 0;
+                pr_info!(
+                    "repl: {} reports an interrupted resync: resyncing {}\n",
+                    self.addr,
+                    if all { "the whole device" } else { "the dirty regions" }
+                );
+            }
         }
         while let Some(b) = done.pop() {
             let st = BlkStatus::from_raw(b.data().status);

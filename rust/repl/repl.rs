@@ -218,7 +218,7 @@ impl Target for Repl {
     fn resume(&self) {
         match &self.engine {
             Engine::Primary(p) => Primary::start(p),
-            Engine::Secondary(s) => Secondary::start(s),
+            Engine::Secondary(s) => Secondary::resume(s),
         }
     }
 

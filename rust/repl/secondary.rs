@@ -33,7 +33,7 @@ use crate::wbrepl_core::marker::MarkerRecord;
 use crate::wbrepl_core::parse::SocketAddrV4;
 use crate::wbrepl_core::replmeta::SecSuper;
 use crate::wbrepl_core::wire::{self, FrameType, Header, WRITE_FIXED};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::error::code::EIO;
 use kernel::new_mutex;
 use kernel::prelude::*;
@@ -324,6 +324,9 @@ pub(crate) struct Secondary {
     #[pin]
     meta_buf: Mutex<KVVec<u8>>,
     meta_loaded: AtomicBool,
+    /// The state last written to `meta_dev` successfully: 0 unknown (a write failed), 1
+    /// inconsistent, 2 consistent.
+    on_disk: AtomicU8,
     /// Suspended: the applier serves no session (set by `postsuspend`, cleared by `preresume`).
     suspended: AtomicBool,
     /// The applier is serving a session (see `postsuspend`).
@@ -442,6 +445,7 @@ impl Secondary {
                 meta,
                 meta_buf <- new_mutex!(meta_buf),
                 meta_loaded: AtomicBool::new(false),
+                on_disk: AtomicU8::new(0),
                 suspended: AtomicBool::new(false),
                 serving: AtomicBool::new(false),
                 sectors,
@@ -521,7 +525,7 @@ impl Secondary {
     }
 
     /// Before the first resume: loads the consistency state from `meta_dev` (a blank one is
-    /// formatted, taken to be consistent); then lets the applier serve sessions again.
+    /// formatted, taken to be consistent).
     pub(crate) fn preresume(&self) -> Result {
         if let Some(meta) = &self.meta {
             if !self.meta_loaded.load(Ordering::Acquire) {
@@ -549,6 +553,7 @@ impl Secondary {
                     }
                     Ok(Some(sb)) => {
                         self.consistent.store(sb.consistent, Ordering::Release);
+                        self.on_disk.store(if sb.consistent { 2 } else { 1 }, Ordering::Release);
                         pr_info!(
                             "repl {}: the data device is {}\n",
                             meta,
@@ -559,15 +564,22 @@ impl Secondary {
                 self.meta_loaded.store(true, Ordering::Release);
             }
         }
-        self.suspended.store(false, Ordering::SeqCst);
-        self.wake.complete();
         Ok(())
+    }
+
+    /// Resumed (every target's preresume succeeded): serve sessions again.
+    pub(crate) fn resume(this: &Arc<Self>) {
+        this.suspended.store(false, Ordering::SeqCst);
+        this.wake.complete();
+        Self::start(this);
     }
 
     /// After a suspend: the session ends and the applier waits (nothing is applied while the
     /// device is suspended, and a table loaded next finds the state saved).
     pub(crate) fn postsuspend(&self) {
         self.suspended.store(true, Ordering::SeqCst);
+        // A frozen applier notices the shut-down socket at its next keepalive: now.
+        self.thaw.complete();
         while self.serving.load(Ordering::SeqCst) {
             // Again each time: the applier may have taken a session just before.
             if let Some(p) = self.active.lock().clone() {
@@ -589,13 +601,18 @@ impl Secondary {
         buf.fill(0);
         SecSuper { consistent, sectors: self.sectors }.encode(&KernelCrc32c, &mut buf[..]);
         let region = Region { dev: meta, sector: 0, sectors: (META_BYTES / 512) as u64 };
-        self.aio.client().write(&[region], &buf[..], IoFlags { fua: true, preflush: false })
+        let r = self.aio.client().write(&[region], &buf[..], IoFlags { fua: true, preflush: false });
+        // A failed write may still have landed: then what is on disk is not known.
+        self.on_disk.store(if r.is_err() { 0 } else if consistent { 2 } else { 1 }, Ordering::Release);
+        r
     }
 
     /// Changes the consistency state: on `meta_dev` first (durable before anything that
     /// depends on it is applied), then in memory.
     fn set_consistent(&self, consistent: bool) -> Result<(), LinkError> {
-        if self.consistent.load(Ordering::Acquire) == consistent {
+        let want = if consistent { 2 } else { 1 };
+        let on_disk_ok = self.meta.is_none() || self.on_disk.load(Ordering::Acquire) == want;
+        if self.consistent.load(Ordering::Acquire) == consistent && on_disk_ok {
             return Ok(());
         }
         self.save_state(consistent).map_err(LinkError::Apply)?;
@@ -659,7 +676,8 @@ impl Secondary {
             if self.stop.load(Ordering::Acquire) {
                 s.shutdown();
             }
-            let r = link::handshake(&s, wire::Role::Secondary, self.sectors, self.key.as_ref(), HANDSHAKE_MS);
+            let inconsistent = !self.consistent.load(Ordering::Acquire);
+            let r = link::handshake(&s, wire::Role::Secondary, self.sectors, self.key.as_ref(), inconsistent, HANDSHAKE_MS);
             *self.handshaking.lock() = None;
             match r {
                 Ok(session) => {
@@ -700,6 +718,11 @@ impl Secondary {
             self.serving.store(true, Ordering::SeqCst);
             if self.suspended.load(Ordering::SeqCst) {
                 self.serving.store(false, Ordering::SeqCst);
+                // Turned away at once: the primary sees the connection end (its writes go
+                // local and dirty) rather than waiting for acknowledgements that never come.
+                if let Some(p) = self.pending.lock().take() {
+                    p.sock.shutdown();
+                }
                 self.wake.wait_timeout_ms(1000);
                 continue;
             }

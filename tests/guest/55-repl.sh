@@ -292,12 +292,22 @@ dmesg_mark
 check "sec state: secondary back on the same meta_dev" csec_up
 check_match "sec state: it knows its device is inconsistent" ' data inconsistent ' "$(dmsetup status rc-s)"
 check_match "sec state: ...and says so" 'the data device is inconsistent' "$(dmesg_since)"
+# The new primary (without meta_dev it knows nothing of the interrupted resync) learns it from
+# the secondary's HELLO and resyncs the whole device by itself.
+dmesg_mark
 check "sec state: primary back" cpri_up
-check "sec state: full resync" dmsetup message rc-p 0 resync
-check "sec state: the resync completes" synced rc-p 120
+check "sec state: the resync completes (no resync message)" synced rc-p 120
+check_match "sec state: ...started because the secondary reported it" 'reports an interrupted resync: resyncing the whole device' "$(dmesg_since)"
 check_match "sec state: consistent again" ' data consistent ' "$(dmsetup status rc-s)"
 check_eq "sec state: on disk: consistent" 1 "$(on_disk)"
 check "sec state: identical" same_data "$PD" "$SL"
+# While suspended the secondary applies nothing and turns a connecting primary away at once.
+check "sec state: secondary suspended" dmsetup suspend rc-s
+check "sec state: the primary is turned away" wait_status rc-p ' primary connecting ' 20
+check "sec state: 1 MiB written meanwhile" dd if=/dev/urandom of=/dev/mapper/rc-p bs=64k count=16 seek=100 oflag=direct status=none
+check "sec state: secondary resumed" dmsetup resume rc-s
+check "sec state: the primary catches up" synced rc-p 60
+check "sec state: identical after the suspend" same_data "$PD" "$SL"
 check "sec state: remove" dm_remove rc-p rc-s rc-d
 dmesg_mark
 check_fails "sec state: a primary's meta_dev is refused by a secondary" node_exec B dmsetup create rc-x --table "0 $S repl secondary $SL $NODE_B_IP:$((PORT + 1)) 2 meta_dev $MD"

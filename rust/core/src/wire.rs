@@ -150,7 +150,7 @@ impl FrameType {
     /// Flag bits this type defines.
     fn flag_mask(self) -> u16 {
         match self {
-            Self::Hello => HELLO_AUTH,
+            Self::Hello => HELLO_AUTH | HELLO_INCONSISTENT,
             Self::Write | Self::ResyncWrite => WRITE_FUA,
             Self::Barrier => BARRIER_FLUSH | BARRIER_RESYNC_DONE,
             _ => 0,
@@ -174,6 +174,9 @@ impl FrameType {
 
 /// `HELLO` flag: this side requires authentication.
 pub const HELLO_AUTH: u16 = 1;
+/// `HELLO` flag, from a secondary only: its device is not a consistent image (a resync was
+/// interrupted); the primary must resync and end with the resync-done barrier.
+pub const HELLO_INCONSISTENT: u16 = 2;
 /// `WRITE` flag: the write was FUA (durable at the secondary before it is acknowledged).
 pub const WRITE_FUA: u16 = 1;
 /// `BARRIER` flag: the secondary flushes its device before acknowledging the barrier
