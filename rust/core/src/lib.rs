@@ -14,6 +14,7 @@ extern crate std;
 
 #[macro_use]
 pub mod error;
+pub mod checkpoint;
 pub mod marker;
 pub mod parse;
 pub mod replmeta;

@@ -14,6 +14,7 @@
 //! | 92 | 420 | zero |
 
 use crate::wbformat::{le32, le64, Crc32c};
+use core::fmt;
 use crate::wire::LABEL_LEN;
 
 /// Record magic.
@@ -54,6 +55,36 @@ pub fn label_from(text: &str) -> Option<[u8; LABEL_LEN]> {
 pub fn label_text(label: &[u8; LABEL_LEN]) -> &str {
     let n = label.iter().position(|&b| b == 0).unwrap_or(LABEL_LEN);
     core::str::from_utf8(label.get(..n).unwrap_or(&[])).unwrap_or("")
+}
+
+/// A label as one status/answer word: its text, or `-` when empty.
+pub struct LabelWord<'a>(pub &'a [u8; LABEL_LEN]);
+
+impl fmt::Display for LabelWord<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.iter().position(|&b| b == 0).unwrap_or(LABEL_LEN);
+        if n == 0 {
+            return f.write_str("-");
+        }
+        // A record written by someone else may hold blanks: keep the output one word.
+        for &b in self.0.iter().take(n) {
+            let c = if b.is_ascii_graphic() { char::from(b) } else { '_' };
+            fmt::Write::write_char(f, c)?;
+        }
+        Ok(())
+    }
+}
+
+/// A marker id as one status word: the number, or `-` for none.
+pub struct IdWord(pub Option<u64>);
+
+impl fmt::Display for IdWord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 impl MarkerRecord {
@@ -108,5 +139,8 @@ mod tests {
         assert_eq!(MarkerRecord::decode(&[0u8; 4096], &RefCrc), None);
         assert!(label_from("tab\there").is_none() && label_from(&"x".repeat(65)).is_none());
         assert!(label_from(&"x".repeat(64)).is_some() && label_from("").is_some());
+        assert_eq!(std::format!("{} {}", IdWord(Some(3)), IdWord(None)), "3 -");
+        assert_eq!(std::format!("{}", LabelWord(&label_from("a b").unwrap())), "a_b");
+        assert_eq!(std::format!("{}", LabelWord(&[0; LABEL_LEN])), "-");
     }
 }

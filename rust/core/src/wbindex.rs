@@ -29,6 +29,11 @@
 //!   versions in order.
 //! - Epochs: every version carries the epoch it was written in. In ordered mode, a version of
 //!   an older epoch is kept when overwritten, and writeback goes strictly epoch by epoch.
+//! - Checkpoints: with a writeback limit (epoch N), versions of epochs up to N are kept when
+//!   overwritten by a newer epoch and nothing newer than N is written back, so once every
+//!   version up to N is written back the origin holds exactly the writes of epochs up to N. A
+//!   write-through (to cache and origin) supersedes every older version on completion, and no
+//!   older version of its block is written back while it is in flight.
 
 use crate::error::Error;
 use crate::wbformat::{Entry, EntryState, ENTRIES_PER_META_BLOCK};
@@ -57,9 +62,12 @@ const ST_MARKING: u16 = 4;
 const F_ON_DISK: u16 = 1 << 3;
 /// A writeback copy of the slot is in flight.
 const F_UNDER_WB: u16 = 1 << 4;
-/// Writes in flight into the slot (bits 5..16): while any is, nothing may read the slot to
+/// A write-through (to this slot and to the origin) is in flight: older versions of the block
+/// are not written back meanwhile, and are released when it completes.
+const F_WT: u16 = 1 << 5;
+/// Writes in flight into the slot (bits 6..16): while any is, nothing may read the slot to
 /// merge a partial write with it.
-const WRITERS_SHIFT: u32 = 5;
+const WRITERS_SHIFT: u32 = 6;
 const WRITERS_MAX: u16 = (1 << (16 - WRITERS_SHIFT)) - 1;
 
 /// One cache block's in-memory state (24 bytes).
@@ -191,9 +199,17 @@ pub struct Index<S, B, M> {
     rewrote_committed: bool,
     epoch: u32,
     ordered: bool,
+    /// Checkpoint: only versions of epochs up to this one are written back, and they are kept
+    /// when a newer epoch overwrites them.
+    wb_limit: Option<u32>,
     committed_seq: u64,
     oldest_dirty_epoch: u32,
     wb_cursor: u32,
+}
+
+/// Whether epoch `e` is `limit` or older (epoch counters wrap: compared by signed distance).
+fn epoch_upto(e: u32, limit: u32) -> bool {
+    limit.wrapping_sub(e) as i32 >= 0
 }
 
 fn set_bit(words: &mut [u64], i: u64) {
@@ -245,6 +261,7 @@ where
             rewrote_committed: false,
             epoch: 1,
             ordered: false,
+            wb_limit: None,
             committed_seq: 0,
             oldest_dirty_epoch: 1,
             wb_cursor: 0,
@@ -272,6 +289,7 @@ where
         self.under_wb = 0;
         self.rewrote_committed = false;
         self.epoch = epoch.max(1);
+        self.wb_limit = None;
         self.oldest_dirty_epoch = self.epoch;
         self.committed_seq = seq;
         self.wb_cursor = 0;
@@ -302,6 +320,51 @@ where
         let old = self.epoch;
         self.epoch = self.epoch.wrapping_add(1).max(1);
         old
+    }
+
+    /// Sets or clears the checkpoint writeback limit: while set to `Some(n)`, writeback takes
+    /// only versions of epochs up to `n`, and such versions are kept when a newer epoch
+    /// overwrites them (so the origin can be brought to exactly the state of epochs up to `n`).
+    pub fn set_wb_limit(&mut self, limit: Option<u32>) {
+        self.wb_limit = limit;
+    }
+
+    /// The checkpoint writeback limit.
+    pub fn wb_limit(&self) -> Option<u32> {
+        self.wb_limit
+    }
+
+    /// Counts the versions holding data (written or being written) of epochs up to `limit`
+    /// among slots `from..from + budget`; returns the count and where to go on (the number of
+    /// slots when done). In steps, so a caller holding a lock with interrupts disabled can
+    /// release it between them; versions of such epochs are never created once the epoch is
+    /// closed, so a pass that began after closing it and counts none proves there are none.
+    pub fn count_upto(&self, limit: u32, from: u32, budget: u32) -> (u64, u32) {
+        let end = from.saturating_add(budget).min(self.slots.len() as u32);
+        let n = self
+            .slots
+            .get(from as usize..end as usize)
+            .unwrap_or(&[])
+            .iter()
+            .filter(|s| s.holds_data() && epoch_upto(s.epoch, limit))
+            .count();
+        (n as u64, end)
+    }
+
+    /// Whether a version of `block` is being written back now.
+    pub fn under_writeback(&self, block: u64) -> bool {
+        self.versions(block).any(|v| self.slot(v).is_some_and(|s| s.has(F_UNDER_WB)))
+    }
+
+    /// Marks the write just mapped into slot `i` (one block, by [`Index::map_write`] or
+    /// [`Index::alloc`]) as a write-through: it goes to the origin as well, so its completion
+    /// releases every older version of the block, and none of them is chosen for writeback
+    /// while it is in flight. The caller first waits while [`Index::under_writeback`] says a
+    /// copy of an older version is in flight (it could land on the origin after this write).
+    pub fn mark_write_through(&mut self, i: u32) {
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            m.set(F_WT, true);
+        }
     }
 
     /// Oldest epoch holding dirty data, as of the last writeback scan or load (the current
@@ -572,8 +635,11 @@ where
     /// readable and the older versions it supersedes are released (kept only while under
     /// writeback or, in ordered mode, when they belong to an older epoch).
     pub fn write_done(&mut self, i: u32, ok: bool) {
+        let mut wt = false;
         if let Some(m) = self.slots.get_mut(i as usize) {
             m.add_writers(-1);
+            wt = m.has(F_WT);
+            m.set(F_WT, false);
         }
         let Some(s) = self.slot(i).copied() else { return };
         match s.state() {
@@ -599,12 +665,16 @@ where
         if let Some(m) = self.slots.get_mut(i as usize) {
             m.set_state(ST_VALID);
         }
-        // Release older versions.
+        // Release older versions: all of them after a write-through (the origin has this one);
+        // otherwise those of older epochs stay in ordered mode and, up to the limit, during a
+        // checkpoint.
         let block = s.block();
-        let ordered = self.ordered;
-        while let Some(v) = self.versions(block).skip_while(|&v| v != i).skip(1).find(|&v| {
-            self.slot(v).is_some_and(|o| !(o.has(F_UNDER_WB) || (ordered && o.epoch != s.epoch)))
-        }) {
+        let (ordered, limit) = (self.ordered, self.wb_limit);
+        let keep = |o: &Slot| {
+            o.has(F_UNDER_WB)
+                || (!wt && o.epoch != s.epoch && (ordered || limit.is_some_and(|n| epoch_upto(o.epoch, n))))
+        };
+        while let Some(v) = self.versions(block).skip_while(|&v| v != i).skip(1).find(|&v| self.slot(v).is_some_and(|o| !keep(o))) {
             self.release(v);
         }
     }
@@ -812,11 +882,17 @@ where
             if self.ordered && s.epoch != scan.want_epoch {
                 continue;
             }
+            if self.wb_limit.is_some_and(|n| !epoch_upto(s.epoch, n)) {
+                continue;
+            }
             if scan.max_seq.is_some_and(|m| s.seq > m) {
                 continue;
             }
-            // Oldest version of its block: no other data-holding version after it in chain.
-            if self.versions(s.block()).skip_while(|&v| v != i).nth(1).is_some() {
+            // Oldest version of its block: no other data-holding version after it in chain; and
+            // no newer one being written through (which will release it).
+            if self.versions(s.block()).skip_while(|&v| v != i).nth(1).is_some()
+                || self.versions(s.block()).take_while(|&v| v != i).any(|v| self.slot(v).is_some_and(|o| o.has(F_WT)))
+            {
                 continue;
             }
             if let Some(m) = self.slots.get_mut(i as usize) {
@@ -1478,6 +1554,11 @@ mod tests {
         Writeback(usize),
         WritebackDone,
         CloseEpoch,
+        /// Starts a checkpoint (hold, or write-through when true): closes the epoch, sets the
+        /// writeback limit.
+        Checkpoint(bool),
+        /// Ends the checkpoint if everything up to its epoch is written back (the marker).
+        CheckpointDone,
         Crash,
     }
 
@@ -1493,6 +1574,8 @@ mod tests {
             2 => (1usize..5).prop_map(Op::Writeback),
             2 => Just(Op::WritebackDone),
             1 => Just(Op::CloseEpoch),
+            1 => any::<bool>().prop_map(Op::Checkpoint),
+            2 => Just(Op::CheckpointDone),
             1 => Just(Op::Crash),
         ]
     }
@@ -1520,6 +1603,13 @@ mod tests {
         wb: Vec<(u32, u64, u64)>,
         ids_of: BTreeMap<u64, Vec<u64>>,
         pending_images: Vec<(u64, Entry)>,
+        /// Latest write per block by mapping order (what a checkpoint closed now contains).
+        mapped: BTreeMap<u64, u64>,
+        /// A checkpoint in progress: its epoch, write-through mode, and what the origin must
+        /// hold at its marker (every write mapped before it closed the epoch; in write-through
+        /// mode updated by the writes through since).
+        cp: Option<(u32, bool, BTreeMap<u64, u64>)>,
+        checkpoints: u32,
     }
 
     impl Model {
@@ -1543,6 +1633,9 @@ mod tests {
                 wb: vec![],
                 ids_of: BTreeMap::new(),
                 pending_images: vec![],
+                mapped: BTreeMap::new(),
+                cp: None,
+                checkpoints: 0,
             }
         }
 
@@ -1566,17 +1659,28 @@ mod tests {
                     if self.inflight.iter().any(|w| w.1 == *b) {
                         return; // one write per block in flight (ordered by the submitter)
                     }
+                    let wt = matches!(self.cp, Some((_, true, _)));
+                    if wt && self.ix.under_writeback(*b) {
+                        return; // the target waits for that copy first
+                    }
                     if let WriteMap::Slot(i) = self.ix.map_write(*b, true) {
                         let id = self.next_id;
                         self.next_id += 1;
+                        if wt {
+                            self.ix.mark_write_through(i);
+                        }
                         self.inflight.push((i, *b, id, false));
                         self.ids_of.entry(*b).or_default().push(id);
+                        self.mapped.insert(*b, id);
                     }
                 }
                 Op::WriteRun(b, n) => {
                     let n = (*n).min((6 - *b) as u32).max(1);
                     if self.inflight.iter().any(|w| w.1 >= *b && w.1 < *b + u64::from(n)) {
                         return;
+                    }
+                    if matches!(self.cp, Some((_, true, _))) {
+                        return; // write-through takes one block at a time
                     }
                     let r = self.ix.map_write_run(*b, n);
                     if let WriteMap::Slot(i) = r.map {
@@ -1588,18 +1692,25 @@ mod tests {
                             self.next_id += 1;
                             self.inflight.push((i + k, *b + u64::from(k), id, false));
                             self.ids_of.entry(*b + u64::from(k)).or_default().push(id);
+                            self.mapped.insert(*b + u64::from(k), id);
                         }
                     }
                 }
                 Op::WriteAround(b) => {
                     // A write straight to the origin (the target does this when the cache is
                     // full), completed and flushed at once: the strongest claim.
-                    if self.inflight.iter().any(|w| w.1 == *b) || self.ix.uncached_run(*b, 1) != 1 {
+                    // A hold checkpoint turns this off (nothing new may reach the origin before
+                    // the marker); write-through sends uncached blocks this way.
+                    if self.inflight.iter().any(|w| w.1 == *b) || self.ix.uncached_run(*b, 1) != 1 || matches!(self.cp, Some((_, false, _))) {
                         return;
                     }
                     let id = self.next_id;
                     self.next_id += 1;
                     self.ids_of.entry(*b).or_default().push(id);
+                    self.mapped.insert(*b, id);
+                    if let Some((_, true, want)) = &mut self.cp {
+                        want.insert(*b, id);
+                    }
                     self.origin.insert(*b, id);
                     self.latest.insert(*b, id);
                     self.durable.insert(*b, id);
@@ -1699,7 +1810,43 @@ mod tests {
                     }
                 }
                 Op::CloseEpoch => {
-                    self.ix.close_epoch();
+                    if self.cp.is_none() {
+                        self.ix.close_epoch();
+                    }
+                }
+                Op::Checkpoint(wt) => {
+                    if self.cp.is_some() {
+                        return;
+                    }
+                    let n = self.ix.close_epoch();
+                    self.ix.set_wb_limit(Some(n));
+                    if *wt {
+                        // The target runs the checkpoint in write-through mode (not ordered).
+                        self.ix.set_ordered(false);
+                    }
+                    self.cp = Some((n, *wt, self.mapped.clone()));
+                }
+                Op::CheckpointDone => {
+                    let Some((n, _, want)) = &self.cp else { return };
+                    let mut left = 0;
+                    let mut pos = 0;
+                    while (pos as u64) < NR {
+                        let (c, next) = self.ix.count_upto(*n, pos, 7);
+                        left += c;
+                        pos = next;
+                    }
+                    if left > 0 {
+                        return;
+                    }
+                    // The marker goes down now: the origin holds exactly the checkpoint's state.
+                    for b in 0..6u64 {
+                        let got = self.origin.get(&b).copied().unwrap_or(0);
+                        assert_eq!(got, want.get(&b).copied().unwrap_or(0), "block {b} at the marker of epoch {n}");
+                    }
+                    self.checkpoints += 1;
+                    self.ix.set_wb_limit(None);
+                    self.ix.set_ordered(self.ordered);
+                    self.cp = None;
                 }
                 Op::Crash => self.crash(),
             }
@@ -1711,6 +1858,14 @@ mod tests {
 
         fn complete(&mut self, (i, b, id, before_barrier): (u32, u64, u64, bool)) {
             self.slot_data[i as usize] = id;
+            if let Some((n, true, want)) = &mut self.cp {
+                // A write of the checkpoint's write-through phase (a newer epoch): it reached
+                // the origin too before completing.
+                if self.ix.slots[i as usize].epoch != *n && self.ix.slots[i as usize].has(F_WT) {
+                    self.origin.insert(b, id);
+                    want.insert(b, id);
+                }
+            }
             self.ix.write_done(i, true);
             self.latest.insert(b, id);
             if before_barrier {
@@ -1743,8 +1898,10 @@ mod tests {
                     assert!(self.ids_of.get(&b).is_some_and(|v| v.contains(&got)), "block {b}: data {got} of another block");
                 }
             }
-            // Continue from the recovered state.
+            // Continue from the recovered state (a checkpoint in progress is lost: its marker was
+            // never written).
             self.ix = fresh;
+            self.cp = None;
             self.inflight.clear();
             self.wb.clear();
             self.at_barrier = None;
@@ -1759,6 +1916,7 @@ mod tests {
                 self.latest.insert(b, v);
                 self.durable.insert(b, v);
             }
+            self.mapped = self.latest.clone();
         }
     }
 
