@@ -16,6 +16,7 @@
 //! - [`crc`]: CRC-32C from the kernel crypto library for `rust/core`'s codecs;
 //! - [`hmac`]: HMAC-SHA256 from the kernel crypto API for `rust/core`'s wire MACs;
 //! - [`keys`]: shared secrets from the kernel keyring, and random bytes;
+//! - [`errno`]: error codes `kernel::error::code` lacks on 6.12;
 //! - [`net`]: kernel TCP sockets in a network namespace, safe on the I/O path;
 //! - [`kunit`]: a KUnit suite made of Rust functions.
 //!
@@ -31,6 +32,7 @@ pub mod crc;
 pub mod device;
 pub mod hmac;
 pub mod dmio;
+pub mod errno;
 pub mod kcopyd;
 pub mod keys;
 pub mod kunit;

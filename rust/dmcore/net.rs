@@ -8,6 +8,7 @@
 //! [`NetNs`] reference (kernel sockets do not pin their namespace themselves).
 
 use super::bindings::{self, ffi};
+use super::errno::{econnreset, etimedout};
 use super::mem::NoIoScope;
 use crate::wbrepl_core::parse::SocketAddrV4;
 use core::ptr::NonNull;
@@ -75,30 +76,15 @@ fn jiffies_or_forever(ms: u32) -> ffi::c_long {
     }
 }
 
-/// `ECONNRESET`: the peer closed, or the connection was reset.
-pub fn econnreset() -> Error {
-    Error::from_errno(-(bindings::ECONNRESET as i32))
-}
-
-/// `ENOTCONN`: there is no connection.
-pub fn enotconn() -> Error {
-    Error::from_errno(-(bindings::ENOTCONN as i32))
-}
-
-/// `ETIMEDOUT`.
-pub fn etimedout() -> Error {
-    Error::from_errno(-(bindings::ETIMEDOUT as i32))
-}
-
 /// Whether `e` is a socket timeout (see [`Socket::set_timeouts`]).
 pub fn is_timeout(e: &Error) -> bool {
-    e.to_errno() == -(bindings::ETIMEDOUT as i32)
+    e.to_errno() == etimedout().to_errno()
 }
 
 /// Maps "timed out" (`-EAGAIN` from a socket timeout) to `ETIMEDOUT`, other errnos unchanged.
 fn sock_err(r: i32) -> Error {
     if r == -(bindings::EAGAIN as i32) {
-        Error::from_errno(-(bindings::ETIMEDOUT as i32))
+        etimedout()
     } else {
         Error::from_errno(r)
     }
@@ -162,7 +148,7 @@ impl Socket {
         // A blocking connect whose send timeout expires returns -EINPROGRESS with the attempt
         // still pending (`__inet_stream_connect`): that is our timeout. Dropping `s` aborts it.
         if r == -(bindings::EINPROGRESS as i32) || r == -(bindings::EALREADY as i32) {
-            return Err(Error::from_errno(-(bindings::ETIMEDOUT as i32)));
+            return Err(etimedout());
         }
         if r < 0 {
             return Err(sock_err(r));
@@ -252,7 +238,7 @@ impl Socket {
             if let Some(d) = deadline_ms {
                 let left = d - kernel::time::Ktime::ktime_get().to_ms();
                 if left <= 0 {
-                    return Err(Error::from_errno(-(bindings::ETIMEDOUT as i32)));
+                    return Err(etimedout());
                 }
                 self.set_timeouts(left.min(i64::from(u32::MAX)) as u32, left.min(i64::from(u32::MAX)) as u32);
             }
@@ -266,7 +252,7 @@ impl Socket {
                 return Err(sock_err(r));
             }
             if r == 0 {
-                return Err(Error::from_errno(-(bindings::ECONNRESET as i32)));
+                return Err(econnreset());
             }
             off += r as usize;
         }

@@ -19,7 +19,8 @@ use crate::dmcore::bio::{Bio, BioList, BioSet, BlkStatus, CloneDone, Op};
 use crate::dmcore::device::Device;
 use crate::dmcore::dmio::{IoClient, IoFlags, Region};
 use crate::dmcore::hmac::KernelHmac;
-use crate::dmcore::net::{econnreset, enotconn, etimedout, NetNs, Socket};
+use crate::dmcore::errno::{econnreset, enotconn, etimedout};
+use crate::dmcore::net::{NetNs, Socket};
 use crate::dmcore::sync::IrqSpinLock;
 use crate::dmcore::crc::KernelCrc32c;
 use crate::dmcore::wq::{real_time_ns, Completion, WorkQueue};
@@ -128,6 +129,8 @@ struct State {
     unflushed: bool,
     /// A `marker <label>` message waiting for the sender.
     marker_req: Option<wire::Marker>,
+    /// The last marker sent and not yet acknowledged: its frame's sequence number and id.
+    marker_unacked: Option<(u64, u64)>,
     /// Its outcome: 0 sent, or a negative errno.
     marker_result: i32,
 }
@@ -137,11 +140,17 @@ impl State {
     /// the regions of writes become "applied, not yet durable"; a retired flush barrier makes
     /// everything before it durable; the resync-done barrier ends the resync. Returns the write
     /// data bytes retired.
-    fn retire(&mut self) -> u64 {
-        let State { win, resyncing, resync_done_seq, unst_old, unst_new, flush_seq, .. } = self;
+    fn retire(&mut self, marker_acked: &AtomicU64) -> u64 {
+        let State { win, resyncing, resync_done_seq, unst_old, unst_new, flush_seq, marker_unacked, .. } = self;
         let mut bytes = 0;
         let mut durable = false;
         win.retire(|e| {
+            if let Some((seq, id)) = *marker_unacked {
+                if e.seq >= seq {
+                    marker_acked.fetch_max(id, Ordering::Relaxed);
+                    *marker_unacked = None;
+                }
+            }
             match e.kind {
                 Kind::Write | Kind::Resync => {
                     if flush_seq.is_some_and(|b| e.seq < b) {
@@ -220,6 +229,10 @@ pub(crate) struct Stats {
     pub(crate) congested: AtomicU64,
     /// The last marker sent (a marker-region write or a `MARKER` frame); 0: none yet.
     pub(crate) marker_id: AtomicU64,
+    /// The last marker the secondary acknowledged (recorded, durable); 0: none yet.
+    pub(crate) marker_acked: AtomicU64,
+    /// Marker-region writes refused because they could not be replicated in order.
+    pub(crate) markers_refused: AtomicU64,
 }
 
 #[pin_data]
@@ -365,6 +378,7 @@ impl Primary {
             flush_seq: None,
             unflushed: false,
             marker_req: None,
+            marker_unacked: None,
             marker_result: 0,
         };
         let buf = KVVec::from_elem(0u8, DATA_OFF + wire::MAX_DATA as usize, GFP_KERNEL)?;
@@ -647,8 +661,9 @@ impl Primary {
         let Some(m) = self.st.lock().marker_req.take() else { return };
         let r = match c {
             Some(c) => match self.send_counted(c, FrameType::Marker, 0, Kind::Other, 0, 0, &m.encode()) {
-                Ok(_) => {
+                Ok(seq) => {
                     self.stats.marker_id.fetch_max(m.id, Ordering::Relaxed);
+                    self.marker_sent(c, seq, m.id);
                     0
                 }
                 Err(e) => {
@@ -802,6 +817,7 @@ impl Primary {
             g.gen = c.gen;
             g.ahead = false;
             g.acked_seq = first_seq - 1;
+            g.marker_unacked = None;
             g.resync_cursor = 0;
             g.resync_done_seq = None;
             if c.peer_inconsistent && !g.resyncing {
@@ -1040,6 +1056,35 @@ impl Primary {
         Ok(seq)
     }
 
+    /// Remembers marker `id` sent in frame `seq`, for `marker_acked`.
+    fn marker_sent(&self, c: &Conn, seq: u64, id: u64) {
+        let mut g = self.st.lock();
+        if g.gen == c.gen {
+            g.marker_unacked = Some((seq, id));
+        }
+    }
+
+    /// The id of the marker record a write into the marker region carries, if any.
+    fn marker_in(&self, bio: &PBio) -> Option<u64> {
+        if bio.target_sector() < self.marker_start {
+            return None;
+        }
+        let mut rec = [0u8; RECORD_LEN];
+        if bio.copy_to(&mut rec) != RECORD_LEN {
+            return None;
+        }
+        MarkerRecord::decode(&rec, &KernelCrc32c).map(|m| m.id)
+    }
+
+    /// Fails a marker write that cannot reach the secondary in order (no connection, going
+    /// ahead, behind or resyncing): written locally only, it would mark nothing, and whoever
+    /// wrote it (a checkpoint) must know.
+    fn refuse_marker(&self, bio: PBio, id: u64, why: &str) {
+        self.stats.markers_refused.fetch_add(1, Ordering::Relaxed);
+        pr_warn!("repl: marker {} refused (I/O error): {}\n", id, why);
+        bio.end(BlkStatus::IOERR);
+    }
+
     fn handle(&self, this: &Arc<Self>, mut bio: PBio, c: Option<&Conn>, buf: &mut KVVec<u8>) {
         let op = bio.op();
         let sector = bio.target_sector();
@@ -1048,13 +1093,16 @@ impl Primary {
         if is_write {
             self.stats.writes.fetch_add(1, Ordering::Relaxed);
         }
+        let marker = if is_write { self.marker_in(&bio) } else { None };
         let bytes = u64::from(sectors) * 512;
         let c = c.filter(|c| self.wait_room(c, bytes));
         let Some(c) = c else {
-            self.submit_local(this, bio, is_write);
+            match marker {
+                Some(id) => self.refuse_marker(bio, id, "not connected to the secondary, or going ahead of it"),
+                None => self.submit_local(this, bio, is_write),
+            }
             return;
         };
-        let mut marker = None;
         let epoch = self.epoch.load(Ordering::Acquire);
         let (ty, flags, range) = if is_write {
             let w = wire::Write { sector, epoch, data: &[] };
@@ -1067,12 +1115,6 @@ impl Primary {
             };
             out[..WRITE_FIXED as usize].copy_from_slice(&fixed);
             bio.copy_to(&mut out[WRITE_FIXED as usize..]);
-            if sector >= self.marker_start {
-                marker = out
-                    .get(WRITE_FIXED as usize..WRITE_FIXED as usize + RECORD_LEN)
-                    .and_then(|r| MarkerRecord::decode(r, &KernelCrc32c))
-                    .map(|m| m.id);
-            }
             (FrameType::Write, if bio.is_fua() { wire::WRITE_FUA } else { 0 }, FRAME_OFF..DATA_OFF + bytes as usize)
         } else {
             buf[..8].copy_from_slice(&epoch.to_le_bytes());
@@ -1081,6 +1123,20 @@ impl Primary {
         // The window entry exists before the local write can complete.
         let seq = {
             let mut g = self.st.lock();
+            let refuse = if g.gen != c.gen {
+                Some("not connected to the secondary")
+            } else if g.ahead {
+                Some("going ahead of a congested secondary")
+            } else if g.resyncing || g.dirty.count() > 0 {
+                Some("the secondary is behind or resyncing")
+            } else {
+                None
+            };
+            if let (Some(id), Some(why)) = (marker, refuse) {
+                drop(g);
+                self.refuse_marker(bio, id, why);
+                return;
+            }
             if g.gen != c.gen || (g.dirty.count() > 0 && !g.resyncing) {
                 // Lost the connection meanwhile; or regions are dirty and the resync has not
                 // started: the secondary still holds a consistent older image, and a write
@@ -1115,6 +1171,7 @@ impl Primary {
                 self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 if let Some(id) = marker {
                     self.stats.marker_id.fetch_max(id, Ordering::Relaxed);
+                    self.marker_sent(c, seq, id);
                 }
                 if ty == FrameType::Barrier {
                     self.close_epoch(epoch);
@@ -1149,7 +1206,7 @@ impl Primary {
         e.net_done = true;
         let held = e.held.take();
         // (An acknowledgement may have come before this: the entry may retire now.)
-        let bytes = g.retire();
+        let bytes = g.retire(&self.stats.marker_acked);
         drop(g);
         self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
         if let Some(b) = held {
@@ -1304,7 +1361,7 @@ impl Primary {
             if !g.win.ack(seq, self.sync, |b| done.push(b)) {
                 return Err(LinkError::Wire(wire::WireError::BadField));
             }
-            let bytes = g.retire();
+            let bytes = g.retire(&self.stats.marker_acked);
             self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
             if seq > before {
                 g.acked_seq = seq;
@@ -1335,7 +1392,7 @@ impl CloneDone<PerBio> for Primary {
                         self.local_finished();
                         return None;
                     }
-                    let bytes = g.retire();
+                    let bytes = g.retire(&self.stats.marker_acked);
                     self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
                 }
             }

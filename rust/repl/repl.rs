@@ -35,6 +35,7 @@ use kernel::str::CString;
 use kernel::sync::Arc;
 use primary::{Primary, PerBio};
 use secondary::Secondary;
+use wbrepl_core::marker::{IdWord, LabelWord};
 use wbrepl_core::table::{Protocol, ReplOptions, ReplTable, Role};
 
 module! {
@@ -285,10 +286,14 @@ impl Target for Repl {
                     st.congested.load(Ordering::Relaxed),
                     self.refused.load(Ordering::Relaxed),
                 );
-                match st.marker_id.load(Ordering::Relaxed) {
-                    0 => write!(out, "-"),
-                    id => write!(out, "{id}"),
-                }
+                let id_or_dash = |id: u64| IdWord((id != 0).then_some(id));
+                write!(
+                    out,
+                    "{} marker_acked {} markers_refused {}",
+                    id_or_dash(st.marker_id.load(Ordering::Relaxed)),
+                    id_or_dash(st.marker_acked.load(Ordering::Relaxed)),
+                    st.markers_refused.load(Ordering::Relaxed)
+                )
             }
             (StatusType::Info, Engine::Secondary(sec)) => {
                 let st = &sec.stats;
@@ -325,11 +330,13 @@ impl Target for Repl {
                         st.marker_time_ns.load(Ordering::Relaxed)
                     ),
                 };
-                if sec.frozen.load(Ordering::Acquire) {
+                let _ = if sec.frozen.load(Ordering::Acquire) {
                     write!(out, " frozen {}", sec.frozen_id.load(Ordering::Acquire))
                 } else {
                     write!(out, " frozen -")
-                }
+                };
+                let label = *sec.marker_label.lock();
+                write!(out, " marker_label {}", LabelWord(&label))
             }
             (StatusType::Table, e) => {
                 let (role, addr) = match e {

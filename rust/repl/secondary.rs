@@ -317,6 +317,9 @@ pub(crate) struct Stats {
     pub(crate) marker_time_ns: AtomicU64,
 }
 
+/// The last marker recorded: its label (status `marker_label`).
+pub(crate) type MarkerLabel = [u8; wire::LABEL_LEN];
+
 #[pin_data]
 pub(crate) struct Secondary {
     /// Keeps the consistency state across restarts (`SecSuper` in its first 4 KiB).
@@ -346,6 +349,9 @@ pub(crate) struct Secondary {
     pub(crate) frozen_id: AtomicU64,
     pub(crate) frozen: AtomicBool,
     frozen_since_ms: AtomicU64,
+    /// The last marker's label.
+    #[pin]
+    pub(crate) marker_label: Mutex<MarkerLabel>,
     #[pin]
     thaw: Completion,
     handle: TargetHandle,
@@ -459,6 +465,7 @@ impl Secondary {
                 frozen_id: AtomicU64::new(0),
                 frozen: AtomicBool::new(false),
                 frozen_since_ms: AtomicU64::new(0),
+                marker_label <- new_mutex!([0u8; wire::LABEL_LEN]),
                 thaw <- Completion::new(),
                 handle,
                 pending <- new_mutex!(None),
@@ -881,8 +888,9 @@ impl Secondary {
 
     /// A marker's frame was applied (every write before it has completed): flush, so that it
     /// and every write before it are durable, then record it and tell userspace (a dm event).
-    fn record_marker(&self, id: u64, time_ns: u64) -> Result<(), LinkError> {
+    fn record_marker(&self, id: u64, time_ns: u64, label: &MarkerLabel) -> Result<(), LinkError> {
         self.aio.client().flush(self.data()).map_err(LinkError::Apply)?;
+        *self.marker_label.lock() = *label;
         self.stats.marker_id.store(id, Ordering::Release);
         self.stats.marker_time_ns.store(time_ns, Ordering::Release);
         self.stats.markers.fetch_add(1, Ordering::Relaxed);
@@ -1032,7 +1040,7 @@ impl Secondary {
             Ok((h, w)) => {
                 // A marker record written into the marker region is recognised as well.
                 let marker = if h.ty == FrameType::Write && w.sector >= self.marker_start {
-                    MarkerRecord::decode(w.data, &KernelCrc32c).map(|m| (m.id, m.time_ns))
+                    MarkerRecord::decode(w.data, &KernelCrc32c).map(|m| (m.id, m.time_ns, m.label))
                 } else {
                     None
                 };
@@ -1066,7 +1074,7 @@ impl Secondary {
             return Err(e);
         }
         let data = DATA_OFF..DATA_OFF + len;
-        if let Some((id, t)) = marker {
+        if let Some((id, t, label)) = marker {
             // In line: written, flushed and recorded before anything after it is applied.
             let region = Region { dev: self.data(), sector, sectors };
             let r = match buf.get(data) {
@@ -1076,7 +1084,7 @@ impl Secondary {
             self.pools.lock().put(buf);
             r?;
             self.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
-            self.marker(gen, h.seq, id, t)
+            self.marker(gen, h.seq, id, t, &label)
         } else {
             let slot = Slot { seq: h.seq, gen, state: SlotState::Writing, sector, sectors, buf: None };
             let Some(tag) = pipe.ring.lock().push(slot) else {
@@ -1106,10 +1114,10 @@ impl Secondary {
     /// A marker (a `MARKER` frame, or a record written into the marker region) after every
     /// write before it completed: recorded (flushed first), acknowledged, and with
     /// `freeze_on_marker` the applier freezes here.
-    fn marker(&self, gen: u32, seq: u64, id: u64, time_ns: u64) -> Result<(), LinkError> {
+    fn marker(&self, gen: u32, seq: u64, id: u64, time_ns: u64, label: &MarkerLabel) -> Result<(), LinkError> {
         // A marker marks a consistent point only on a consistent image.
         let recorded = if self.consistent.load(Ordering::Acquire) {
-            self.record_marker(id, time_ns)?;
+            self.record_marker(id, time_ns, label)?;
             true
         } else {
             pr_warn!("repl: marker {} ignored: a resync is under way, the data device is not consistent\n", id);
@@ -1130,7 +1138,7 @@ impl Secondary {
             FrameType::Marker => {
                 let m = wire::Marker::decode(payload)?;
                 self.drain()?;
-                self.marker(gen, h.seq, m.id, m.time_ns)
+                self.marker(gen, h.seq, m.id, m.time_ns, &m.label)
             }
             FrameType::Barrier => {
                 let epoch = payload.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
