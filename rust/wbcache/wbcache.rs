@@ -33,12 +33,16 @@ use dmcore::bio::{BioList, BlkStatus, Bio, MapContext, Op};
 use dmcore::crc::KernelCrc32c;
 use dmcore::device::Device;
 use dmcore::dmio::{IoClient, IoFlags, Region};
+use dmcore::errno::{ecanceled, etimedout};
 use dmcore::kcopyd::Kcopyd;
 use dmcore::status::StatusWriter;
 use dmcore::sync::IrqSpinLock;
 use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, EndIo, MapResult, QueueLimits, StatusType, Stop, Target, TargetModule};
-use dmcore::wq::{sleep_ms, Completion, WorkQueue};
+use dmcore::wq::{real_time_ns, sleep_ms, Completion, WorkQueue};
+use wbrepl_core::checkpoint::{CpArgError, CpMode, CpOutcome, CpReport, CpRequest};
+use wbrepl_core::marker::{MarkerRecord, RECORD_LEN};
 use wbrepl_core::parse::parse_u32;
+use wbrepl_core::wire::LABEL_LEN;
 use wbrepl_core::table::{CacheMode, WbcacheOptions, WbcacheTable};
 use wbrepl_core::wbformat::{choose_superblock, Entry, Geometry, SbRead, Superblock, ENTRIES_PER_META_BLOCK, ENTRY_BYTES, META_BLOCK, META_START};
 use wbrepl_core::wbindex::{merge_copies, Index, Slot, WriteMap, MAX_CACHE_BLOCKS, MAX_ORIGIN_BLOCKS};
@@ -71,6 +75,11 @@ const MAX_RUN: u64 = 256;
 const RESERVE_DIV: u64 = 16;
 /// A write waiting for space fails after this long if writeback keeps failing meanwhile.
 const WAIT_SPACE_MAX_MS: i64 = 30_000;
+/// The marker region: the last 4 KiB of the origin (beyond the target), where a checkpoint
+/// writes its marker record (dm-repl's default `marker_sectors`).
+const MARKER_SECTORS: u64 = 8;
+/// How often a checkpoint re-counts what is left to write back.
+const CP_POLL_MS: u32 = 20;
 
 /// Per-bio data: which slot the bio maps to and which in-flight generation it counts in.
 #[derive(Clone, Copy, Default)]
@@ -119,6 +128,21 @@ struct Inner {
     wb_active: bool,
     ages: [AgeMark; AGE_MARKS],
     age_next: usize,
+    /// The checkpoint in progress.
+    cp: Option<CpState>,
+    /// The last checkpoint that ended: its id, outcome and duration (ms).
+    last_cp: Option<(u64, CpOutcome, u64)>,
+}
+
+/// A checkpoint in progress (see [`Shared::checkpoint`]).
+#[derive(Clone, Copy)]
+struct CpState {
+    mode: CpMode,
+    /// The epoch it closed: the marker id.
+    id: u64,
+    start_ms: i64,
+    /// Blocks of epochs up to `id` still in the cache, as of the last count.
+    left: u64,
 }
 
 #[derive(Default)]
@@ -174,6 +198,11 @@ struct Shared {
     kcopyd: Kcopyd,
     stop: AtomicBool,
     drains: AtomicU32,
+    /// Ends the checkpoint in progress (the `abort` message, a suspend).
+    cp_abort: AtomicBool,
+    /// The marker record's block.
+    #[pin]
+    marker_buf: Mutex<KVec<u8>>,
     /// Latched metadata error (errno, 0: none): writes and flushes fail from then on.
     meta_error: AtomicI32,
     /// Latched writeback error (cleared by a successful writeback round).
@@ -574,13 +603,20 @@ impl Shared {
                 bio.submit_remapped();
                 return None;
             }
+            if wt && g.ix.under_writeback(block) {
+                // A copy of an older version is on its way to the origin: it could land after
+                // this write. Wait for it.
+                drop(g);
+                sleep_ms(1);
+                continue;
+            }
             let (slot, src) = match g.ix.map_write(block, full) {
                 WriteMap::Slot(i) => (i, None),
                 WriteMap::NeedsCopy(src) => match g.ix.alloc(block) {
                     Some(i) => (i, Some(src)),
                     None => return Some(bio),
                 },
-                WriteMap::NoSpace if full && g.mode == CacheMode::Writeback && g.ix.uncached_run(block, 1) == 1 => {
+                WriteMap::NoSpace if full && g.mode == CacheMode::Writeback && g.cp.is_none() && g.ix.uncached_run(block, 1) == 1 => {
                     // Nothing of it is cached: to the origin directly (see `map`).
                     drop(g);
                     self.write_to_origin(&mut bio, 1, &self.stats.write_around);
@@ -594,6 +630,11 @@ impl Shared {
                     continue;
                 }
             };
+            if wt {
+                // Older versions are not written back while this write is in flight, and are
+                // released when it completes (the origin then has this one).
+                g.ix.mark_write_through(slot);
+            }
             let gen = g.gen;
             self.io_enter(gen);
             drop(g);
@@ -765,7 +806,7 @@ impl Shared {
                 let n = scan.found;
                 if n == 0 {
                     let ordered = g.mode == CacheMode::Ordered;
-                    if ordered && due_all && g.ix.oldest_dirty_epoch() == g.ix.epoch() {
+                    if ordered && due_all && g.ix.oldest_dirty_epoch() == g.ix.epoch() && g.ix.wb_limit().is_none() {
                         // Everything dirty is in the open epoch: close it so it can go.
                         g.ix.close_epoch();
                         continue;
@@ -815,6 +856,145 @@ impl Shared {
         let r = self.drain_wait();
         self.drains.fetch_sub(1, Ordering::AcqRel);
         r.and_then(|_| self.settle())
+    }
+
+    // --- checkpoints
+
+    /// The `checkpoint` message (`docs/checkpoints.md`): closes the current epoch N, writes
+    /// back every block of epochs up to N while new writes are held in the cache (`hold`,
+    /// `ordered`) or written through (`writethrough`), then writes the marker record with
+    /// `PREFLUSH|FUA` into the marker region of the origin, before any newer block can reach
+    /// it. Ends cleanly (nothing held, no marker) on timeout, `abort`, suspend or error.
+    fn checkpoint(&self, req: &CpRequest) -> Result<CpReport> {
+        let start = ms_now();
+        if self.len.saturating_add(MARKER_SECTORS) > self.origin.sectors() {
+            pr_warn!(
+                "wbcache {}: checkpoint: no marker region: the target must end at least {} sectors before the end of the origin\n",
+                self.cache,
+                MARKER_SECTORS
+            );
+            return Err(EINVAL);
+        }
+        // Before looking at `stop`: a suspend sets `stop`, then `cp_abort`.
+        self.cp_abort.store(false, Ordering::SeqCst);
+        let (id, saved_mode) = {
+            let mut g = self.inner.lock();
+            let refuse = if !g.loaded || self.stop.load(Ordering::SeqCst) {
+                Some(("the device is suspended (or was never resumed)", EBUSY))
+            } else if g.cp.is_some() {
+                Some(("another checkpoint is in progress", EBUSY))
+            } else if self.failed() {
+                Some(("the cache has failed", EIO))
+            } else if req.mode == CpMode::Ordered && g.mode != CacheMode::Ordered {
+                Some(("mode ordered needs the cache in ordered mode", EINVAL))
+            } else if req.mode == CpMode::Hold && g.mode == CacheMode::Writethrough {
+                Some(("the cache is in writethrough mode: new writes cannot be held (use checkpoint writethrough)", EINVAL))
+            } else {
+                None
+            };
+            if let Some((why, e)) = refuse {
+                drop(g);
+                pr_warn!("wbcache {}: checkpoint refused: {}\n", self.cache, why);
+                return Err(e);
+            }
+            let id = g.ix.close_epoch();
+            g.ix.set_wb_limit(Some(id));
+            let saved_mode = g.mode;
+            if req.mode == CpMode::Writethrough {
+                g.mode = CacheMode::Writethrough;
+                g.ix.set_ordered(false);
+            }
+            g.cp = Some(CpState { mode: req.mode, id: u64::from(id), start_ms: start, left: 0 });
+            (id, saved_mode)
+        };
+        self.drains.fetch_add(1, Ordering::AcqRel);
+        let errors_before = self.stats.wb_errors.load(Ordering::Relaxed);
+        let deadline = start + i64::from(req.timeout_ms);
+        let mut blocks = None;
+        let drained = loop {
+            self.space.reinit();
+            self.wake.complete();
+            let left = self.count_upto(id);
+            blocks.get_or_insert(left);
+            if let Some(c) = self.inner.lock().cp.as_mut() {
+                c.left = left;
+            }
+            if left == 0 {
+                break Ok(());
+            }
+            if self.cp_abort.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
+                break Err((CpOutcome::Aborted, ecanceled(), "aborted"));
+            }
+            if self.failed() || self.stats.wb_errors.load(Ordering::Relaxed) != errors_before {
+                break Err((CpOutcome::Failed, EIO, "writeback to the origin failed"));
+            }
+            if ms_now() >= deadline {
+                break Err((CpOutcome::Timeout, etimedout(), "timed out"));
+            }
+            self.space.wait_timeout_ms(CP_POLL_MS);
+        };
+        let drain_ms = ms_now() - start;
+        let result = drained.and_then(|()| {
+            self.write_marker(u64::from(id), &req.label)
+                .map_err(|e| (CpOutcome::Failed, e, "the marker write failed (a dm-repl primary refuses markers while it is not replicating)"))
+        });
+        let total_ms = ms_now() - start;
+        let outcome = match &result {
+            Ok(()) => CpOutcome::Ok,
+            Err((o, _, _)) => *o,
+        };
+        {
+            let mut g = self.inner.lock();
+            g.ix.set_wb_limit(None);
+            g.mode = saved_mode;
+            g.ix.set_ordered(saved_mode == CacheMode::Ordered);
+            g.cp = None;
+            g.last_cp = Some((u64::from(id), outcome, total_ms.max(0) as u64));
+        }
+        self.drains.fetch_sub(1, Ordering::AcqRel);
+        // Held blocks may go now.
+        self.wake.complete();
+        match result {
+            Ok(()) => Ok(CpReport {
+                id: u64::from(id),
+                mode: req.mode,
+                label: req.label,
+                blocks: blocks.unwrap_or(0),
+                drain_ms: drain_ms.max(0) as u64,
+                marker_ms: (total_ms - drain_ms).max(0) as u64,
+                total_ms: total_ms.max(0) as u64,
+            }),
+            Err((_, e, why)) => {
+                pr_warn!("wbcache {}: checkpoint {}: {} after {} ms; no marker, nothing held any more\n", self.cache, id, why, total_ms);
+                Err(e)
+            }
+        }
+    }
+
+    /// Data-holding versions of epochs up to `limit`, counted in steps of the index lock.
+    fn count_upto(&self, limit: u32) -> u64 {
+        let (mut n, mut pos) = (0, 0);
+        loop {
+            let g = self.inner.lock();
+            let (c, next) = g.ix.count_upto(limit, pos, SCAN_STEP);
+            n += c;
+            pos = next;
+            if u64::from(next) >= g.ix.len() {
+                return n;
+            }
+        }
+    }
+
+    /// Writes marker record `id` into the marker region of the origin, `PREFLUSH|FUA`: durable,
+    /// after everything that completed before it.
+    fn write_marker(&self, id: u64, label: &[u8; LABEL_LEN]) -> Result {
+        let mut buf = self.marker_buf.lock();
+        buf.fill(0);
+        let rec = MarkerRecord { id, time_ns: real_time_ns(), label: *label };
+        let first: &mut [u8; RECORD_LEN] = buf.get_mut(..RECORD_LEN).and_then(|b| b.try_into().ok()).ok_or(EINVAL)?;
+        rec.encode(&KernelCrc32c, first);
+        let region = Region { dev: &self.origin, sector: self.origin.sectors() - MARKER_SECTORS, sectors: MARKER_SECTORS };
+        self.dmio.write(&[region], &buf[..], IoFlags { preflush: true, fua: true })
     }
 
     fn drain_wait(&self) -> Result {
@@ -947,6 +1127,8 @@ impl Target for Wbcache {
             wb_active: false,
             ages: [AgeMark::default(); AGE_MARKS],
             age_next: 0,
+            cp: None,
+            last_cp: None,
         };
         let scratch = WbScratch {
             slots: KVVec::from_elem(0u32, MAX_WB_BATCH, GFP_KERNEL).map_err(alloc_err)?,
@@ -954,6 +1136,7 @@ impl Target for Wbcache {
         };
         let commit_buf = KVec::from_elem(0u8, META_RUN * META_BLOCK as usize, GFP_KERNEL).map_err(alloc_err)?;
         let slow_buf = KVec::from_elem(0u8, t.block_size as usize, GFP_KERNEL).map_err(alloc_err)?;
+        let marker_buf = KVec::from_elem(0u8, (MARKER_SECTORS * 512) as usize, GFP_KERNEL).map_err(alloc_err)?;
         let dmio = IoClient::new().map_err(|e| CtrError::new(kernel::c_str!("Cannot create a dm-io client"), e))?;
         let kcopyd = Kcopyd::new().map_err(|e| CtrError::new(kernel::c_str!("Cannot create a kcopyd client"), e))?;
         let io_wq = WorkQueue::new(kernel::c_str!("wbcache_io"), 1, true)
@@ -982,6 +1165,8 @@ impl Target for Wbcache {
                 kcopyd,
                 stop: AtomicBool::new(true),
                 drains: AtomicU32::new(0),
+                cp_abort: AtomicBool::new(false),
+                marker_buf <- new_mutex!(marker_buf),
                 meta_error: AtomicI32::new(0),
                 wb_error: AtomicBool::new(false),
                 origin_dirty: AtomicBool::new(false),
@@ -1085,10 +1270,11 @@ impl Target for Wbcache {
                     self.kick_io();
                     return MapResult::Submitted;
                 }
-                if g.mode == CacheMode::Writeback {
+                if g.mode == CacheMode::Writeback && g.cp.is_none() {
                     // Full or nearly: the last free blocks are kept for new versions of cached
                     // blocks; blocks the cache has nothing of go to the origin directly (as
-                    // dm-writecache does once it is full). Others wait for writeback.
+                    // dm-writecache does once it is full). Others wait for writeback. Not
+                    // during a checkpoint: nothing new may reach the origin before its marker.
                     let c = g.ix.counts();
                     if c.free < (c.total / RESERVE_DIV).max(1) {
                         let n = g.ix.uncached_run(block, whole as u32);
@@ -1168,6 +1354,8 @@ impl Target for Wbcache {
     fn postsuspend(&self) {
         let sh = &*self.shared;
         self.stop_writeback();
+        // A checkpoint in progress ends (it sees `stop` too): nothing stays held.
+        sh.cp_abort.store(true, Ordering::SeqCst);
         if sh.opts.flush_on_suspend {
             if let Err(e) = sh.drain() {
                 pr_err!("wbcache {}: flush on suspend failed ({:?})\n", sh.cache, e);
@@ -1183,9 +1371,9 @@ impl Target for Wbcache {
         let sh = &*self.shared;
         let _ = match ty {
             StatusType::Info => {
-                let (c, mode, epoch, oldest, loaded) = {
+                let (c, mode, epoch, oldest, loaded, cp, last_cp) = {
                     let g = sh.inner.lock();
-                    (g.ix.counts(), g.mode, g.ix.epoch(), g.ix.oldest_dirty_epoch(), g.loaded)
+                    (g.ix.counts(), g.mode, g.ix.epoch(), g.ix.oldest_dirty_epoch(), g.loaded, g.cp, g.last_cp)
                 };
                 let state = if !loaded {
                     "unloaded"
@@ -1202,7 +1390,7 @@ impl Target for Wbcache {
                     out,
                     "{} {} {} blocks {} free {} dirty {} writeback {} releasing {} epoch {} oldest_epoch {} \
                      read_hits {} read_misses {} write_hits {} write_misses {} write_through {} write_around {} \
-                     slow_writes {} writebacks {} wb_errors {} flushes {} commits {} io_errors {}",
+                     slow_writes {} writebacks {} wb_errors {} flushes {} commits {} io_errors {} ",
                     state,
                     mode.as_str(),
                     sh.block_size,
@@ -1226,6 +1414,21 @@ impl Target for Wbcache {
                     l(&s.commits),
                     l(&s.io_errors),
                 )
+                .and_then(|_| match cp {
+                    Some(c) => write!(
+                        out,
+                        "checkpoint {} cp_id {} cp_left {} cp_ms {} ",
+                        c.mode.as_str(),
+                        c.id,
+                        c.left,
+                        (ms_now() - c.start_ms).max(0)
+                    ),
+                    None => write!(out, "checkpoint idle cp_id - cp_left 0 cp_ms 0 "),
+                })
+                .and_then(|_| match last_cp {
+                    Some((id, o, ms)) => write!(out, "last_cp {} last_cp_result {} last_cp_ms {}", id, o.as_str(), ms),
+                    None => write!(out, "last_cp - last_cp_result - last_cp_ms 0"),
+                })
             }
             StatusType::Table => write!(out, "{} {} {} {}", sh.origin, sh.cache, sh.block_size, sh.opts),
             StatusType::Ima => write!(
@@ -1242,6 +1445,15 @@ impl Target for Wbcache {
     fn message(&self, mut args: Args<'_>, out: &mut StatusWriter<'_>) -> Result {
         let sh = &*self.shared;
         let verb = args.next().unwrap_or("");
+        if verb == "checkpoint" {
+            let req = CpRequest::parse(args).map_err(|e: CpArgError| {
+                pr_warn!("wbcache {}: message 'checkpoint': {}\n", sh.cache, e.as_str());
+                EINVAL
+            })?;
+            let report = sh.checkpoint(&req)?;
+            let _ = write!(out, "{}", report);
+            return Ok(());
+        }
         let arg = args.next();
         if args.next().is_some() {
             pr_warn!("wbcache {}: message '{}': too many arguments\n", sh.cache, verb);
@@ -1254,9 +1466,27 @@ impl Target for Wbcache {
             }
             Ok(())
         };
+        let busy = |what: &str| -> Result {
+            if sh.inner.lock().cp.is_some() {
+                pr_warn!("wbcache {}: message '{}': a checkpoint is in progress (abort it first)\n", sh.cache, what);
+                return Err(EBUSY);
+            }
+            Ok(())
+        };
         match verb {
+            "abort" => {
+                no_arg(arg)?;
+                if sh.inner.lock().cp.is_none() {
+                    pr_warn!("wbcache {}: message 'abort': no checkpoint in progress\n", sh.cache);
+                    return Err(EINVAL);
+                }
+                sh.cp_abort.store(true, Ordering::SeqCst);
+                let _ = write!(out, "aborting");
+                Ok(())
+            }
             "flush" => {
                 no_arg(arg)?;
+                busy(verb)?;
                 if !sh.inner.lock().loaded {
                     pr_warn!("wbcache {}: flush: the device was never resumed\n", sh.cache);
                     return Err(EBUSY);
@@ -1283,6 +1513,10 @@ impl Target for Wbcache {
                 })?;
                 // Versions kept for older epochs stay until written back in any mode.
                 let mut g = sh.inner.lock();
+                if g.cp.is_some() {
+                    drop(g);
+                    return busy(verb);
+                }
                 g.mode = m;
                 g.ix.set_ordered(m == CacheMode::Ordered);
                 drop(g);
