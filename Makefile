@@ -53,6 +53,7 @@ host-test: setup
 	cd $(ROOT) && cargo test --workspace --locked
 	python3 $(ROOT)/tests/ktap.py --self-test
 	python3 $(ROOT)/tests/logreplay_selftest.py
+	python3 $(ROOT)/tests/guest/cpload.py self-test
 
 # The CLI runs in the guest (it needs device-mapper), built on the host.
 cli: setup

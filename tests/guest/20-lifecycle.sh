@@ -10,7 +10,7 @@ on=$(devnum "$O"); cn=$(devnum "$C"); dn=$(devnum "$D"); mn=$(devnum "$M")
 check "wbcache: create" dmsetup create wbc --table "0 $S wbcache $O $C 4096 5 mode writethrough high_watermark 60 flush_on_suspend"
 check_eq "wbcache: table prints the line back (canonical order, major:minor)" \
   "0 $S wbcache $on $cn 4096 5 high_watermark 60 mode writethrough flush_on_suspend" "$(dmsetup table wbc)"
-check_match "wbcache: status fields" "^0 $S wbcache ok writethrough 4096 blocks [0-9]+ free [0-9]+ dirty 0 writeback 0 releasing 0 epoch 1 oldest_epoch 1 read_hits 0 read_misses [0-9]+ write_hits 0 write_misses 0 write_through 0 write_around 0 slow_writes 0 writebacks 0 wb_errors 0 flushes [0-9]+ commits [0-9]+ io_errors 0\$" "$(dmsetup status wbc)"
+check_match "wbcache: status fields" "^0 $S wbcache ok writethrough 4096 blocks [0-9]+ free [0-9]+ dirty 0 writeback 0 releasing 0 epoch 1 oldest_epoch 1 read_hits 0 read_misses [0-9]+ write_hits 0 write_misses 0 write_through 0 write_around 0 slow_writes 0 writebacks 0 wb_errors 0 flushes [0-9]+ commits [0-9]+ io_errors 0 checkpoint idle cp_id - cp_left 0 cp_ms 0 last_cp - last_cp_result - last_cp_ms 0\$" "$(dmsetup status wbc)"
 dd if=/dev/urandom of="$IMG_DIR/pattern" bs=1M count=4 status=none
 check "wbcache: write 4 MiB at 1 MiB" dd if="$IMG_DIR/pattern" of=/dev/mapper/wbc bs=1M seek=1 oflag=direct status=none
 check "wbcache: writethrough with nothing cached writes to the origin directly" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$O" bs=1M skip=1 count=4 iflag=direct status=none)
@@ -18,7 +18,7 @@ check "wbcache: and reads back through the target" cmp -n $((4 << 20)) "$IMG_DIR
 check_match "wbcache: write-through writes are counted" 'write_through [1-9][0-9]* ' "$(dmsetup status wbc)"
 check_eq "wbcache: message flush answers" "flushed" "$(dmsetup message wbc 0 flush)"
 check "wbcache: message clear_stats" dmsetup message wbc 0 clear_stats
-check_match "wbcache: counters cleared" 'read_hits 0 read_misses 0 write_hits 0 write_misses 0 write_through 0 write_around 0 slow_writes 0 writebacks 0 wb_errors 0 flushes 0 commits 0 io_errors 0$' "$(dmsetup status wbc)"
+check_match "wbcache: counters cleared" 'read_hits 0 read_misses 0 write_hits 0 write_misses 0 write_through 0 write_around 0 slow_writes 0 writebacks 0 wb_errors 0 flushes 0 commits 0 io_errors 0 checkpoint idle '  "$(dmsetup status wbc)"
 check_fails "wbcache: unknown message refused" dmsetup message wbc 0 frobnicate
 check_fails "wbcache: message with extra words refused" dmsetup message wbc 0 flush now
 check "wbcache: suspend" dmsetup suspend wbc
@@ -53,7 +53,7 @@ check_eq "repl: table prints the line back" \
 check "repl: primary accepts writes" dd if="$IMG_DIR/pattern" of=/dev/mapper/rp bs=1M seek=2 oflag=direct status=none
 check "repl: they land on the data device" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$D" bs=1M skip=2 count=4 iflag=direct status=none)
 check_match "repl: status fields (no peer: writes are local, their regions dirty)" \
-  "^0 $S repl primary connecting peer 10.0.0.2:7789 protocol sync sent 0 sent_bytes 0 acked 0 acked_bytes 0 inflight 0 inflight_bytes 0 lag_ms 0 dirty_kb 4096 resync - peer_data behind writes [1-9][0-9]* connects 0 congested 0 refused 0 marker -\$" "$(dmsetup status rp)"
+  "^0 $S repl primary connecting peer 10.0.0.2:7789 protocol sync sent 0 sent_bytes 0 acked 0 acked_bytes 0 inflight 0 inflight_bytes 0 lag_ms 0 dirty_kb 4096 resync - peer_data behind writes [1-9][0-9]* connects 0 congested 0 refused 0 marker - marker_acked - markers_refused 0\$" "$(dmsetup status rp)"
 check_fails "repl: an unknown message is refused" dmsetup message rp 0 marker x
 check "repl: suspend/resume" bash -c "dmsetup suspend rp && dmsetup resume rp"
 check "repl: remove primary" dm_remove rp

@@ -22,22 +22,6 @@ mkpair() {
     node_exec A dmsetup create "$name-p" --table "0 $S repl primary $PD $NODE_B_IP:$PORT $(($# + 2)) protocol $proto $*"
 }
 
-field() { dmsetup status "$1" | sed -n "s/.* $2 \([^ ]*\).*/\1/p"; }
-
-# wait_status DEV REGEX [SECONDS]
-wait_status() {
-  local i
-  for i in $(seq $((${3:-30} * 5))); do
-    [[ $(dmsetup status "$1") =~ $2 ]] && return 0
-    sleep 0.2
-  done
-  dmsetup status "$1"
-  return 1
-}
-connected() { wait_status "$1" ' primary connected ' "${2:-30}"; }
-# In sync with the secondary: connected, nothing in flight, nothing dirty, no resync.
-synced() { wait_status "$1" ' primary connected .* inflight 0 inflight_bytes 0 lag_ms 0 dirty_kb 0 resync - peer_data consistent ' "${2:-60}"; }
-
 # --- async: fio verify, then byte-identical ---------------------------------------------------
 check "async: pair up" mkpair ra async
 check "async: primary connects" connected ra-p
@@ -177,8 +161,9 @@ dd if=/dev/urandom of="$IMG_DIR/b" bs=1M count=2 status=none
 check "markers: data A" dd if="$IMG_DIR/a" of=/dev/mapper/rm-p bs=1M seek=4 oflag=direct status=none
 check "markers: a marker record written into the marker region" python3 "$here/replmarker.py" /dev/mapper/rm-p $((S - 8)) 7 "before B"
 check "markers: data B after the marker" dd if="$IMG_DIR/b" of=/dev/mapper/rm-p bs=1M seek=8 oflag=direct status=none
-check "markers: secondary recorded marker 7 and froze" wait_status rm-s ' markers 1 marker 7 marker_time_ns [0-9]+ frozen 7$' 30
-check_match "markers: primary shows the last marker sent" ' marker 7$' "$(dmsetup status rm-p)"
+check "markers: secondary recorded marker 7 and froze" wait_status rm-s ' markers 1 marker 7 marker_time_ns [0-9]+ frozen 7 marker_label ' 30
+check "markers: primary shows the last marker sent, and acknowledged" wait_status rm-p ' marker 7 marker_acked 7 markers_refused 0$' 10
+check_match "markers: the secondary shows its label" ' frozen 7 marker_label before_B$' "$(dmsetup status rm-s)"
 check "markers: the frozen image has A" cmp <(dd if="$SD" bs=1M skip=4 count=2 iflag=direct status=none) "$IMG_DIR/a"
 check "markers: ...and not B (written after the marker)" cmp <(dd if="$SD" bs=1M skip=8 count=2 iflag=direct status=none) <(head -c 2M /dev/zero)
 ev1=$(dmsetup info rm-s | sed -n 's/^Event number: *//p')
@@ -190,7 +175,7 @@ check "markers: after the thaw the secondary catches up" synced rm-p
 check "markers: identical" same_data "$PD" "$SD"
 out=$(dmsetup message rm-p 0 marker nightly-backup 2>&1)
 check_eq "markers: message marker <label> injects marker 8" "8" "$out"
-check "markers: the secondary froze at marker 8" wait_status rm-s ' markers 2 marker 8 marker_time_ns [0-9]+ frozen 8$' 30
+check "markers: the secondary froze at marker 8" wait_status rm-s ' markers 2 marker 8 marker_time_ns [0-9]+ frozen 8 marker_label nightly-backup$' 30
 check "markers: write while frozen" dd if=/dev/urandom of=/dev/mapper/rm-p bs=64k count=4 seek=200 oflag=direct status=none
 sleep 14
 check_match "markers: frozen 14 s: the link stays up (no reconnect)" ' primary connected .* connects 1 ' "$(dmsetup status rm-p)"
@@ -205,8 +190,8 @@ check "markers: secondary with freeze_timeout 3000" node_exec B dmsetup create r
 check "markers: primary" node_exec A dmsetup create rt-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 0"
 check "markers: connected" connected rt-p
 check_eq "markers: marker ids go on from 1 on a new primary" "1" "$(dmsetup message rt-p 0 marker t 2>&1)"
-check "markers: frozen" wait_status rt-s ' frozen 1$' 20
-check "markers: thawed by the timeout" wait_status rt-s ' marker 1 marker_time_ns [0-9]+ frozen -$' 20
+check "markers: frozen" wait_status rt-s ' frozen 1 marker_label ' 20
+check "markers: thawed by the timeout" wait_status rt-s ' marker 1 marker_time_ns [0-9]+ frozen - marker_label ' 20
 check "markers: remove" dm_remove rt-p rt-s
 # A frozen secondary and a small window: after 10 s the primary goes ahead (writes stay local).
 PORT=$((PORT + 1))
@@ -214,10 +199,10 @@ check "congestion: frozen-capable secondary" node_exec B dmsetup create rc-s --t
 check "congestion: primary with max_inflight_kb 64" node_exec A dmsetup create rc-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 max_inflight_kb 64"
 check "congestion: connected" connected rc-p
 check_eq "congestion: marker 1" "1" "$(dmsetup message rc-p 0 marker c 2>&1)"
-check "congestion: secondary frozen" wait_status rc-s ' frozen 1$' 20
+check "congestion: secondary frozen" wait_status rc-s ' frozen 1 marker_label ' 20
 check "congestion: 2 MiB of writes complete anyway" timeout 90 dd if=/dev/urandom of=/dev/mapper/rc-p bs=64k count=32 seek=300 oflag=direct status=none
 check "congestion: the primary went ahead, keeping the connection" wait_status rc-p ' primary ahead .* connects 1 congested 1 ' 5
-check_match "congestion: the secondary is still frozen" ' frozen 1$' "$(dmsetup status rc-s)"
+check_match "congestion: the secondary is still frozen" ' frozen 1 marker_label ' "$(dmsetup status rc-s)"
 check "congestion: thaw" dmsetup message rc-s 0 thaw 1
 check "congestion: catches up, resyncs, in sync" synced rc-p 120
 check_match "congestion: ...on the same connection" ' connects 1 ' "$(dmsetup status rc-p)"

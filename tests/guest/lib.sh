@@ -78,6 +78,24 @@ same_data() {
   cmp <(dd if="$1" iflag=direct bs=1M status=none) <(dd if="$2" iflag=direct bs=1M status=none)
 }
 
+# field DEV KEY: the value after KEY in DEV's status.
+field() { dmsetup status "$1" | sed -n "s/.* $2 \([^ ]*\).*/\1/p"; }
+
+# wait_status DEV REGEX [SECONDS]: until DEV's status matches (default 30 s); prints it if not.
+wait_status() {
+  local i
+  for i in $(seq $((${3:-30} * 5))); do
+    [[ $(dmsetup status "$1") =~ $2 ]] && return 0
+    sleep 0.2
+  done
+  dmsetup status "$1"
+  return 1
+}
+# A dm-repl primary connected; and in sync with its secondary: connected, nothing in flight,
+# nothing dirty, no resync.
+connected() { wait_status "$1" ' primary connected ' "${2:-30}"; }
+synced() { wait_status "$1" ' primary connected .* inflight 0 inflight_bytes 0 lag_ms 0 dirty_kb 0 resync - peer_data consistent ' "${2:-60}"; }
+
 # --- two nodes in one guest ------------------------------------------------------------------
 # Node A and node B are network namespaces joined by a veth pair (10.99.0.1 <-> 10.99.0.2).
 # dm-repl opens its sockets in the namespace of the process that loads its table, so

@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# Checkpoints end to end: dm-wbcache over a dm-repl primary on node A; on node B a dm-repl
+# secondary with freeze_on_marker over a dm-thin volume, and a loop that takes a thin snapshot
+# at every marker and thaws (what `wbrepl secondary run` does). Checks: bad input, a first
+# checkpoint by hand, the block-level oracle (tests/guest/cpload.py: every image is a prefix of
+# the acknowledged writes, 20+ checkpoints in all modes under load, the link blocked during
+# some), progress, abort and timeout with the link blocked, a link down past the timeout, and
+# ext4 with file churn (every image passes e2fsck -fn after its journal is replayed).
+. "$(dirname "$0")/lib.sh"
+here=$(cd "$(dirname "$0")" && pwd)
+MB=64
+CP_ORACLE=${WBREPL_CP_ORACLE:-hold,writethrough:16}
+CP_ORDERED=${WBREPL_CP_ORDERED:-ordered:6}
+CP_EXT4=${WBREPL_CP_EXT4:-10}
+
+check "cp: nodes up" nodes_up
+PORT=7900
+
+# --- the stack ---------------------------------------------------------------------------------
+PD=$(loopdev cp-p "$MB"); CD=$(loopdev cp-c 16)
+TM=$(loopdev cp-tmeta 8); TD=$(loopdev cp-tdata 640)
+S=$(sectors "$PD")
+W=$((S - 8))   # the wbcache ends 4 KiB before the repl device: the marker region
+check "cp: thin pool on B" dmsetup create cp-pool --table "0 $(sectors "$TD") thin-pool $TM $TD 128 0 1 skip_block_zeroing"
+check "cp: thin volume 0" dmsetup message cp-pool 0 "create_thin 0"
+check "cp: thin volume active" dmsetup create cp-thin --table "0 $S thin /dev/mapper/cp-pool 0"
+check "cp: secondary over the thin volume" node_exec B dmsetup create cp-s --table \
+  "0 $S repl secondary /dev/mapper/cp-thin $NODE_B_IP:$PORT 3 freeze_on_marker freeze_timeout 60000"
+check "cp: primary" node_exec A dmsetup create cp-r --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 protocol async"
+check "cp: wbcache over the primary" dmsetup create cp-w --table \
+  "0 $W wbcache /dev/mapper/cp-r $CD 4096 4 high_watermark 90 low_watermark 80"
+check "cp: connected" connected cp-r
+
+# Node B's snapshot loop: at every marker, snapshot the thin volume (suspended, as dm-thin wants
+# for create_snap), then thaw. Writes "marker-id thin-id" lines to $SNAPMAP.
+SNAPMAP=$IMG_DIR/snapmap
+STOP=$IMG_DIR/snaploop.stop
+rm -f "$SNAPMAP" "$STOP"
+snaploop() {
+  local next=1 st id
+  while [ ! -e "$STOP" ]; do
+    st=$(dmsetup status cp-s 2>/dev/null)
+    if [[ $st =~ \ frozen\ ([0-9]+)\  ]]; then
+      id=${BASH_REMATCH[1]}
+      if dmsetup suspend cp-thin && dmsetup message cp-pool 0 "create_snap $next 0"; then
+        echo "$id $next" >>"$SNAPMAP"
+        next=$((next + 1))
+      else
+        echo "snaploop: snapshot of marker $id failed" >&2
+      fi
+      dmsetup resume cp-thin
+      dmsetup message cp-s 0 thaw "$id"
+    fi
+    sleep 0.05
+  done
+}
+snaploop 2>"$IMG_DIR/snaploop.err" &
+SNAPPID=$!
+
+# image_of MARKER: the thin id of the image taken at that marker (waits for it); the latest one
+# (the control experiment's dm-repl marker ids can repeat later wbcache ids).
+image_of() {
+  local i t
+  for i in $(seq 150); do
+    t=$(awk -v m="$1" '$1 == m {t = $2} END {print t}' "$SNAPMAP" 2>/dev/null)
+    [ -n "$t" ] && { echo "$t"; return 0; }
+    sleep 0.2
+  done
+  return 1
+}
+# dump_image THIN_ID FILE [MB]: copies the first MB (default all) of an image to FILE.
+dump_image() {
+  local n=cp-img-$1 r=0
+  dmsetup create "$n" --readonly --table "0 $S thin /dev/mapper/cp-pool $1" || return 1
+  if [ -n "${3:-}" ]; then
+    dd if="/dev/mapper/$n" of="$2" bs=1M count="$3" iflag=direct status=none || r=1
+  else
+    dd if="/dev/mapper/$n" of="$2" bs=1M iflag=direct status=none || r=1
+  fi
+  dm_remove "$n" >/dev/null || r=1
+  return $r
+}
+cp_msg() { dmsetup message cp-w 0 checkpoint "$@"; }
+# refused NAME LOG-TEXT CMD...: CMD fails and the kernel log says LOG-TEXT.
+refused() {
+  local name=$1 text=$2; shift 2
+  dmesg_mark
+  check_fails "$name" "$@"
+  check_match "$name: the log says why" "$text" "$(dmesg_since)"
+}
+
+# --- bad input ---------------------------------------------------------------------------------
+refused "bad: no mode" "mode must be hold, writethrough or ordered" dmsetup message cp-w 0 checkpoint
+refused "bad: unknown mode" "mode must be hold, writethrough or ordered" cp_msg later
+refused "bad: timeout 0" "timeout_ms must be 1..86400000" cp_msg hold x 0
+refused "bad: timeout not a number" "timeout_ms must be 1..86400000" cp_msg hold x 10s
+refused "bad: too many words" "too many arguments" cp_msg hold x 10 y
+refused "bad: label over 64 bytes" "label must be printable ASCII" cp_msg hold "$(printf 'l%.0s' $(seq 65))"
+refused "bad: ordered needs ordered mode" "mode ordered needs the cache in ordered mode" cp_msg ordered
+refused "bad: abort with nothing to abort" "no checkpoint in progress" dmsetup message cp-w 0 abort
+check "bad: mode writethrough" dmsetup message cp-w 0 mode writethrough
+refused "bad: hold in writethrough mode" "new writes cannot be held" cp_msg hold
+check "bad: mode writeback" dmsetup message cp-w 0 mode writeback
+check "bad: suspend" dmsetup suspend cp-w
+refused "bad: checkpoint while suspended" "the device is suspended" cp_msg hold
+check "bad: resume" dmsetup resume cp-w
+X=$(loopdev cp-x 8); XC=$(loopdev cp-xc 4)
+check "bad: a wbcache over the whole of its origin" dmsetup create cp-x --table "0 $(sectors "$X") wbcache $X $XC 4096 0"
+refused "bad: no marker region" "no marker region" dmsetup message cp-x 0 checkpoint hold
+check "bad: remove it" dm_remove cp-x
+check_match "bad: nothing was checkpointed" ' checkpoint idle cp_id - cp_left 0 cp_ms 0 last_cp - ' "$(dmsetup status cp-w)"
+
+# --- one checkpoint by hand --------------------------------------------------------------------
+dd if=/dev/urandom of="$IMG_DIR/one" bs=1M count=4 status=none
+check "one: 4 MiB into the cache" dd if="$IMG_DIR/one" of=/dev/mapper/cp-w bs=1M seek=8 oflag=direct status=none
+check "one: they are dirty in the cache" test "$(field cp-w dirty)" -ge 1024
+out=$(cp_msg hold first-one 2>&1)
+check_match "one: checkpoint hold answers with the marker id and timings" '^id [0-9]+ mode hold label first-one blocks [0-9]+ drain_ms [0-9]+ marker_ms [0-9]+ total_ms [0-9]+$' "$out"
+id=$(sed -n 's/^id \([0-9]*\) .*/\1/p' <<<"$out")
+check "one: the drained blocks include the 1024 written" test "$(sed -n 's/.* blocks \([0-9]*\) .*/\1/p' <<<"$out")" -ge 1024
+check_match "one: status: last checkpoint ok" " checkpoint idle cp_id - cp_left 0 cp_ms 0 last_cp $id last_cp_result ok last_cp_ms [0-9]+$" "$(dmsetup status cp-w)"
+check "one: the secondary recorded marker $id with its label" wait_status cp-s " marker $id marker_time_ns [0-9]+ frozen ($id|-) marker_label first-one$" 20
+check "one: the primary saw it acknowledged" wait_status cp-r " marker $id marker_acked $id markers_refused 0$" 20
+t=$(image_of "$id")
+check "one: an image was taken at marker $id" test -n "$t"
+check "one: read the image" dump_image "$t" "$IMG_DIR/one.img"
+check "one: the image holds the 4 MiB" cmp <(dd if="$IMG_DIR/one.img" bs=1M skip=8 count=4 status=none) "$IMG_DIR/one"
+check "one: ...and marker record $id at the end of the repl device" python3 -c "
+import struct, sys
+r = open('$IMG_DIR/one.img', 'rb').read()[($S - 8) * 512:][:512]
+sys.exit(0 if r[:8] == b'WBRPMRK1' and struct.unpack_from('<Q', r, 8)[0] == $id else 1)"
+
+# --- the oracle: 20+ checkpoints under load, in every mode --------------------------------------
+# The link is blocked for 2 s twice during the run (netem loss 100%): checkpoints in flight then
+# wait for the link, and the images must still be consistent.
+linkflap() {
+  sleep 6; node_link A "loss 100%"; sleep 2; node_link A ""
+  sleep 6; node_link A "loss 100%"; sleep 2; node_link A ""
+}
+linkflap &
+FLAP=$!
+n0=$(wc -l <"$SNAPMAP")
+check "oracle: cpload run (4 writers; $CP_ORACLE, then $CP_ORDERED)" python3 "$here/cpload.py" run --dev /dev/mapper/cp-w --wbcache cp-w \
+  --log "$IMG_DIR/cp.log" --blocks 2048 --threads 4 --phase "$CP_ORACLE" --phase "$CP_ORDERED"
+wait $FLAP
+node_link A ""
+grep '^cpload' "$T_OUT" | diag 40
+check "oracle: in sync afterwards" synced cp-r 60
+ids=$(python3 -c "import json; print(' '.join(str(c['id']) for c in json.load(open('$IMG_DIR/cp.log'))['checkpoints'] if 'id' in c))")
+args=()
+for id in $ids; do
+  t=$(image_of "$id") || { not_ok "oracle: image of marker $id"; continue; }
+  dump_image "$t" "$IMG_DIR/img-$id" 8 && args+=(--image "$id:$IMG_DIR/img-$id") || not_ok "oracle: read image $t"
+done
+nimg=${#args[@]}; nimg=$((nimg / 2))
+check "oracle: at least 20 images ($nimg)" test "$nimg" -ge 20
+check "oracle: every image is a prefix of the acknowledged writes" python3 "$here/cpload.py" check --log "$IMG_DIR/cp.log" "${args[@]}"
+diag 40 <"$T_OUT"
+rm -f "$IMG_DIR"/img-*
+
+# The control experiment: markers sent by dm-repl itself (its `marker` message), without the
+# cache's drain. The cache holds writes back, so these images miss acknowledged writes: the
+# oracle must say so (else it could not tell).
+check "control: cpload run with 3 dm-repl markers" python3 "$here/cpload.py" run --dev /dev/mapper/cp-w --wbcache cp-w \
+  --repl cp-r --log "$IMG_DIR/ctl.log" --blocks 2048 --threads 4 --phase repl:3 --seed 7
+check "control: in sync" synced cp-r 60
+args=()
+for id in $(python3 -c "import json; print(' '.join(str(c['id']) for c in json.load(open('$IMG_DIR/ctl.log'))['checkpoints'] if 'id' in c))"); do
+  t=$(image_of "$id") && dump_image "$t" "$IMG_DIR/img-$id" 8 && args+=(--image "$id:$IMG_DIR/img-$id")
+done
+check_eq "control: 3 images" 6 "${#args[@]}"
+check_fails "control: the oracle finds them inconsistent" python3 "$here/cpload.py" check --log "$IMG_DIR/ctl.log" "${args[@]}"
+check_match "control: ...because they are not prefixes" 'not a prefix' "$(cat "$T_OUT")"
+diag 10 <"$T_OUT"
+rm -f "$IMG_DIR"/img-*
+
+# --- progress, abort, timeout, a link down past the timeout -------------------------------------
+check "link: in sync" synced cp-r
+check "link: 10 MiB dirty in the cache" dd if=/dev/urandom of=/dev/mapper/cp-w bs=1M count=10 seek=16 oflag=direct status=none
+node_link A "loss 100%"
+cp_msg hold stuck 60000 >"$IMG_DIR/stuck.out" 2>&1 &
+CP=$!
+check "link: status shows the checkpoint in progress" wait_status cp-w ' checkpoint hold cp_id [0-9]+ cp_left [1-9][0-9]* cp_ms [0-9]+ ' 10
+sleep 1
+check_match "link: ...still draining (the link is blocked)" ' checkpoint hold cp_id [0-9]+ cp_left [1-9]' "$(dmsetup status cp-w)"
+refused "link: another checkpoint meanwhile" "another checkpoint is in progress" cp_msg writethrough
+refused "link: mode change meanwhile" "a checkpoint is in progress" dmsetup message cp-w 0 mode ordered
+refused "link: flush meanwhile" "a checkpoint is in progress" dmsetup message cp-w 0 flush
+check "link: new writes go on meanwhile (held in the cache)" dd if=/dev/urandom of=/dev/mapper/cp-w bs=4k count=64 seek=9000 oflag=direct status=none
+check "link: abort" dmsetup message cp-w 0 abort
+wait $CP; rc=$?
+check_eq "link: the aborted checkpoint failed" 1 "$((rc != 0))"
+check_match "link: ...with ECANCELED" 'Operation canceled|ECANCELED|canceled' "$(cat "$IMG_DIR/stuck.out")"
+check_match "link: status: aborted" ' checkpoint idle cp_id - cp_left 0 cp_ms 0 last_cp [0-9]+ last_cp_result aborted ' "$(dmsetup status cp-w)"
+start=$(date +%s)
+refused "link: a checkpoint with a 3 s timeout" "timed out" cp_msg hold short 3000
+el=$(($(date +%s) - start))
+check "link: ...ended by its timeout (${el} s)" test "$el" -ge 3 -a "$el" -le 8
+check_match "link: status: timeout" ' last_cp_result timeout ' "$(dmsetup status cp-w)"
+check "link: the device is not stuck (writes complete)" timeout 10 dd if=/dev/urandom of=/dev/mapper/cp-w bs=4k count=16 seek=9100 oflag=direct status=none
+check "link: the primary gives the link up (12 s)" wait_status cp-r ' primary connecting ' 30
+refused "link: a checkpoint with the link down: the marker is refused" "the marker write failed" cp_msg hold down 20000
+check_match "link: the primary refused the marker" ' markers_refused [1-9]' "$(dmsetup status cp-r)"
+check_match "link: status: failed" ' last_cp_result failed ' "$(dmsetup status cp-w)"
+node_link A ""
+check "link: healed: resynced" synced cp-r 120
+out=$(cp_msg writethrough healed 2>&1)
+check_match "link: a checkpoint succeeds again" '^id [0-9]+ mode writethrough ' "$out"
+id=$(sed -n 's/^id \([0-9]*\) .*/\1/p' <<<"$out")
+t=$(image_of "$id")
+check "link: image of marker $id taken" test -n "$t"
+check "link: in sync" synced cp-r
+check "link: read the image" dump_image "$t" "$IMG_DIR/healed.img"
+check "link: the image equals the primary's device" cmp "$IMG_DIR/healed.img" <(dd if="$PD" bs=1M iflag=direct status=none)
+rm -f "$IMG_DIR"/*.img
+
+# --- ext4 with file churn ------------------------------------------------------------------------
+MNT=$IMG_DIR/mnt
+mkdir -p "$MNT"
+check "ext4: mkfs on the cache" mkfs.ext4 -q -F -b 4096 /dev/mapper/cp-w
+check "ext4: mount" mount -o noatime /dev/mapper/cp-w "$MNT"
+churn() {
+  local i=0
+  while [ ! -e "$IMG_DIR/churn.stop" ]; do
+    i=$((i + 1))
+    mkdir -p "$MNT/d$((i % 7))"
+    cp -r "$WBREPL_ROOT/docs" "$MNT/d$((i % 7))/c$i"
+    dd if=/dev/urandom of="$MNT/d$((i % 5))/f$i" bs=4k count=$((RANDOM % 64 + 1)) status=none 2>/dev/null
+    rm -rf "$MNT/d$(((i + 3) % 7))/c$((i - 5))" "$MNT/d$(((i + 2) % 5))/f$((i - 9))"
+    [ $((i % 10)) = 0 ] && sync
+  done
+}
+rm -f "$IMG_DIR/churn.stop"
+churn &
+CH=$!
+sleep 3
+e4ids=()
+modes=(hold writethrough)
+for k in $(seq "$CP_EXT4"); do
+  m=${modes[$((k % 2))]}
+  out=$(cp_msg "$m" "ext4-$k" 2>&1) && e4ids+=("$(sed -n 's/^id \([0-9]*\) .*/\1/p' <<<"$out")") || echo "# checkpoint $k: $out"
+  sleep 1
+done
+touch "$IMG_DIR/churn.stop"; wait $CH
+check "ext4: umount" umount "$MNT"
+check "ext4: $CP_EXT4 checkpoints under churn (${#e4ids[@]} taken)" test "${#e4ids[@]}" -ge "$CP_EXT4"
+clean=0
+next=1000
+for id in "${e4ids[@]}"; do
+  t=$(image_of "$id") || { not_ok "ext4: image of marker $id"; continue; }
+  # A writable snapshot of the image, to replay the journal (the image is crash-consistent:
+  # as after a power loss), then a read-only check.
+  if dmsetup message cp-pool 0 "create_snap $next $t" && dmsetup create cp-fsck --table "0 $S thin /dev/mapper/cp-pool $next"; then
+    e2fsck -E journal_only -y /dev/mapper/cp-fsck >/dev/null 2>&1
+    if e2fsck -fn /dev/mapper/cp-fsck >"$IMG_DIR/fsck.out" 2>&1; then
+      clean=$((clean + 1)); echo "# IMAGE $id ext4-image fsck=clean"
+    else
+      not_ok "ext4: image of marker $id passes e2fsck -fn"; diag <"$IMG_DIR/fsck.out"
+    fi
+    dm_remove cp-fsck; dmsetup message cp-pool 0 "delete $next"
+  else
+    not_ok "ext4: snapshot of image $t"
+  fi
+  next=$((next + 1))
+done
+check_eq "ext4: every image passes e2fsck -fn" "${#e4ids[@]}" "$clean"
+check "ext4: the live file system is clean too" e2fsck -fn /dev/mapper/cp-w
+
+touch "$STOP"; wait $SNAPPID
+check_eq "cp: the snapshot loop had no errors" "" "$(cat "$IMG_DIR/snaploop.err")"
+check "cp: remove the stack" dm_remove cp-w cp-r cp-s cp-thin cp-pool
+nodes_down
+finish
