@@ -824,11 +824,9 @@ impl Shared {
                 n
             };
             let nj = merge_copies(jobs.get_mut(..n).unwrap_or(&mut []));
-            let r = jobs
-                .get(..nj)
-                .unwrap_or(&[])
-                .chunks(self.opts.jobs().max(1) as usize)
-                .try_for_each(|wave| self.kcopyd.copy_all(&self.cache, &self.origin, wave))
+            let r = self
+                .kcopyd
+                .copy_all(&self.cache, &self.origin, jobs.get(..nj).unwrap_or(&[]), self.opts.jobs() as usize)
                 .and_then(|_| self.dmio.flush(&self.origin));
             // In pieces: interrupts stay off for a bounded time.
             for piece in slots.get(..n).unwrap_or(&[]).chunks(256) {
