@@ -161,6 +161,9 @@ rm -f "$IMG_DIR"/img-*
 # The control experiment: markers sent by dm-repl itself (its `marker` message), without the
 # cache's drain. The cache holds writes back, so these images miss acknowledged writes: the
 # oracle must say so (else it could not tell).
+check "control: zero the blocks the workload uses" dd if=/dev/zero of=/dev/mapper/cp-w bs=1M count=8 oflag=direct status=none
+check "control: ...all the way to the secondary" dmsetup message cp-w 0 flush
+check "control: in sync before" synced cp-r 60
 check "control: cpload run with 3 dm-repl markers" python3 "$here/cpload.py" run --dev /dev/mapper/cp-w --wbcache cp-w \
   --repl cp-r --log "$IMG_DIR/ctl.log" --blocks 2048 --threads 4 --phase repl:3 --seed 7
 check "control: in sync" synced cp-r 60
