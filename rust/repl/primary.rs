@@ -28,7 +28,7 @@ use crate::link::{self, LinkError};
 use crate::wbrepl_core::parse::SocketAddrV4;
 use crate::wbrepl_core::marker::{MarkerRecord, RECORD_LEN};
 use crate::wbrepl_core::replmeta::{MetaSuper, SUPER_BYTES};
-use crate::wbrepl_core::replstate::{DirtyMap, Entry, Kind, Window};
+use crate::wbrepl_core::replstate::{DirtyMap, Entry, Kind, RunSearch, Window};
 use crate::wbrepl_core::wire::{self, FrameType, RxSeq, WRITE_FIXED};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::new_mutex;
@@ -56,6 +56,10 @@ const DEAD_MS: u32 = 12000;
 /// Reconnection backoff bounds.
 const BACKOFF_MIN_MS: u32 = 100;
 const BACKOFF_MAX_MS: u32 = 5000;
+/// Bitmap words copied per hold of the state lock when the bitmap is loaded or saved.
+const BITMAP_STEP: usize = 512;
+/// Bitmap words looked at per hold of the state lock when the resync looks for dirty regions.
+const SEARCH_WORDS: usize = 1024;
 /// Window slots writes leave free, for control frames (pings, barriers, markers, close).
 const RESERVED_SLOTS: usize = 8;
 /// A flush barrier goes out at most this often when writes were sent since the last one, so
@@ -504,14 +508,17 @@ impl Primary {
                     let bytes = geom.device_bytes() as usize - SUPER_BYTES;
                     let region = Region { dev: meta, sector: (SUPER_BYTES / 512) as u64, sectors: (bytes / 512) as u64 };
                     self.dmio.read(region, &mut buf[SUPER_BYTES..])?;
-                    let mut g = self.st.lock();
-                    for i in 0..g.dirty.word_count() {
-                        let at = SUPER_BYTES + i * 8;
-                        let w = buf.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
-                        g.dirty.merge_word(i, w);
+                    let words = self.st.lock().dirty.word_count();
+                    for piece in (0..words).step_by(BITMAP_STEP) {
+                        // A bounded piece per lock hold (interrupts are off while it is held).
+                        let mut g = self.st.lock();
+                        for i in piece..(piece + BITMAP_STEP).min(words) {
+                            let at = SUPER_BYTES + i * 8;
+                            let w = buf.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+                            g.dirty.merge_word(i, w);
+                        }
                     }
-                    let n = g.dirty.count();
-                    drop(g);
+                    let n = self.st.lock().dirty.count();
                     pr_info!("repl {}: loaded the dirty bitmap: {} KiB to resync\n", meta, n << (REGION_SHIFT - 1));
                 }
             }
@@ -564,7 +571,7 @@ impl Primary {
         while i < words {
             // A bounded piece per lock hold (interrupts are off while it is held).
             let g = self.st.lock();
-            for j in i..(i + 512).min(words) {
+            for j in i..(i + BITMAP_STEP).min(words) {
                 let at = j * 8;
                 if let Some(b) = bitmap.get_mut(at..at + 8) {
                     // Applied but not yet durable at the secondary counts as dirty.
@@ -572,7 +579,7 @@ impl Primary {
                     b.copy_from_slice(&w.to_le_bytes());
                 }
             }
-            i += 512;
+            i += BITMAP_STEP;
         }
         {
             let g = self.st.lock();
@@ -1221,7 +1228,7 @@ impl Primary {
     fn resync_step(&self, c: &Conn, buf: &mut KVVec<u8>) -> Result<bool, LinkError> {
         let rs = 1u64 << REGION_SHIFT;
         let max_regions = u64::from(wire::MAX_DATA / 512) / rs;
-        let run = {
+        let (room, cursor) = {
             let mut g = self.st.lock();
             if g.gen != c.gen {
                 return Ok(false);
@@ -1263,9 +1270,26 @@ impl Primary {
             if room == 0 {
                 return Ok(false);
             }
-            g.dirty.next_run(g.resync_cursor, room)
+            (room, g.resync_cursor)
         };
-        let Some((first, n)) = run else { return Ok(false) };
+        // The next dirty run from the cursor (then from 0), in bounded steps of the lock.
+        let mut from = cursor;
+        let mut wrapped = false;
+        let (first, n) = loop {
+            let g = self.st.lock();
+            if g.gen != c.gen {
+                return Ok(false);
+            }
+            match g.dirty.find_run(from, room, SEARCH_WORDS) {
+                RunSearch::Found(first, n) => break (first, n),
+                RunSearch::From(next) => from = next,
+                RunSearch::End if !wrapped && cursor > 0 => {
+                    wrapped = true;
+                    from = 0;
+                }
+                RunSearch::End => return Ok(false),
+            }
+        };
         // Wait for local writes in flight (only the sender submits them, and it is here).
         loop {
             self.local_idle.reinit();

@@ -365,34 +365,63 @@ impl<W: DerefMut<Target = [u64]>> DirtyMap<W> {
     }
 
     /// The first run of dirty regions at or after region `from` (wrapping around to 0), at
-    /// most `max` regions long: `(first, n)`.
+    /// most `max` regions long: `(first, n)`. Scans the whole map if it must (see
+    /// [`DirtyMap::find_run`] for a bounded search).
     pub fn next_run(&self, from: u64, max: u64) -> Option<(u64, u64)> {
         if self.count == 0 || max == 0 {
             return None;
         }
         let start = if from < self.regions { from } else { 0 };
-        let first = self.find_from(start).or_else(|| self.find_from(0))?;
-        let mut n = 1;
-        while n < max && first + n < self.regions && self.is_dirty(first + n) {
-            n += 1;
-        }
-        Some((first, n))
+        [start, 0].into_iter().find_map(|f| match self.find_run(f, max, usize::MAX) {
+            RunSearch::Found(first, n) => Some((first, n)),
+            _ => None,
+        })
     }
 
-    fn find_from(&self, from: u64) -> Option<u64> {
+    /// A bounded search for the first run of dirty regions at or after region `from` (no
+    /// wrapping), at most `max` regions long, looking at no more than `budget` 64-region words
+    /// (so a caller holding a lock with interrupts off can drop it between steps and go on from
+    /// [`RunSearch::From`]).
+    pub fn find_run(&self, from: u64, max: u64, budget: usize) -> RunSearch {
+        if from >= self.regions || max == 0 {
+            return RunSearch::End;
+        }
         let mut wi = (from / 64) as usize;
         let mut mask = !0u64 << (from % 64);
+        let mut looked = 0;
         while let Some(&w) = self.words.get(wi) {
+            if looked >= budget {
+                return RunSearch::From(wi as u64 * 64);
+            }
+            looked += 1;
             let m = w & mask;
             if m != 0 {
-                let r = wi as u64 * 64 + u64::from(m.trailing_zeros());
-                return (r < self.regions).then_some(r);
+                let first = wi as u64 * 64 + u64::from(m.trailing_zeros());
+                if first >= self.regions {
+                    break;
+                }
+                let mut n = 1;
+                while n < max && first + n < self.regions && self.is_dirty(first + n) {
+                    n += 1;
+                }
+                return RunSearch::Found(first, n);
             }
             wi += 1;
             mask = !0;
         }
-        None
+        RunSearch::End
     }
+}
+
+/// What a bounded search ([`DirtyMap::find_run`]) found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunSearch {
+    /// A run: first region, length.
+    Found(u64, u64),
+    /// Nothing up to the end of the map.
+    End,
+    /// The budget ran out: go on from this region.
+    From(u64),
 }
 
 #[cfg(test)]
@@ -467,6 +496,9 @@ mod tests {
         m.clear(0, 2);
         assert_eq!(m.next_run(5, 8), Some((99, 1)));
         assert_eq!(m.next_run(100, 8), Some((99, 1)), "wraps around");
+        assert_eq!(m.find_run(2, 8, 1), RunSearch::From(64), "one word looked at");
+        assert_eq!(m.find_run(64, 8, 1), RunSearch::Found(99, 1));
+        assert_eq!(m.find_run(100, 8, 1), RunSearch::End);
         m.clear(99, 5);
         assert_eq!((m.count(), m.next_run(0, 8)), (0, None));
         m.mark_all();
