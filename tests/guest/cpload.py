@@ -129,6 +129,11 @@ def run(a):
                     failures += 1
                 cps.append(rec)
                 print(f"cpload: checkpoint {label}: rc {r.returncode} {out or r.stderr.strip()}", flush=True)
+                if "id" in rec and a.after_checkpoint:
+                    h = subprocess.run(a.after_checkpoint.replace("{id}", str(rec["id"])), shell=True)
+                    if h.returncode:
+                        print(f"cpload: after checkpoint {label}: the hook failed", file=sys.stderr)
+                        failures += 1
                 time.sleep(a.interval)
             if "ordered" in modes:
                 dm("message", a.wbcache, "0", "mode", "writeback")
@@ -235,6 +240,7 @@ def main():
     r.add_argument("--dev", required=True)
     r.add_argument("--wbcache", required=True)
     r.add_argument("--repl", help="the dm-repl primary below, for phases of mode repl")
+    r.add_argument("--after-checkpoint", help="shell command run after each checkpoint ({id}: its marker id)")
     r.add_argument("--log", required=True)
     r.add_argument("--blocks", type=int, default=2048)
     r.add_argument("--threads", type=int, default=4)
