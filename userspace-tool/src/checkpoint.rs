@@ -53,12 +53,13 @@ impl Mode {
         }
     }
 
-    /// The default for a cache in `cache_mode`: `ordered` for an ordered cache, else `hold`.
+    /// The default for a cache running in `cache_mode`: `ordered` for an ordered cache,
+    /// `writethrough` for a write-through one (it cannot hold writes), else `hold`.
     pub fn default_for(cache_mode: &str) -> Self {
-        if cache_mode == "ordered" {
-            Self::Ordered
-        } else {
-            Self::Hold
+        match cache_mode {
+            "ordered" => Self::Ordered,
+            "writethrough" => Self::Writethrough,
+            _ => Self::Hold,
         }
     }
 }
@@ -201,7 +202,7 @@ impl CpStatus {
 pub fn failure_message(e: &DmErr, dev: &str, timeout: Duration) -> String {
     let why = match e.errno {
         Some(Errno::EBUSY) => "another checkpoint is running, or the device is suspended or was never resumed".to_owned(),
-        Some(Errno::EINVAL) => "refused: bad arguments, mode ordered while the cache is not in ordered mode, no marker region, or a kernel without checkpoints (the kernel log says which: dmesg)".to_owned(),
+        Some(Errno::EINVAL) => "refused: bad arguments, mode ordered while the cache is not in ordered mode, mode hold on a write-through cache, no marker region (the cache must end 8 sectors before its origin), or a kernel without checkpoints (the kernel log says which: dmesg)".to_owned(),
         Some(Errno::ETIMEDOUT) => format!(
             "timed out after {}: nothing is held any more and no marker was written (a larger --timeout, or mode writethrough, may help)",
             humantime::format_duration(timeout)
@@ -238,7 +239,7 @@ pub struct CheckpointArgs {
     #[arg(value_name = "DEVICE")]
     device: String,
     /// What happens to new writes during the drain [default: ordered for a cache in ordered
-    /// mode, else hold].
+    /// mode, writethrough for a write-through cache, else hold].
     #[arg(long, value_enum)]
     mode: Option<Mode>,
     /// Label carried by the marker (printable ASCII without spaces, at most 64 bytes).
@@ -572,7 +573,7 @@ mod tests {
         );
         assert_eq!(Mode::default_for("ordered"), Mode::Ordered);
         assert_eq!(Mode::default_for("writeback"), Mode::Hold);
-        assert_eq!(Mode::default_for("writethrough"), Mode::Hold);
+        assert_eq!(Mode::default_for("writethrough"), Mode::Writethrough);
     }
 
     #[test]

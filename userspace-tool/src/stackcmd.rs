@@ -171,7 +171,7 @@ pub fn plan(spec: &StackSpec, data_sectors: u64) -> std::result::Result<Plan, St
     ReplTable::parse(&mut repl_params.split_ascii_whitespace())
         .map_err(|e| format!("repl: {e}"))?;
 
-    let mut len = match r.size_sectors {
+    let len = match r.size_sectors {
         Some(s) if s > data_sectors => {
             return Err(format!(
                 "size_sectors {s} is more than the data device has ({data_sectors})"
@@ -208,14 +208,20 @@ pub fn plan(spec: &StackSpec, data_sectors: u64) -> std::result::Result<Plan, St
             .to_string();
             WbcacheTable::parse(&mut params.split_ascii_whitespace())
                 .map_err(|e| format!("wbcache: {e}"))?;
-            // The cache's length must be a whole number of blocks; both layers get it.
-            len -= len % (u64::from(block_size) / 512).max(1);
-            Some((c.name.clone().unwrap_or_else(|| spec.name.clone()), params))
+            // The cache ends before the repl device's marker region (where a checkpoint writes
+            // its marker), on a whole number of blocks.
+            let block = (u64::from(block_size) / 512).max(1);
+            let clen = len.saturating_sub(marker) / block * block;
+            Some((
+                c.name.clone().unwrap_or_else(|| spec.name.clone()),
+                params,
+                clen,
+            ))
         }
     };
-    if len < 2 * marker {
+    if len < 2 * marker || wbcache.as_ref().is_some_and(|w| w.2 == 0) {
         return Err(format!(
-            "the device ({len} sectors) is too small: it needs at least twice the marker region ({marker} sectors)"
+            "the device ({len} sectors) is too small: it needs at least twice the marker region ({marker} sectors), and a cache block besides it"
         ));
     }
     let repl_name = r.name.clone().unwrap_or_else(|| match wbcache {
@@ -223,7 +229,7 @@ pub fn plan(spec: &StackSpec, data_sectors: u64) -> std::result::Result<Plan, St
         None => spec.name.clone(),
     });
     check_name(&repl_name)?;
-    if let Some((n, _)) = &wbcache {
+    if let Some((n, _, _)) = &wbcache {
         check_name(n)?;
         if *n == repl_name {
             return Err(format!("the cache and repl devices are both named \"{n}\""));
@@ -236,7 +242,7 @@ pub fn plan(spec: &StackSpec, data_sectors: u64) -> std::result::Result<Plan, St
             len,
             params: repl_params,
         },
-        wbcache: wbcache.map(|(name, params)| Layer {
+        wbcache: wbcache.map(|(name, params, len)| Layer {
             name,
             target: stack::WBCACHE,
             len,
@@ -581,9 +587,10 @@ mod tests {
             "primary /dev/sdb 10.0.0.2:7789 4 protocol sync meta_dev /dev/sdc"
         );
         let w = p.wbcache.unwrap();
+        // The cache stops before the marker region, on a whole block.
         assert_eq!(
             (w.name.as_str(), w.len, p.repl.len),
-            ("vol0", 131072, 131072)
+            ("vol0", 131064, 131079)
         );
         assert_eq!(
             w.params,
@@ -638,6 +645,12 @@ mod tests {
             e(&|s| s.repl.size_sectors = Some(4096), 2048).contains("more than the data device")
         );
         assert!(e(&|_| {}, 8).contains("too small"));
+        let c16 = CacheSpec {
+            cache: "/dev/nvme0n1".into(),
+            block_size: Some(8192),
+            ..Default::default()
+        };
+        assert!(e(&move |s| s.wbcache = Some(c16.clone()), 20).contains("too small"));
         let cache = |c: CacheSpec| move |s: &mut StackSpec| s.wbcache = Some(c.clone());
         let c = CacheSpec {
             cache: "/dev/nvme0n1".into(),
@@ -707,10 +720,9 @@ mod tests {
             Some("/dev/nvme0n1")
         );
         let p = plan(&s, 4096).unwrap();
-        assert_eq!(
-            p.wbcache.unwrap().params,
-            "{origin} /dev/nvme0n1 4096 2 mode writeback"
-        );
+        let w = p.wbcache.unwrap();
+        assert_eq!(w.params, "{origin} /dev/nvme0n1 4096 2 mode writeback");
+        assert_eq!((w.len, p.repl.len), (4088, 4096));
 
         let e = parse_config("name = \"x\"\n[repl]\ndata = \"/dev/sdb\"\nprotocl = \"sync\"\n")
             .unwrap_err();
