@@ -262,7 +262,8 @@ section "cache stack"
 check "images: stack remove pa" "$W" stack remove pa
 check_fails "images: ...pa is gone" dmsetup info pa
 CD=$(loopdev cache 16)
-printf 'name = "pc"\n[repl]\ndata = "%s"\npeer = "%s"\n[wbcache]\ncache = "%s"\nmode = "writeback"\n' \
+# A small send window (64 KiB) makes a drain over the link measurable (for the progress checks).
+printf 'name = "pc"\n[repl]\ndata = "%s"\npeer = "%s"\nmax_inflight_kb = 64\n[wbcache]\ncache = "%s"\nmode = "writeback"\n' \
   "$PD" "$NODE_B_IP:$PORT" "$CD" >"$T/stack.toml"
 node_exec A "$W" stack create --config "$T/stack.toml" >"$T/out" 2>"$T/err"
 check_eq "images: stack create --config (wbcache over repl) exits 0" "0" "$?"
@@ -281,6 +282,18 @@ if dmsetup status pc | grep -q ' checkpoint '; then
   check_eq "images: ...--json: mode hold (the default for a writeback cache), label cp1, acknowledged on pc-repl" "hold cp1 pc-repl" "${V[1]}"
   check "images: the image of checkpoint ${V[0]} appears" wait_for 60 has_markers "5 ${V[0]}"
   check "images: it equals the cache stack's data at the checkpoint" verify_image latest cp
+  # A slower drain: 4 MiB in the cache, the link 20 ms each way. The status shows the blocks
+  # left while it runs, and on a terminal the checkpoint draws its progress bar.
+  node_link A "delay 20ms"
+  dd if=/dev/urandom of=/dev/mapper/pc bs=1M count=4 seek=9 oflag=direct status=none
+  script -qec "$W checkpoint pc --label slow" "$T/cptty" >/dev/null 2>&1 &
+  CP=$!
+  draining() { "$W" status pc | grep -qE '^  cache: .*; checkpoint hold [0-9]+: [0-9]+ blocks left'; }
+  check "images: status shows the drain in progress" wait_for 20 draining
+  wait $CP
+  check_eq "images: the slow checkpoint on a terminal exits 0" "0" "$?"
+  check_match "images: ...and draws its progress bar there" 'checkpoint pc \(hold\).*blocks' "$(tr -d '\r' <"$T/cptty")"
+  node_link A ""
   expect_exit "images: checkpoint --abort with none running" 1 'no checkpoint is running' "$W" checkpoint pc --abort
   expect_exit "images: checkpoint mode ordered on a writeback cache is refused" 1 'refused' "$W" checkpoint pc --mode ordered
 else
