@@ -12,7 +12,7 @@
 use crate::dm::{Dm, DmErr};
 use crate::error::{Error, Result};
 use crate::output::{self, Outcome};
-use crate::stack::{self, status_fields, ReplLayer, Stack, WbcacheLayer};
+use crate::stack::{self, status_fields, ReplLayer, WbcacheLayer};
 use clap::{Args, ValueEnum};
 use nix::errno::Errno;
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
@@ -293,16 +293,9 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
     .clone()
 }
 
-fn find<'a>(report: &'a stack::Report, query: &str) -> Result<&'a Stack> {
-    report
-        .find(query)
-        .ok_or_else(|| Error::op(format!("{query}: no wbcache or repl device by that name")))
-}
-
 fn wbcache_status(dm: &Dm, w: &WbcacheLayer) -> Option<CpStatus> {
-    let lines = dm.status(&w.name).ok()?;
-    let (_, _, _, info) = lines.first()?;
-    CpStatus::from_fields(&status_fields(info, stack::WBCACHE_INFO_POSITIONAL))
+    let info = dm.status_info(&w.name).ok()?;
+    CpStatus::from_fields(&status_fields(&info, stack::WBCACHE_INFO_POSITIONAL))
 }
 
 /// Sends `msg` to `dev` in a thread while `tick` runs every [`POLL`] in this one; `abort` is
@@ -400,11 +393,7 @@ fn marker_repl(dm: &Dm, r: &ReplLayer, args: &CheckpointArgs) -> Result<CpResult
 
 /// The last marker the repl primary's secondary acknowledged, from its status.
 fn marker_acked(dm: &Dm, repl: &str) -> Result<Option<u64>> {
-    let lines = dm
-        .status(repl)
-        .map_err(|e| e.op(format!("cannot read the status of {repl}")))?;
-    let info = lines.first().map(|l| l.3.as_str()).unwrap_or("");
-    let f = status_fields(info, stack::REPL_INFO_POSITIONAL);
+    let f = status_fields(&dm.status_info(repl)?, stack::REPL_INFO_POSITIONAL);
     opt_num(&f, "marker_acked").ok_or_else(|| {
         Error::op(format!(
             "{repl}: its status has no marker_acked (a kernel without acknowledged markers): cannot --wait"
@@ -446,7 +435,7 @@ fn wait_acked(dm: &Dm, repl: &str, id: u64, timeout: Duration) -> Result<u64> {
 pub fn run(args: &CheckpointArgs, json: bool) -> Result<Outcome> {
     let dm = Dm::open()?;
     let report = stack::identify(&dm.snapshot()?);
-    let stack = find(&report, &args.device)?;
+    let stack = report.lookup(&args.device).map_err(Error::op)?;
     let primary = stack.repl.as_ref().filter(|r| r.role == "primary");
     if let Some(r) = stack.repl.as_ref().filter(|r| r.role != "primary") {
         return Err(Error::op(format!(

@@ -161,6 +161,14 @@ impl Dm {
         self.table_status(dev, DmFlags::DM_NOFLUSH)
     }
 
+    /// The INFO status of a single-target device (its first target's parameters).
+    pub fn status_info(&self, dev: &str) -> Result<String> {
+        let lines = self
+            .status(dev)
+            .map_err(|e| e.op(format!("cannot read the status of {dev}")))?;
+        Ok(lines.into_iter().next().map(|l| l.3).unwrap_or_default())
+    }
+
     /// Sends a target message to the whole device; returns the target's answer, if any.
     pub fn message(&self, dev: &str, msg: &str) -> std::result::Result<Option<String>, DmErr> {
         let (_, out) = self.0.target_msg(&DevId::Name(name(dev)?), None, msg)?;
@@ -244,6 +252,19 @@ impl Dm {
         self.0
             .device_remove(&DevId::Name(name(dev)?), DmOptions::default())?;
         Ok(())
+    }
+
+    /// Removes a device, saying plainly when it is in use.
+    pub fn remove_unused(&self, dev: &str) -> Result<()> {
+        self.remove(dev).map_err(|e| {
+            if e.is(Errno::EBUSY) {
+                Error::op(format!(
+                    "cannot remove {dev}: it is in use (mounted, open, or under another device)"
+                ))
+            } else {
+                e.op(format!("cannot remove {dev}"))
+            }
+        })
     }
 
     /// Clears a pending event so that [`Dm::wait_event`] waits for the next one.

@@ -196,8 +196,7 @@ impl<'a> Pool<'a> {
     /// Its status.
     pub fn status(&self) -> Option<PoolStatus> {
         self.devnum?;
-        let lines = self.dm.status(&self.name).ok()?;
-        PoolStatus::parse(&lines.first()?.3)
+        PoolStatus::parse(&self.dm.status_info(&self.name).ok()?)
     }
 
     /// The devices exposing thin id `id` (every active thin volume of it except the origin).
@@ -276,12 +275,7 @@ pub struct Deleted {
 /// Deletes one image from the pool and the state file.
 pub fn delete_one(pool: &Pool<'_>, store: &Store, img: &Image, reason: &str) -> Result<Deleted> {
     let was_in_pool = pool.delete(img)?;
-    store.update(|st| {
-        if let Some(st) = st {
-            st.images.retain(|i| i.seq != img.seq);
-        }
-        Ok(())
-    })?;
+    store.forget(img.seq)?;
     Ok(Deleted {
         image: img.name.clone(),
         marker_id: img.marker_id,
@@ -560,16 +554,7 @@ fn unexpose(a: &ImageArgs) -> Result<Outcome> {
     }
     let mut removed = Vec::new();
     for d in devs {
-        dm.remove(&d.name).map_err(|e| {
-            if e.is(Errno::EBUSY) {
-                Error::op(format!(
-                    "cannot remove {}: it is in use (mounted or open)",
-                    d.name
-                ))
-            } else {
-                e.op(format!("cannot remove {}", d.name))
-            }
-        })?;
+        dm.remove_unused(&d.name)?;
         removed.push(d.name.clone());
     }
     let text = removed.iter().map(|n| format!("removed {n}\n")).collect();

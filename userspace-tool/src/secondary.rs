@@ -317,12 +317,8 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     fn status(&self) -> Result<SecStatus> {
-        let lines = self
-            .dm
-            .status(&self.topo.repl)
-            .map_err(|e| e.op(format!("cannot read the status of {}", self.topo.repl)))?;
-        let info = lines.first().map(|l| l.3.as_str()).unwrap_or("");
-        SecStatus::parse(info).map_err(|e| Error::op(format!("{}: {e}", self.topo.repl)))
+        let info = self.dm.status_info(&self.topo.repl)?;
+        SecStatus::parse(&info).map_err(|e| Error::op(format!("{}: {e}", self.topo.repl)))
     }
 
     fn state(&self) -> Result<State> {
@@ -352,32 +348,21 @@ impl Loop<'_> {
                 Some(false) => format!("image {} never made it to the pool: dropped", img.name),
                 None => continue,
             };
-            self.store.update(|s| {
-                if let Some(s) = s {
-                    if has == Some(true) {
-                        s.images
-                            .iter_mut()
-                            .filter(|i| i.seq == img.seq)
-                            .for_each(|i| i.complete = true);
-                    } else {
-                        s.images.retain(|i| i.seq != img.seq);
-                    }
-                }
-                Ok(())
-            })?;
+            if has == Some(true) {
+                self.store.set_image(&Image {
+                    complete: true,
+                    ..img.clone()
+                })?;
+            } else {
+                self.store.forget(img.seq)?;
+            }
             self.log.emit(&Event::Recovered { what });
         }
         Ok(())
     }
 
     fn forget(&self, seq: u64) {
-        let r = self.store.update(|s| {
-            if let Some(s) = s {
-                s.images.retain(|i| i.seq != seq);
-            }
-            Ok(())
-        });
-        if let Err(e) = r {
+        if let Err(e) = self.store.forget(seq) {
             self.log.error(format!("cannot update the state file: {e}"));
         }
     }
@@ -443,15 +428,7 @@ impl Loop<'_> {
             }
         }
         img.complete = true;
-        self.store.update(|st| {
-            if let Some(st) = st {
-                st.images
-                    .iter_mut()
-                    .filter(|i| i.seq == img.seq)
-                    .for_each(|i| *i = img.clone());
-            }
-            Ok(())
-        })?;
+        self.store.set_image(&img)?;
         Ok(Some(img))
     }
 

@@ -393,6 +393,12 @@ impl Report {
             .find(|s| s.layers().any(|(n, d)| names(query, n, d)))
     }
 
+    /// The same, or the message for a DEVICE that names no wbrepl device.
+    pub fn lookup(&self, query: &str) -> Result<&Stack, String> {
+        self.find(query)
+            .ok_or_else(|| format!("{query}: no wbcache or repl device by that name"))
+    }
+
     /// Keeps the stacks with a layer named by one of `queries`, and the errors of devices named
     /// by one of them. Returns the queries that named nothing, in the order given.
     ///
@@ -761,6 +767,10 @@ mod tests {
         assert_eq!(top("253:0"), Some("wbc0"));
         assert_eq!(top("sec0"), Some("sec0"));
         assert_eq!(top("nosuch"), None);
+        assert_eq!(
+            r.lookup("nosuch").map(Stack::top_name),
+            Err("nosuch: no wbcache or repl device by that name".into())
+        );
     }
 
     #[test]

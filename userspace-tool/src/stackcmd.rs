@@ -472,21 +472,7 @@ pub struct RemoveArgs {
 pub fn remove(a: &RemoveArgs) -> Result<Outcome> {
     let dm = Dm::open()?;
     let report = stack::identify(&dm.snapshot()?);
-    let s = report.find(&a.device).ok_or_else(|| {
-        Error::op(format!(
-            "{}: no wbcache or repl device by that name",
-            a.device
-        ))
-    })?;
-    let busy = |name: &str, e: &crate::dm::DmErr| {
-        if e.is(nix::errno::Errno::EBUSY) {
-            Error::op(format!(
-                "cannot remove {name}: it is in use (mounted, open, or under another device)"
-            ))
-        } else {
-            e.op(format!("cannot remove {name}"))
-        }
-    };
+    let s = report.lookup(&a.device).map_err(Error::op)?;
     let mut removed = Vec::new();
     let mut notes = Vec::new();
     if let Some(w) = &s.wbcache {
@@ -503,7 +489,7 @@ pub fn remove(a: &RemoveArgs) -> Result<Outcome> {
                 w.name, w.cache
             ));
         }
-        dm.remove(&w.name).map_err(|e| busy(&w.name, &e))?;
+        dm.remove_unused(&w.name)?;
         removed.push(w.name.clone());
     }
     if let Some(r) = &s.repl {
@@ -515,10 +501,11 @@ pub fn remove(a: &RemoveArgs) -> Result<Outcome> {
             .filter(|n| !removed.iter().any(|m| m == n))
             .collect();
         if others.is_empty() {
-            dm.remove(&r.name).map_err(|e| {
-                busy(&r.name, &e)
-                    .context(format!("removed {} but not the rest", removed.join(", ")))
-            })?;
+            dm.remove_unused(&r.name)
+                .map_err(|e| match removed.is_empty() {
+                    true => e,
+                    false => e.context(format!("removed {} but not the rest", removed.join(", "))),
+                })?;
             removed.push(r.name.clone());
         } else {
             notes.push(format!(

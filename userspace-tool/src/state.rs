@@ -298,6 +298,29 @@ impl Store {
         self.flock("run", FlockArg::LockExclusiveNonblock)
     }
 
+    /// Drops the record of image `seq` (under the lock).
+    pub fn forget(&self, seq: u64) -> Result<()> {
+        self.update(|st| {
+            if let Some(st) = st {
+                st.images.retain(|i| i.seq != seq);
+            }
+            Ok(())
+        })
+    }
+
+    /// Replaces the record of image `img.seq` with `img` (under the lock).
+    pub fn set_image(&self, img: &Image) -> Result<()> {
+        self.update(|st| {
+            if let Some(st) = st {
+                st.images
+                    .iter_mut()
+                    .filter(|i| i.seq == img.seq)
+                    .for_each(|i| *i = img.clone());
+            }
+            Ok(())
+        })
+    }
+
     /// Reads the state under the lock, lets `f` change it, writes it back (only if it changed)
     /// and returns what `f` returned.
     pub fn update<T>(&self, f: impl FnOnce(&mut Option<State>) -> Result<T>) -> Result<T> {
@@ -521,6 +544,14 @@ mod tests {
             .unwrap();
         assert_eq!(n, 5);
         assert_eq!(s.load_existing().unwrap().images.len(), 5);
+        let mut img = s.load_existing().unwrap().images[0].clone();
+        img.thin_id = 99;
+        s.set_image(&img).unwrap();
+        assert_eq!(s.load_existing().unwrap().images[0].thin_id, 99);
+        s.forget(img.seq).unwrap();
+        assert_eq!(s.load_existing().unwrap().images.len(), 4);
+        s.forget(12345).unwrap();
+        assert_eq!(s.load_existing().unwrap().images.len(), 4);
         // A failing update changes nothing.
         let e = s.update(|st| {
             if let Some(st) = st.as_mut() {
@@ -529,7 +560,7 @@ mod tests {
             Err::<(), _>(Error::op("stop"))
         });
         assert_eq!(e, Err(Error::op("stop")));
-        assert_eq!(s.load_existing().unwrap().images.len(), 5);
+        assert_eq!(s.load_existing().unwrap().images.len(), 4);
         let _ = fs::remove_dir_all(&d);
     }
 
