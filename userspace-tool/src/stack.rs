@@ -18,6 +18,7 @@
 //! - Stacks are sorted by the name of their top device, errors by device name, so the output is
 //!   stable.
 
+use crate::checkpoint::CpStatus;
 use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -37,9 +38,9 @@ pub const NOTE_BAD_REPL: &str = "origin is a repl device whose table could not b
 
 /// Leading positional words of the wbcache INFO status (`<state> <mode> <block_size>`),
 /// skipped before reading `key value` pairs. Update together with the kernel's status format.
-const WBCACHE_INFO_POSITIONAL: usize = 3;
+pub const WBCACHE_INFO_POSITIONAL: usize = 3;
 /// Leading positional words of the repl INFO status (`<role> <state>`).
-const REPL_INFO_POSITIONAL: usize = 2;
+pub const REPL_INFO_POSITIONAL: usize = 2;
 
 /// Whether `target_type` is one of the wbrepl targets.
 pub fn is_wbrepl_target(target_type: &str) -> bool {
@@ -179,6 +180,8 @@ pub struct WbcacheLayer {
     pub status: Option<String>,
     /// Best-effort `key value` pairs of the status line.
     pub status_fields: BTreeMap<String, String>,
+    /// The checkpoint part of the status (`null` if the kernel does not report it).
+    pub checkpoint: Option<CpStatus>,
 }
 
 /// A dm device with a `repl` target.
@@ -245,17 +248,25 @@ fn wbcache_layer(dev: &Device, t: &Target) -> Result<WbcacheLayer, String> {
     let table = WbcacheTable::parse(&mut t.params.split_ascii_whitespace())
         .map_err(|e| format!("cannot parse wbcache table \"{}\": {e}", t.params))?;
     let status = t.status.as_ref().map(|s| s.trim().to_owned());
+    let fields = status
+        .as_deref()
+        .map(|s| status_fields(s, WBCACHE_INFO_POSITIONAL))
+        .unwrap_or_default();
     Ok(WbcacheLayer {
         name: dev.name.clone(),
         devnum: dev.devnum,
         origin: table.origin.to_owned(),
         cache: table.cache.to_owned(),
         block_size: table.block_size,
-        mode: table.opts.mode().as_str().to_owned(),
-        status_fields: status
+        // The running mode (a `mode` message changes it), else the table's.
+        mode: status
             .as_deref()
-            .map(|s| status_fields(s, WBCACHE_INFO_POSITIONAL))
-            .unwrap_or_default(),
+            .and_then(|s| s.split_ascii_whitespace().nth(1))
+            .filter(|m| matches!(*m, "writeback" | "writethrough" | "ordered"))
+            .unwrap_or(table.opts.mode().as_str())
+            .to_owned(),
+        checkpoint: CpStatus::from_fields(&fields),
+        status_fields: fields,
         status,
     })
 }
@@ -374,6 +385,20 @@ fn names(query: &str, name: &str, devnum: DevNum) -> bool {
 }
 
 impl Report {
+    /// The stack with a layer named by `query` (the first, if a repl device carries several
+    /// caches).
+    pub fn find(&self, query: &str) -> Option<&Stack> {
+        self.stacks
+            .iter()
+            .find(|s| s.layers().any(|(n, d)| names(query, n, d)))
+    }
+
+    /// The same, or the message for a DEVICE that names no wbrepl device.
+    pub fn lookup(&self, query: &str) -> Result<&Stack, String> {
+        self.find(query)
+            .ok_or_else(|| format!("{query}: no wbcache or repl device by that name"))
+    }
+
     /// Keeps the stacks with a layer named by one of `queries`, and the errors of devices named
     /// by one of them. Returns the queries that named nothing, in the order given.
     ///
@@ -730,6 +755,46 @@ mod tests {
     }
 
     #[test]
+    fn find_by_any_layer() {
+        let r = identify(&[
+            wbc("wbc0", 1, "253:0", "7:1"),
+            primary("repl0", 0, "7:2"),
+            secondary("sec0", 5, "7:6"),
+        ]);
+        let top = |q: &str| r.find(q).map(Stack::top_name);
+        assert_eq!(top("repl0"), Some("wbc0"));
+        assert_eq!(top("/dev/mapper/wbc0"), Some("wbc0"));
+        assert_eq!(top("253:0"), Some("wbc0"));
+        assert_eq!(top("sec0"), Some("sec0"));
+        assert_eq!(top("nosuch"), None);
+        assert_eq!(
+            r.lookup("nosuch").map(Stack::top_name),
+            Err("nosuch: no wbcache or repl device by that name".into())
+        );
+    }
+
+    #[test]
+    fn running_mode_and_checkpoint_from_the_status() {
+        let d = dev(
+            "w",
+            1,
+            vec![target(
+                WBCACHE,
+                "7:0 7:1 4096 2 mode writeback",
+                "ok ordered 4096 dirty 3 checkpoint ordered cp_id 9 cp_left 3 cp_ms 20 last_cp 8 last_cp_result timeout last_cp_ms 60000",
+            )],
+        );
+        let r = identify(&[d]);
+        let w = r.stacks[0].wbcache.as_ref().unwrap();
+        assert_eq!(w.mode, "ordered");
+        let cp = w.checkpoint.as_ref().unwrap();
+        assert_eq!(
+            (cp.id, cp.left, cp.last_result.as_deref()),
+            (Some(9), 3, Some("timeout"))
+        );
+    }
+
+    #[test]
     fn json_shape() {
         let r = identify(&[
             wbc("wbc0", 1, "253:0", "7:1"),
@@ -744,7 +809,8 @@ mod tests {
                     "wbcache": {
                         "name": "wbc0", "devnum": "253:1", "origin": "253:0", "cache": "7:1",
                         "block_size": 4096, "mode": "writeback", "status": WB_STATUS,
-                        "status_fields": {"reads": "5", "writes": "7", "flushes": "0", "errors": "0"}
+                        "status_fields": {"reads": "5", "writes": "7", "flushes": "0", "errors": "0"},
+                        "checkpoint": null
                     },
                     "repl": {
                         "name": "repl0", "devnum": "253:0", "role": "primary", "data": "7:2",
@@ -757,7 +823,8 @@ mod tests {
                     "wbcache": {
                         "name": "wbc9", "devnum": "253:2", "origin": "8:0", "cache": "7:3",
                         "block_size": 4096, "mode": "writeback", "status": WB_STATUS,
-                        "status_fields": {"reads": "5", "writes": "7", "flushes": "0", "errors": "0"}
+                        "status_fields": {"reads": "5", "writes": "7", "flushes": "0", "errors": "0"},
+                        "checkpoint": null
                     },
                     "repl": null,
                     "note": "origin is not a repl device"
