@@ -8,7 +8,7 @@
 #   make test-long  the same with long property-test and power-loss campaigns
 #   make bench-wbcache  dm-wbcache vs dm-writecache vs the origin alone (a benchmark, not a test)
 #   make bench-repl     dm-repl vs DRBD 8.4 (protocols A and C) vs the local device alone (a benchmark)
-#   make demo       boot a guest, build the stack with dmsetup, run fio through it
+#   make demo       two nodes: ext4 on the stack, checkpoints in every mode, images checked at the secondary
 #   make clean
 
 SHELL := /bin/bash
