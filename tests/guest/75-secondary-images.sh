@@ -282,10 +282,10 @@ if dmsetup status pc | grep -q ' checkpoint '; then
   check_eq "images: ...--json: mode hold (the default for a writeback cache), label cp1, acknowledged on pc-repl" "hold cp1 pc-repl" "${V[1]}"
   check "images: the image of checkpoint ${V[0]} appears" wait_for 60 has_markers "5 ${V[0]}"
   check "images: it equals the cache stack's data at the checkpoint" verify_image latest cp
-  # A slower drain: 4 MiB in the cache, the link 20 ms each way. The status shows the blocks
-  # left while it runs, and on a terminal the checkpoint draws its progress bar.
-  node_link A "delay 20ms"
-  dd if=/dev/urandom of=/dev/mapper/pc bs=1M count=4 seek=9 oflag=direct status=none
+  # A slower drain: 6 MiB in the cache, 64 KiB in flight, 40 ms from A to B (about 4 s). The
+  # status shows the blocks left while it runs, and on a terminal the checkpoint draws its bar.
+  node_link A "delay 40ms"
+  dd if=/dev/urandom of=/dev/mapper/pc bs=1M count=6 seek=8 oflag=direct status=none
   script -qec "$W checkpoint pc --label slow" "$T/cptty" >/dev/null 2>&1 &
   CP=$!
   draining() { "$W" status pc | grep -qE '^  cache: .*; checkpoint hold [0-9]+: [0-9]+ blocks left'; }
