@@ -236,7 +236,9 @@ impl Target for Repl {
                 Ok(())
             }
             (Engine::Primary(p), "marker", Some(label)) => {
-                let label = marker::label_from(label).ok_or(EINVAL)?;
+                // `-`: no label (as in dm-wbcache's `checkpoint` message).
+                let label = if label == "-" { Some([0; wire::LABEL_LEN]) } else { marker::label_from(label) };
+                let label = label.ok_or(EINVAL)?;
                 let id = p.inject_marker(label)?;
                 let _ = write!(out, "{id}");
                 Ok(())
