@@ -113,6 +113,18 @@ impl Completion {
         unsafe { bindings::wait_for_completion_timeout(self.c.get(), j) != 0 }
     }
 
+    /// Waits up to `ms` milliseconds, or until a signal is pending for the calling task
+    /// (`EINTR`); `Ok` tells whether it was completed.
+    pub fn wait_interruptible_timeout_ms(&self, ms: u32) -> Result<bool> {
+        let j = kernel::time::msecs_to_jiffies(ms);
+        // SAFETY: as above.
+        let r = unsafe { bindings::wait_for_completion_interruptible_timeout(self.c.get(), j) };
+        if r < 0 {
+            return Err(EINTR);
+        }
+        Ok(r != 0)
+    }
+
     /// Makes it not completed again (`reinit_completion`), so that it can be used as an event:
     /// reinit, check the condition, then wait.
     pub fn reinit(&self) {

@@ -143,6 +143,8 @@ struct CpState {
     start_ms: i64,
     /// Blocks of epochs up to `id` still in the cache, as of the last count.
     left: u64,
+    /// Asked to end (the `abort` message, a suspend).
+    abort: bool,
 }
 
 #[derive(Default)]
@@ -198,8 +200,11 @@ struct Shared {
     kcopyd: Kcopyd,
     stop: AtomicBool,
     drains: AtomicU32,
-    /// Ends the checkpoint in progress (the `abort` message, a suspend).
-    cp_abort: AtomicBool,
+    /// Writeback rounds that failed (never cleared, unlike `stats.wb_errors`).
+    wb_failures: AtomicU64,
+    /// Wakes a checkpoint waiting for writeback progress (or told to end).
+    #[pin]
+    cp_wake: Completion,
     /// The marker record's block.
     #[pin]
     marker_buf: Mutex<KVec<u8>>,
@@ -837,6 +842,7 @@ impl Shared {
             }
             if let Err(e) = r {
                 self.stats.wb_errors.fetch_add(1, Ordering::Relaxed);
+                self.wb_failures.fetch_add(1, Ordering::Relaxed);
                 if !self.wb_error.swap(true, Ordering::Relaxed) {
                     pr_err!("wbcache {}: writeback to the origin failed ({:?}); the blocks stay dirty and are retried\n", self.cache, e);
                 }
@@ -845,6 +851,7 @@ impl Shared {
             self.wb_error.store(false, Ordering::Relaxed);
             self.stats.writebacks.fetch_add(n as u64, Ordering::Relaxed);
             self.space.complete();
+            self.cp_wake.complete();
         }
     }
 
@@ -873,8 +880,6 @@ impl Shared {
             );
             return Err(EINVAL);
         }
-        // Before looking at `stop`: a suspend sets `stop`, then `cp_abort`.
-        self.cp_abort.store(false, Ordering::SeqCst);
         let (id, saved_mode) = {
             let mut g = self.inner.lock();
             let refuse = if !g.loaded || self.stop.load(Ordering::SeqCst) {
@@ -902,35 +907,44 @@ impl Shared {
                 g.mode = CacheMode::Writethrough;
                 g.ix.set_ordered(false);
             }
-            g.cp = Some(CpState { mode: req.mode, id: u64::from(id), start_ms: start, left: 0 });
+            g.cp = Some(CpState { mode: req.mode, id: u64::from(id), start_ms: start, left: 0, abort: false });
             (id, saved_mode)
         };
         self.drains.fetch_add(1, Ordering::AcqRel);
-        let errors_before = self.stats.wb_errors.load(Ordering::Relaxed);
+        let errors_before = self.wb_failures.load(Ordering::Relaxed);
         let deadline = start + i64::from(req.timeout_ms);
         let mut blocks = None;
-        let drained = loop {
-            self.space.reinit();
+        // The new epoch on disk first, so that marker ids never repeat after a crash.
+        let committed = self.commit(true).map_err(|e| (CpOutcome::Failed, e, "the metadata commit failed"));
+        let drained = committed.and_then(|()| loop {
+            self.cp_wake.reinit();
             self.wake.complete();
             let left = self.count_upto(id);
             blocks.get_or_insert(left);
-            if let Some(c) = self.inner.lock().cp.as_mut() {
-                c.left = left;
-            }
+            let abort = {
+                let mut g = self.inner.lock();
+                g.cp.as_mut().is_some_and(|c| {
+                    c.left = left;
+                    c.abort
+                })
+            };
             if left == 0 {
                 break Ok(());
             }
-            if self.cp_abort.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
+            if abort || self.stop.load(Ordering::SeqCst) {
                 break Err((CpOutcome::Aborted, ecanceled(), "aborted"));
             }
-            if self.failed() || self.stats.wb_errors.load(Ordering::Relaxed) != errors_before {
+            if self.failed() || self.wb_failures.load(Ordering::Relaxed) != errors_before {
                 break Err((CpOutcome::Failed, EIO, "writeback to the origin failed"));
             }
             if ms_now() >= deadline {
                 break Err((CpOutcome::Timeout, etimedout(), "timed out"));
             }
-            self.space.wait_timeout_ms(CP_POLL_MS);
-        };
+            // A signal to the process that sent the message (Ctrl-C) ends the checkpoint.
+            if self.cp_wake.wait_interruptible_timeout_ms(CP_POLL_MS).is_err() {
+                break Err((CpOutcome::Aborted, EINTR, "interrupted by a signal"));
+            }
+        });
         let drain_ms = ms_now() - start;
         let result = drained.and_then(|()| {
             self.write_marker(u64::from(id), &req.label)
@@ -969,6 +983,13 @@ impl Shared {
         }
     }
 
+    /// Asks the checkpoint in progress, if any, to end; returns whether there was one.
+    fn abort_checkpoint(&self) -> bool {
+        let found = self.inner.lock().cp.as_mut().map(|c| c.abort = true).is_some();
+        self.cp_wake.complete();
+        found
+    }
+
     /// Data-holding versions of epochs up to `limit`, counted in steps of the index lock.
     fn count_upto(&self, limit: u32) -> u64 {
         let (mut n, mut pos) = (0, 0);
@@ -991,19 +1012,21 @@ impl Shared {
         let rec = MarkerRecord { id, time_ns: real_time_ns(), label: *label };
         let first: &mut [u8; RECORD_LEN] = buf.get_mut(..RECORD_LEN).and_then(|b| b.try_into().ok()).ok_or(EINVAL)?;
         rec.encode(&KernelCrc32c, first);
-        let region = Region { dev: &self.origin, sector: self.origin.sectors() - MARKER_SECTORS, sectors: MARKER_SECTORS };
+        // Re-checked here: the origin may have been resized since the request.
+        let sector = self.origin.sectors().checked_sub(MARKER_SECTORS).filter(|&s| s >= self.len).ok_or(EINVAL)?;
+        let region = Region { dev: &self.origin, sector, sectors: MARKER_SECTORS };
         self.dmio.write(&[region], &buf[..], IoFlags { preflush: true, fua: true })
     }
 
     fn drain_wait(&self) -> Result {
-        let errors_before = self.stats.wb_errors.load(Ordering::Relaxed);
+        let errors_before = self.wb_failures.load(Ordering::Relaxed);
         loop {
             self.space.reinit();
             self.wake.complete();
             if self.failed() {
                 return Err(EIO);
             }
-            if self.stats.wb_errors.load(Ordering::Relaxed) != errors_before {
+            if self.wb_failures.load(Ordering::Relaxed) != errors_before {
                 return Err(EIO);
             }
             if self.inner.lock().ix.counts().dirty == 0 {
@@ -1012,7 +1035,7 @@ impl Shared {
             if self.stop.load(Ordering::Acquire) {
                 // No writeback worker (suspended): do the rounds here.
                 self.writeback_round(true);
-                if self.inner.lock().ix.counts().dirty != 0 && self.stats.wb_errors.load(Ordering::Relaxed) == errors_before {
+                if self.inner.lock().ix.counts().dirty != 0 && self.wb_failures.load(Ordering::Relaxed) == errors_before {
                     sleep_ms(1);
                 }
                 continue;
@@ -1163,7 +1186,8 @@ impl Target for Wbcache {
                 kcopyd,
                 stop: AtomicBool::new(true),
                 drains: AtomicU32::new(0),
-                cp_abort: AtomicBool::new(false),
+                wb_failures: AtomicU64::new(0),
+                cp_wake <- Completion::new(),
                 marker_buf <- new_mutex!(marker_buf),
                 meta_error: AtomicI32::new(0),
                 wb_error: AtomicBool::new(false),
@@ -1349,11 +1373,17 @@ impl Target for Wbcache {
         self.start_writeback();
     }
 
+    fn presuspend(&self) {
+        // Device-mapper waits for a running message before it suspends: end the checkpoint now
+        // rather than let the suspend wait for its timeout.
+        self.shared.abort_checkpoint();
+    }
+
     fn postsuspend(&self) {
         let sh = &*self.shared;
         self.stop_writeback();
         // A checkpoint in progress ends (it sees `stop` too): nothing stays held.
-        sh.cp_abort.store(true, Ordering::SeqCst);
+        sh.abort_checkpoint();
         if sh.opts.flush_on_suspend {
             if let Err(e) = sh.drain() {
                 pr_err!("wbcache {}: flush on suspend failed ({:?})\n", sh.cache, e);
@@ -1474,11 +1504,10 @@ impl Target for Wbcache {
         match verb {
             "abort" => {
                 no_arg(arg)?;
-                if sh.inner.lock().cp.is_none() {
+                if !sh.abort_checkpoint() {
                     pr_warn!("wbcache {}: message 'abort': no checkpoint in progress\n", sh.cache);
                     return Err(EINVAL);
                 }
-                sh.cp_abort.store(true, Ordering::SeqCst);
                 let _ = write!(out, "aborting");
                 Ok(())
             }
