@@ -95,6 +95,7 @@ impl Kcopyd {
             GFP_KERNEL,
         )?;
         let ctx = &*batch as *const Batch as *mut kernel::ffi::c_void;
+        let mut submitted = 0;
         for &(f, t, sectors) in jobs {
             loop {
                 // Re-armed before the check: an end after the check still wakes the wait.
@@ -104,14 +105,22 @@ impl Kcopyd {
                 }
                 batch.slot.wait_timeout_ms(1000);
             }
+            if batch.failed.load(Ordering::Relaxed) {
+                // The batch fails anyway: submit no more (the ones in flight are waited for).
+                break;
+            }
             batch.inflight.fetch_add(1, Ordering::AcqRel);
+            submitted += 1;
             let mut from = Region { dev: from, sector: f, sectors }.raw();
             let mut to = Region { dev: to, sector: t, sectors }.raw();
             // SAFETY: the client is live; `from`/`to` are read during the call; `ctx` stays
             // valid until every job has notified, because we wait for that below.
             unsafe { bindings::dm_kcopyd_copy(self.kc.as_ptr(), &mut from, 1, &mut to, 0, Some(notify), ctx) };
         }
-        if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // Jobs never submitted, and this function's own count. No early return above this
+        // point once a job is submitted: the batch must outlive every notifier.
+        let unsent = jobs.len() - submitted + 1;
+        if batch.remaining.fetch_sub(unsent, Ordering::AcqRel) == unsent {
             batch.done.complete_all();
         }
         // Wait on the completion, not on the counter: `complete_all` is the last access to the
