@@ -250,6 +250,9 @@ pub(crate) struct Primary {
     #[pin]
     meta_buf: Mutex<KVVec<u8>>,
     meta_loaded: AtomicBool,
+    /// The dirty bitmap covers every region that may differ from the secondary: read from a
+    /// clean superblock, or all of it after a crash (not after a format, nor without meta_dev).
+    bitmap_trusted: AtomicBool,
     /// Suspended: no reconnection until resumed.
     suspended: AtomicBool,
     key: Option<KernelHmac>,
@@ -407,6 +410,7 @@ impl Primary {
                 sectors,
                 meta_buf <- new_mutex!(meta_buf),
                 meta_loaded: AtomicBool::new(false),
+                bitmap_trusted: AtomicBool::new(false),
                 suspended: AtomicBool::new(false),
                 addr,
                 ns: NetNs::current(),
@@ -502,7 +506,8 @@ impl Primary {
                 }
                 Ok(Some(sb)) if !sb.clean => {
                     pr_warn!("repl {}: the primary went down without saving its dirty bitmap: the whole device will be resynced\n", meta);
-                    self.st.lock().dirty.mark_all();
+                    self.mark_all_dirty();
+                    self.bitmap_trusted.store(true, Ordering::Release);
                 }
                 Ok(Some(_)) => {
                     let bytes = geom.device_bytes() as usize - SUPER_BYTES;
@@ -519,6 +524,7 @@ impl Primary {
                         }
                     }
                     let n = self.st.lock().dirty.count();
+                    self.bitmap_trusted.store(true, Ordering::Release);
                     pr_info!("repl {}: loaded the dirty bitmap: {} KiB to resync\n", meta, n << (REGION_SHIFT - 1));
                 }
             }
@@ -668,9 +674,8 @@ impl Primary {
         let Some(m) = self.st.lock().marker_req.take() else { return };
         let r = match c {
             Some(c) => match self.send_counted(c, FrameType::Marker, 0, Kind::Other, 0, 0, &m.encode()) {
-                Ok(seq) => {
+                Ok(_) => {
                     self.stats.marker_id.fetch_max(m.id, Ordering::Relaxed);
-                    self.marker_sent(c, seq, m.id);
                     0
                 }
                 Err(e) => {
@@ -687,11 +692,18 @@ impl Primary {
     /// The `resync` message: every region is resynced (a full synchronisation).
     pub(crate) fn resync_all(&self) {
         let _b = self.bitmap_lock.lock();
-        let mut g = self.st.lock();
-        g.dirty.mark_all();
-        g.resync_cursor = 0;
-        drop(g);
+        self.mark_all_dirty();
+        self.st.lock().resync_cursor = 0;
         self.wake.complete();
+    }
+
+    /// Marks every region dirty, in bounded pieces of the state lock (interrupts are off while
+    /// it is held). Pieces are safe: marking more than needed only resyncs more.
+    fn mark_all_dirty(&self) {
+        let words = self.st.lock().dirty.word_count();
+        for piece in (0..words).step_by(BITMAP_STEP) {
+            self.st.lock().dirty.mark_words(piece, BITMAP_STEP);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> Snapshot {
@@ -814,6 +826,12 @@ impl Primary {
         let mut done = BioList::new();
         {
             let _b = self.bitmap_lock.lock();
+            // A secondary in the middle of a resync, and no bitmap that says what differs: all
+            // of it (marked in pieces, before the state is switched below).
+            let all = c.peer_inconsistent && !self.bitmap_trusted.load(Ordering::Acquire) && !self.st.lock().resyncing;
+            if all {
+                self.mark_all_dirty();
+            }
             let mut g = self.st.lock();
             if !g.win.is_empty() {
                 // Cannot happen (a disconnection drains before the connector may connect),
@@ -829,13 +847,9 @@ impl Primary {
             g.resync_done_seq = None;
             if c.peer_inconsistent && !g.resyncing {
                 // The secondary's device is in the middle of a resync that this table did not
-                // run (say, the primary was reloaded meanwhile). With a loaded bitmap, every
-                // region that may differ is dirty in it; without one, nothing is known: all of
-                // it. Either way the resync ends with the resync-done barrier.
-                let all = !self.meta_loaded.load(Ordering::Acquire);
-                if all {
-                    g.dirty.mark_all();
-                }
+                // run (say, the primary was reloaded meanwhile). A trusted bitmap has every
+                // region that may differ dirty (marked above otherwise). The resync ends with
+                // the resync-done barrier.
                 g.resyncing = true;
                 g.resync_total = g.dirty.count();
                 g.resync_sent = 0;
@@ -1056,19 +1070,17 @@ impl Primary {
             if ty == FrameType::Barrier && flags & wire::BARRIER_FLUSH != 0 {
                 g.flush_pushed(seq);
             }
+            if ty == FrameType::Marker {
+                // Before the frame is sent: its acknowledgement may come at once.
+                if let Ok(m) = wire::Marker::decode(payload) {
+                    g.marker_unacked = Some((seq, m.id));
+                }
+            }
             seq
         };
         link::send_frame(&c.sock, ty, flags, seq, payload, c.mac.as_ref())?;
         self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         Ok(seq)
-    }
-
-    /// Remembers marker `id` sent in frame `seq`, for `marker_acked`.
-    fn marker_sent(&self, c: &Conn, seq: u64, id: u64) {
-        let mut g = self.st.lock();
-        if g.gen == c.gen {
-            g.marker_unacked = Some((seq, id));
-        }
     }
 
     /// The id of the marker record a write into the marker region carries, if any.
@@ -1161,6 +1173,10 @@ impl Primary {
                     } else {
                         g.flush_pushed(seq);
                     }
+                    if let Some(id) = marker {
+                        // Before the frame is sent: its acknowledgement may come at once.
+                        g.marker_unacked = Some((seq, id));
+                    }
                 }
                 pushed.then_some(seq)
             }
@@ -1178,7 +1194,6 @@ impl Primary {
                 self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 if let Some(id) = marker {
                     self.stats.marker_id.fetch_max(id, Ordering::Relaxed);
-                    self.marker_sent(c, seq, id);
                 }
                 if ty == FrameType::Barrier {
                     self.close_epoch(epoch);

@@ -337,7 +337,9 @@ impl Target for Repl {
                 } else {
                     write!(out, " frozen -")
                 };
-                let label = *sec.marker_label.lock();
+                // The label of the marker shown, not of one recorded since.
+                let (lid, label) = *sec.marker_label.lock();
+                let label = if lid == st.marker_id.load(Ordering::Acquire) { label } else { [0; wire::LABEL_LEN] };
                 write!(out, " marker_label {}", LabelWord(&label))
             }
             (StatusType::Table, e) => {

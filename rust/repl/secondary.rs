@@ -317,7 +317,7 @@ pub(crate) struct Stats {
     pub(crate) marker_time_ns: AtomicU64,
 }
 
-/// The last marker recorded: its label (status `marker_label`).
+/// A marker's label.
 pub(crate) type MarkerLabel = [u8; wire::LABEL_LEN];
 
 #[pin_data]
@@ -349,9 +349,9 @@ pub(crate) struct Secondary {
     pub(crate) frozen_id: AtomicU64,
     pub(crate) frozen: AtomicBool,
     frozen_since_ms: AtomicU64,
-    /// The last marker's label.
+    /// The last marker recorded: its id and label together (status `marker`, `marker_label`).
     #[pin]
-    pub(crate) marker_label: Mutex<MarkerLabel>,
+    pub(crate) marker_label: Mutex<(u64, MarkerLabel)>,
     #[pin]
     thaw: Completion,
     handle: TargetHandle,
@@ -465,7 +465,7 @@ impl Secondary {
                 frozen_id: AtomicU64::new(0),
                 frozen: AtomicBool::new(false),
                 frozen_since_ms: AtomicU64::new(0),
-                marker_label <- new_mutex!([0u8; wire::LABEL_LEN]),
+                marker_label <- new_mutex!((0, [0u8; wire::LABEL_LEN])),
                 thaw <- Completion::new(),
                 handle,
                 pending <- new_mutex!(None),
@@ -585,13 +585,13 @@ impl Secondary {
     /// device is suspended, and a table loaded next finds the state saved).
     pub(crate) fn postsuspend(&self) {
         self.suspended.store(true, Ordering::SeqCst);
-        // A frozen applier notices the shut-down socket at its next keepalive: now.
-        self.thaw.complete();
         while self.serving.load(Ordering::SeqCst) {
             // Again each time: the applier may have taken a session just before.
             if let Some(p) = self.active.lock().clone() {
                 p.sock.shutdown();
             }
+            // A frozen applier notices the shut-down socket at its next keepalive: now.
+            self.thaw.complete();
             sleep_ms(10);
         }
         if self.meta_loaded.load(Ordering::Acquire) {
@@ -890,7 +890,7 @@ impl Secondary {
     /// and every write before it are durable, then record it and tell userspace (a dm event).
     fn record_marker(&self, id: u64, time_ns: u64, label: &MarkerLabel) -> Result<(), LinkError> {
         self.aio.client().flush(self.data()).map_err(LinkError::Apply)?;
-        *self.marker_label.lock() = *label;
+        *self.marker_label.lock() = (id, *label);
         self.stats.marker_id.store(id, Ordering::Release);
         self.stats.marker_time_ns.store(time_ns, Ordering::Release);
         self.stats.markers.fetch_add(1, Ordering::Relaxed);

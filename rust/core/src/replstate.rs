@@ -330,12 +330,20 @@ impl<W: DerefMut<Target = [u64]>> DirtyMap<W> {
 
     /// Marks every region dirty (a full resync). Word by word: O(regions / 64).
     pub fn mark_all(&mut self) {
-        let n = self.word_count();
-        for (i, w) in self.words.iter_mut().enumerate().take(n) {
+        self.mark_words(0, self.word_count());
+    }
+
+    /// Marks every region of words `from..from + n` dirty (in pieces, so that a caller holding
+    /// a lock with interrupts off can release it between them).
+    pub fn mark_words(&mut self, from: usize, n: usize) {
+        for i in from..from.saturating_add(n).min(self.word_count()) {
             let valid = self.regions - i as u64 * 64;
-            *w = if valid >= 64 { !0 } else { (1u64 << valid) - 1 };
+            let full = if valid >= 64 { !0 } else { (1u64 << valid) - 1 };
+            if let Some(w) = self.words.get_mut(i) {
+                self.count += u64::from((full & !*w).count_ones());
+                *w = full;
+            }
         }
-        self.count = self.regions;
     }
 
     /// Clears every region.
@@ -503,6 +511,12 @@ mod tests {
         assert_eq!((m.count(), m.next_run(0, 8)), (0, None));
         m.mark_all();
         assert_eq!((m.count(), m.next_run(0, 1000)), (100, Some((0, 100))));
+        m.clear_all();
+        m.mark(70 * 128, 1);
+        m.mark_words(0, 1);
+        assert_eq!(m.count(), 65, "word 0 and the region already marked in word 1");
+        m.mark_words(1, 5);
+        assert_eq!(m.count(), 100, "no region past the last");
         assert_eq!((m.word(0), m.word(1)), (u64::MAX, (1 << 36) - 1), "bits past the end stay clear");
         let mut o = DirtyMap::new(vec![0u64; 2], 100 * 128, 7).unwrap();
         o.mark(64 * 128, 1);
