@@ -1559,6 +1559,9 @@ mod tests {
         Checkpoint(bool),
         /// Ends the checkpoint if everything up to its epoch is written back (the marker).
         CheckpointDone,
+        /// Ends the checkpoint without a marker (abort, timeout, error): the limit is lifted
+        /// with versions up to its epoch still cached.
+        CheckpointAbort,
         Crash,
     }
 
@@ -1576,6 +1579,7 @@ mod tests {
             1 => Just(Op::CloseEpoch),
             1 => any::<bool>().prop_map(Op::Checkpoint),
             2 => Just(Op::CheckpointDone),
+            1 => Just(Op::CheckpointAbort),
             1 => Just(Op::Crash),
         ]
     }
@@ -1810,9 +1814,9 @@ mod tests {
                     }
                 }
                 Op::CloseEpoch => {
-                    if self.cp.is_none() {
-                        self.ix.close_epoch();
-                    }
+                    // Also during a checkpoint (a flush from above in ordered mode): the new
+                    // epochs are newer than the checkpoint's.
+                    self.ix.close_epoch();
                 }
                 Op::Checkpoint(wt) => {
                     if self.cp.is_some() {
@@ -1825,6 +1829,12 @@ mod tests {
                         self.ix.set_ordered(false);
                     }
                     self.cp = Some((n, *wt, self.mapped.clone()));
+                }
+                Op::CheckpointAbort => {
+                    if self.cp.take().is_some() {
+                        self.ix.set_wb_limit(None);
+                        self.ix.set_ordered(self.ordered);
+                    }
                 }
                 Op::CheckpointDone => {
                     let Some((n, _, want)) = &self.cp else { return };
