@@ -196,6 +196,22 @@ check_eq "link: the aborted checkpoint failed" 1 "$((rc != 0))"
 check_match "link: ...with ECANCELED" 'Operation canceled|ECANCELED|canceled' "$(cat "$IMG_DIR/stuck.out")"
 check_match "link: status: aborted" ' checkpoint idle cp_id - cp_left 0 cp_ms 0 last_cp [0-9]+ last_cp_result aborted ' "$(dmsetup status cp-w)"
 start=$(date +%s)
+refused "link: a checkpoint interrupted by a signal (Ctrl-C)" "interrupted by a signal" timeout -s INT 2 dmsetup message cp-w 0 checkpoint hold sig 60000
+check "link: ...ends at once" test $(($(date +%s) - start)) -le 6
+check_match "link: ...counted as aborted" ' last_cp_result aborted ' "$(dmsetup status cp-w)"
+cp_msg hold suspended 60000 >"$IMG_DIR/susp.out" 2>&1 &
+CP=$!
+check "link: another checkpoint in progress" wait_status cp-w ' checkpoint hold cp_id ' 10
+start=$(date +%s)
+timeout 60 dmsetup suspend cp-w &
+SUSP=$!
+wait $CP; rc=$?
+check "link: a suspend during it ends it at once (not at its 60 s timeout)" test "$rc" != 0 -a $(($(date +%s) - start)) -le 10
+check_match "link: ...as aborted (ECANCELED)" 'canceled' "$(cat "$IMG_DIR/susp.out")"
+wait $SUSP; rc=$?
+check_eq "link: the suspend completes (writeback stops once the link gives up)" 0 "$rc"
+check "link: resume" dmsetup resume cp-w
+start=$(date +%s)
 refused "link: a checkpoint with a 3 s timeout" "timed out" cp_msg hold short 3000
 el=$(($(date +%s) - start))
 check "link: ...ended by its timeout (${el} s)" test "$el" -ge 3 -a "$el" -le 8
