@@ -18,7 +18,7 @@
 #   $WBREPL_LOGDIR the (writable) log directory; dmesg is saved to DIR/dmesg.txt.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-logdir="" timeout=${WBREPL_GUEST_TIMEOUT:-2400} allowed=()
+logdir="" timeout=${WBREPL_GUEST_TIMEOUT:-3600} allowed=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --logdir) logdir=$2; shift 2;;
