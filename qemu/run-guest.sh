@@ -46,7 +46,7 @@ while IFS= read -r v; do fwd+=("$v"); done < <(env | grep -E '^WBREPL_[A-Z0-9_]+
 cmd=$(printf '%q ' env "${fwd[@]}" "$root/qemu/guest-init.sh" "$root" "$logdir" "$@")
 
 set +e
-timeout -k 10 "$timeout" vng --run "$kdir" "${accel[@]}" --cpus 2 --memory 2G -v \
+timeout -k 10 "$timeout" vng --run "$kdir" "${accel[@]}" --cpus 2 --memory 3G -v \
   --rwdir "$logdir" --cwd /tmp \
   --append "oops=panic hung_task_panic=1 softlockup_panic=1" \
   -- "$cmd" 2>"$logdir/console.log" | tee "$logdir/guest.log"

@@ -19,8 +19,12 @@ for f in "${files[@]}"; do
   [ "$rc" != 0 ] && failed_files=$((failed_files + 1))
   echo "# $(basename "$f") took $(( $(date +%s) - start )) s"
   rm -f "$out"
-  # Leave nothing behind for the next file.
+  # Leave nothing behind for the next file: the loop files live in the guest's /tmp, a tmpfs
+  # in RAM, and what one file leaves there (hundreds of MiB of logs and thin data) would fill
+  # it for the next ones (their loop devices would then fail writes with ENOSPC).
   dmsetup remove_all --force >/dev/null 2>&1
   losetup -D 2>/dev/null
+  rm -rf /tmp/wbrepl-img
+  echo "# /tmp: $(df -h --output=used,size /tmp | tail -1 | xargs) used"
 done
 [ $failed_files = 0 ]
