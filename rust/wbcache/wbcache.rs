@@ -65,6 +65,9 @@ const META_RUN: usize = 16;
 /// Blocks written back per writeback batch, at most (contiguous ones are merged into one copy;
 /// at most `writeback_jobs` copies run at once).
 const MAX_WB_BATCH: usize = 4096;
+/// Sectors one writeback copy carries at most (1 MiB): a long contiguous run is split, so its
+/// pieces run at once (up to `writeback_jobs`) instead of one after another in a single copy.
+const MAX_COPY_SECTORS: u64 = 2048;
 /// Slots examined per step of a writeback scan (one hold of the index lock).
 const SCAN_STEP: u32 = 2048;
 /// Blocks one bio may carry to or from consecutive cache slots (bounds the work done under the
@@ -828,7 +831,7 @@ impl Shared {
                 }
                 n
             };
-            let nj = merge_copies(jobs.get_mut(..n).unwrap_or(&mut []));
+            let nj = merge_copies(jobs.get_mut(..n).unwrap_or(&mut []), MAX_COPY_SECTORS);
             let r = self
                 .kcopyd
                 .copy_all(&self.cache, &self.origin, jobs.get(..nj).unwrap_or(&[]), self.opts.jobs() as usize)

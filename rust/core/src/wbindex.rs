@@ -1082,9 +1082,11 @@ where
 }
 
 /// Sorts writeback copies `(from, to, sectors)` by destination and merges those contiguous on
-/// both sides; returns how many copies are left (at the front of `jobs`). Destinations must be
-/// distinct (a writeback batch holds one version per block).
-pub fn merge_copies(jobs: &mut [(u64, u64, u64)]) -> usize {
+/// both sides into copies of at most `max_sectors` (a merged copy never grows past it, so that a
+/// long run still makes several copies that can run at once); returns how many copies are left
+/// (at the front of `jobs`). Destinations must be distinct (a writeback batch holds one version
+/// per block).
+pub fn merge_copies(jobs: &mut [(u64, u64, u64)], max_sectors: u64) -> usize {
     // Heapsort by destination: O(n log n) with no panicking paths (core's slice sorts
     // have some, which objtool flags in a kernel module).
     let key = |jobs: &[(u64, u64, u64)], i: usize| jobs.get(i).map_or(0, |j| j.1);
@@ -1115,7 +1117,7 @@ pub fn merge_copies(jobs: &mut [(u64, u64, u64)]) -> usize {
         let Some(&j) = jobs.get(i) else { break };
         if out > 0 {
             if let Some(last) = jobs.get_mut(out - 1) {
-                if last.0 + last.2 == j.0 && last.1 + last.2 == j.1 {
+                if last.0 + last.2 == j.0 && last.1 + last.2 == j.1 && last.2 + j.2 <= max_sectors {
                     last.2 += j.2;
                     continue;
                 }
@@ -1452,17 +1454,21 @@ mod tests {
     #[test]
     fn contiguous_copies_merge_into_one() {
         let mut jobs: Vec<(u64, u64, u64)> = (0..100u64).rev().map(|b| (b * 8, 1000 + b * 8, 8)).collect();
-        assert_eq!(merge_copies(&mut jobs), 1);
+        let mut capped = jobs.clone();
+        assert_eq!(merge_copies(&mut jobs, u64::MAX), 1);
         assert_eq!(jobs[0], (0, 1000, 800));
+        // At most 256 sectors per copy: 256 + 256 + 256 + 32.
+        assert_eq!(merge_copies(&mut capped, 256), 4);
+        assert_eq!(capped[..4], [(0, 1000, 256), (256, 1256, 256), (512, 1512, 256), (768, 1768, 32)]);
         let mut gap = vec![(0, 0, 8), (8, 16, 8), (16, 8, 8)];
-        assert_eq!(merge_copies(&mut gap), 3, "contiguous on one side only: no merge");
+        assert_eq!(merge_copies(&mut gap, u64::MAX), 3, "contiguous on one side only: no merge");
     }
 
     proptest! {
         /// Merged copies cover exactly the blocks given, in destination order.
         #[test]
         fn merged_copies_cover_exactly_the_input(blocks in proptest::collection::btree_set(0u64..500, 0..300),
-                                                  seed in any::<u64>()) {
+                                                  seed in any::<u64>(), cap in 1u64..40) {
             let mut s = seed | 1;
             let mut jobs: Vec<(u64, u64, u64)> = blocks.iter().map(|&b| {
                 s ^= s << 13; s ^= s >> 7; s ^= s << 17;
@@ -1472,10 +1478,10 @@ mod tests {
             }).collect();
             let mut want = jobs.clone();
             want.sort_by_key(|j| j.1);
-            let m = merge_copies(&mut jobs);
+            let m = merge_copies(&mut jobs, cap * 8);
             let mut got = vec![];
             for &(f, t, n) in &jobs[..m] {
-                prop_assert!(n > 0 && n % 8 == 0);
+                prop_assert!(n > 0 && n % 8 == 0 && n <= cap * 8);
                 for k in 0..n / 8 {
                     got.push((f + 8 * k, t + 8 * k, 8));
                 }
