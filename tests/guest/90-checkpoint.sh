@@ -211,6 +211,13 @@ check_match "link: ...as aborted (ECANCELED)" 'canceled' "$(cat "$IMG_DIR/susp.o
 wait $SUSP; rc=$?
 check_eq "link: the suspend completes (writeback stops once the link gives up)" 0 "$rc"
 check "link: resume" dmsetup resume cp-w
+# A fresh block for the timeout case: by now the primary may have given the link up (12 s
+# without progress; the steps above take longer on a loaded host), and then the drain would
+# not wait and the marker would be refused at once instead of the checkpoint timing out.
+node_link A ""
+check "link: healed before the timeout case" synced cp-r 120
+check "link: 10 MiB dirty again" dd if=/dev/urandom of=/dev/mapper/cp-w bs=1M count=10 seek=16 oflag=direct status=none
+node_link A "loss 100%"
 start=$(date +%s)
 refused "link: a checkpoint with a 3 s timeout" "timed out" cp_msg hold short 3000
 el=$(($(date +%s) - start))
