@@ -8,6 +8,7 @@
 #   make test-long  the same with long property-test and power-loss campaigns
 #   make bench-wbcache  dm-wbcache vs dm-writecache vs the origin alone (a benchmark, not a test)
 #   make bench-repl     dm-repl vs DRBD 8.4 (protocols A and C) vs the local device alone (a benchmark)
+#   make bench-checkpoint  drain time against its bound, write p99 during checkpoints, marker to image
 #   make demo       two nodes: ext4 on the stack, checkpoints in every mode, images checked at the secondary
 #   make clean
 
@@ -28,7 +29,7 @@ endif
 KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=$(KRUSTC) BINDGEN=$(KBINDGEN) RUST_LIB_SRC=$(KRUST_LIB_SRC)
 export KDIR
 
-.PHONY: all setup kernel modules modules-clean cli host-test guest-test test test-long bench-wbcache bench-repl demo clean
+.PHONY: all setup kernel modules modules-clean cli host-test guest-test test test-long bench-wbcache bench-repl bench-checkpoint demo clean
 
 all: modules
 
@@ -86,6 +87,9 @@ bench-wbcache: modules
 bench-repl: modules
 	$(ROOT)/qemu/run-guest.sh --logdir $(ROOT)/logs/bench-repl --allow-warning '$(DRBD_KNOWN_WARNING)' \
 	  $(ROOT)/tests/bench/repl.sh
+
+bench-checkpoint: modules cli
+	$(ROOT)/qemu/run-guest.sh --logdir $(ROOT)/logs/bench-checkpoint $(ROOT)/tests/bench/checkpoint.sh
 
 demo: modules cli
 	$(ROOT)/qemu/run-guest.sh $(ROOT)/tests/guest/demo.sh
