@@ -6,7 +6,8 @@
 #   node A: dm-wbcache (cache: loop on tmpfs) -> dm-repl primary (async) -> dm-delay (the slow
 #           origin disk: WBREPL_BENCH_DELAY_MS per write, default 2) -> loop on tmpfs
 #   node B: dm-repl secondary (freeze_on_marker) -> dm-thin volume, with `wbrepl secondary run`
-#           taking an image at every marker (--keep 3)
+#           taking an image at every marker (--keep 1: the thin pool holds the volume and
+#           one image)
 #
 # Every round (WBREPL_BENCH_ROUNDS, default 3):
 # 1. The origin's write bandwidth, as dm-wbcache sees it (fio on the dm-repl device, with no
@@ -73,7 +74,7 @@ command -v fio >/dev/null || die "fio not found"
 modprobe dm-repl && modprobe dm-wbcache || die "cannot load the modules"
 mkdir -p "$DIR" || die "mkdir $DIR"
 # Origin and cache fully allocated; the thin pool's data device sparse (images come and go).
-step mount -t tmpfs -o size=$((MB + CACHE_MB + 512 + 64))M bench-cp "$DIR"
+step mount -t tmpfs -o size=$((MB + CACHE_MB + 1024 + 64))M bench-cp "$DIR"
 step ip link set lo up
 step ip addr add $IP_A/32 dev lo
 step ip addr add $IP_B/32 dev lo
@@ -84,7 +85,7 @@ dev() {  # NAME MB [sparse]
 PO=$(dev origin $MB) && LOOPS+=("$PO")
 PC=$(dev cache $CACHE_MB) && LOOPS+=("$PC")
 TM=$(dev tmeta 16) && LOOPS+=("$TM")
-TD=$(dev tdata 512 sparse) && LOOPS+=("$TD")
+TD=$(dev tdata 1024 sparse) && LOOPS+=("$TD")
 S=$(blockdev --getsz "$PO")
 W=$((S - 8))    # the wbcache ends 4 KiB before the repl device's end: the marker region
 step dmsetup create bc-slow --table "0 $S delay $PO 0 0 $PO 0 $DELAY"
@@ -106,7 +107,7 @@ wait_for 30 repl_synced || die "dm-repl did not connect: $(dmsetup status bc-r)"
 
 # The secondary's image loop; every line it prints stamped with the time it arrived (ns).
 STATE=$DIR/state
-"$WBREPL" --json secondary run bc-s --state-dir "$STATE" --keep 3 2>"$DIR/secondary.err" |
+"$WBREPL" --json secondary run bc-s --state-dir "$STATE" --keep 1 2>"$DIR/secondary.err" |
   python3 -u -c '
 import sys, time
 for line in sys.stdin:
@@ -159,7 +160,12 @@ during() {
   rm -f "$stop"
   ( while [ ! -e "$stop" ]; do
       sleep "$(python3 -c "print($CP_EVERY / 1000)")"
-      [ -e "$stop" ] || checkpoint "$1" >/dev/null || echo "checkpoint $1 failed" >&2
+      [ -e "$stop" ] && break
+      if [ "$1" = flush ]; then
+        dmsetup message bc-w 0 flush >/dev/null && echo flush >>"$DIR/flushes" || echo "flush failed" >&2
+      else
+        checkpoint "$1" >/dev/null || echo "checkpoint $1 failed" >&2
+      fi
     done ) &
   pid=$!
   out=$(app)
@@ -175,9 +181,9 @@ for mb in $SIZES; do DRAIN_CASES+=("rand$mb" "seq$mb"); done
 for r in $(seq "$ROUNDS"); do
   echo "# round $r: the origin's write bandwidth (dm-repl over dm-delay ${DELAY} ms, no cache above)"
   wait_for 120 repl_synced || die "dm-repl not in sync: $(dmsetup status bc-r)"
-  R[bw#$r,rand]=$(fio_write /dev/mapper/bc-r --rw=randwrite --bs=4k --iodepth=64 --size=256M --time_based --runtime=5 --ramp_time=2)
+  R[bw#$r,rand]=$(fio_write /dev/mapper/bc-r --rw=randwrite --bs=4k --iodepth=64 --size=128M --time_based --runtime=5 --ramp_time=2)
   wait_for 120 repl_synced || die "dm-repl not in sync: $(dmsetup status bc-r)"
-  R[bw#$r,seq]=$(fio_write /dev/mapper/bc-r --rw=write --bs=1M --iodepth=16 --size=256M --time_based --runtime=5 --ramp_time=2)
+  R[bw#$r,seq]=$(fio_write /dev/mapper/bc-r --rw=write --bs=1M --iodepth=16 --size=128M --time_based --runtime=5 --ramp_time=2)
   echo "  4k random QD64: ${R[bw#$r,rand]}; 1M sequential QD16: ${R[bw#$r,seq]} (IOPS MB/s p99_us p50_us)"
 
   echo "# round $r: drains (checkpoint hold of a cache holding only that dirty data)"
@@ -215,7 +221,7 @@ for r in $(seq "$ROUNDS"); do
   quiesce; n0=$(wc -l <"$DIR/cps")
   R[app#$r,ordered]="$(during ordered) $(( $(wc -l <"$DIR/cps") - n0 ))"
   for c in base flush hold writethrough base-ordered ordered; do echo "  $c: ${R[app#$r,$c]}"; done
-  dmsetup status bc-w
+  dmsetup status bc-w; echo "  thin pool: $(dmsetup status bc-pool)"
   cache_down
 done
 
