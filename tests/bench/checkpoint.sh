@@ -38,6 +38,7 @@ SIZES=${WBREPL_BENCH_DIRTY_MB:-8 32}
 SECS=${WBREPL_BENCH_SECONDS:-20}
 IOPS=${WBREPL_BENCH_IOPS:-500}
 CP_EVERY=${WBREPL_BENCH_CP_EVERY_MS:-2000}
+CP_EVERY_S=$(printf '%d.%03d' $((CP_EVERY / 1000)) $((CP_EVERY % 1000)))
 MB=320          # origin (and secondary volume) size
 CACHE_MB=160    # cache device: high watermark 90 % is never reached by what the bench writes
 IP_A=10.99.9.1
@@ -60,7 +61,10 @@ cleanup() {
   done
   for d in "${LOOPS[@]}"; do losetup -d "$d" 2>/dev/null; done
   rm -rf "$DIR"/*
-  umount "$DIR" 2>/dev/null && rmdir "$DIR"
+  for d in 1 2 3 4 5; do   # the stamper may still hold the events file for a moment
+    umount "$DIR" 2>/dev/null && { rmdir "$DIR"; break; }
+    sleep 0.2
+  done
   rm -f "$DIR.out"
   ip addr del $IP_A/32 dev lo 2>/dev/null
   ip addr del $IP_B/32 dev lo 2>/dev/null
@@ -107,11 +111,13 @@ wait_for 30 repl_synced || die "dm-repl did not connect: $(dmsetup status bc-r)"
 
 # The secondary's image loop; every line it prints stamped with the time it arrived (ns).
 STATE=$DIR/state
-"$WBREPL" --json secondary run bc-s --state-dir "$STATE" --keep 1 2>"$DIR/secondary.err" |
+# $SECPID is wbrepl itself (not a pipeline, which `wait` would wait for as a whole): killing it
+# ends the stamper too, at end of file.
+"$WBREPL" --json secondary run bc-s --state-dir "$STATE" --keep 1 2>"$DIR/secondary.err" > >(
   python3 -u -c '
 import sys, time
 for line in sys.stdin:
-    print(time.time_ns(), line, end="", flush=True)' >"$DIR/events" &
+    print(time.time_ns(), line, end="", flush=True)' >"$DIR/events") &
 SECPID=$!
 wait_for 10 grep -q '"started"' "$DIR/events" || die "wbrepl secondary run did not start: $(cat "$DIR/secondary.err")"
 
@@ -158,8 +164,10 @@ app() { fio_write /dev/mapper/bc-w --rw=randwrite --bs=4k --iodepth=1 --rate_iop
 during() {
   local stop=$DIR/stop pid out
   rm -f "$stop"
+  # No python in the loop: its start-up is a burst of CPU in the guest that the application
+  # would feel (the control sends only one flush, the checkpoint loops several).
   ( while [ ! -e "$stop" ]; do
-      sleep "$(python3 -c "print($CP_EVERY / 1000)")"
+      sleep "$CP_EVERY_S"
       [ -e "$stop" ] && break
       if [ "$1" = flush ]; then
         dmsetup message bc-w 0 flush >/dev/null && echo flush >>"$DIR/flushes" || echo "flush failed" >&2
