@@ -22,8 +22,9 @@
 #    with no checkpoint (the baseline), then with checkpoints back to back (one every
 #    WBREPL_BENCH_CP_EVERY_MS, default 2000, after the previous one ended) in `hold`, in
 #    `writethrough`, then (the cache switched to `ordered`) a baseline in ordered mode and
-#    `ordered` checkpoints. A control run sends the `flush` message the same way (writeback of
-#    the same dirty data without a checkpoint).
+#    `ordered` checkpoints. A control run sends the `flush` message the same way: writeback
+#    without a checkpoint (a flush writes back until the cache is clean, so under this load
+#    one flush spans most of the run: continuous writeback).
 # 4. Marker to image: for every checkpoint, the time from the checkpoint message returning (the
 #    marker is durable at the primary) to `wbrepl secondary run` reporting the image.
 # The table shows every round; RATIO lines are ratios of the medians over the rounds. The drain
@@ -158,9 +159,9 @@ quiesce() {
 app() { fio_write /dev/mapper/bc-w --rw=randwrite --bs=4k --iodepth=1 --rate_iops="$IOPS" --size=64M \
           --random_distribution=zipf:1.2 --time_based --runtime="$SECS"; }
 # during MODE: the application with checkpoints in MODE back to back; prints its figures and
-# the number of checkpoints taken. MODE "flush" is the control: the `flush` message instead (a
-# writeback of the same dirty data, no checkpoint), so the cost of writing back under load can
-# be told from the cost of the checkpoint itself.
+# the number of checkpoints taken. MODE "flush" is the control: the `flush` message instead
+# (writeback, no checkpoint), so the cost of writing back under load can be told from the cost
+# of the checkpoint itself.
 during() {
   local stop=$DIR/stop pid out
   rm -f "$stop"
