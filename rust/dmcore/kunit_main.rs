@@ -23,6 +23,7 @@ use dmcore::hmac::KernelHmac;
 use dmcore::kunit::{kcheck, kcheck_eq, kunit_suite, Test, TestBio, TestOp};
 use dmcore::net::{NetNs, Socket};
 use dmcore::status::StatusWriter;
+use dmcore::sync::IrqSpinLock;
 use dmcore::target::{
     CtrError, CtrTarget, DeviceVisitor, EndIo, MapResult, Registration, StatusType, Stop, Target, TargetHandle,
 };
@@ -85,6 +86,7 @@ struct Calls {
     resume: AtomicU64,
     partial: AtomicU64,
     cloned: AtomicU64,
+    stashed: AtomicU64,
 }
 
 /// Completes the parent of each clone (see `Bio::submit_clone`).
@@ -106,15 +108,36 @@ struct Cloning {
     done: Arc<CloneCounter>,
 }
 
+/// `stash` mode: each write is kept (its completion owned by the target) and the one kept
+/// before it is returned from `map` to be killed (or requeued): a bio other than the one being
+/// mapped, which dmcore must fail itself rather than hand to device-mapper.
+#[pin_data]
+struct Stash {
+    #[pin]
+    kept: IrqSpinLock<Option<Bio<TestPerBio>>>,
+    requeue: bool,
+}
+
 struct TestTarget {
     dev: Device,
     len: u64,
     split: u32,
     cloning: Option<Cloning>,
+    stash: Option<Pin<KBox<Stash>>>,
     handle: TargetHandle,
     seq: AtomicU64,
     fail_next: AtomicU64,
     calls: Calls,
+}
+
+impl TestTarget {
+    /// Completes the bio `stash` mode keeps, if any (successfully: nothing was written).
+    fn release(&self) {
+        let kept = self.stash.as_ref().and_then(|st| st.kept.lock().take());
+        if let Some(b) = kept {
+            b.end(BlkStatus::OK);
+        }
+    }
 }
 
 #[vtable]
@@ -127,9 +150,10 @@ impl Target for TestTarget {
         let Some(path) = args.next() else {
             return Err(CtrError::inval(kernel::c_str!("dmcore_test takes one device")));
         };
-        let (mut split, mut clone) = (0, false);
+        let (mut split, mut clone, mut stash) = (0, false, None);
         while let Some(word) = args.next() {
             match (word, split, clone) {
+                ("stash" | "stash_requeue", _, _) if stash.is_none() => stash = Some(word == "stash_requeue"),
                 ("split", 0, _) => match args.next().map(wbrepl_core::parse::parse_u32) {
                     Some(Ok(n)) if n > 0 => split = n,
                     _ => return Err(CtrError::inval(kernel::c_str!("dmcore_test: invalid split"))),
@@ -147,6 +171,12 @@ impl Target for TestTarget {
         } else {
             None
         };
+        let stash = match stash {
+            Some(requeue) => Some(
+                KBox::pin_init(pin_init!(Stash { kept <- IrqSpinLock::new(None), requeue }), GFP_KERNEL).map_err(|_| nomem)?,
+            ),
+            None => None,
+        };
         let dev = ti
             .get_device_path(path)
             .map_err(|e| CtrError::new(kernel::c_str!("dmcore_test: device lookup failed"), e))?;
@@ -156,6 +186,7 @@ impl Target for TestTarget {
             len: ti.len(),
             split,
             cloning,
+            stash,
             handle: ti.handle(),
             seq: AtomicU64::new(0),
             fail_next: AtomicU64::new(0),
@@ -174,6 +205,15 @@ impl Target for TestTarget {
         if self.split != 0 && bio.has_data() && bio.sectors() > self.split {
             self.calls.partial.fetch_add(1, Ordering::Relaxed);
             bio.accept_partial(ctx, self.split);
+        }
+        if let Some(st) = self.stash.as_ref().filter(|_| bio.op() == Op::Write && bio.has_data()) {
+            self.calls.stashed.fetch_add(1, Ordering::Relaxed);
+            let prev = st.kept.lock().replace(bio);
+            return match prev {
+                None => MapResult::Submitted,
+                Some(p) if st.requeue => MapResult::Requeue(p),
+                Some(p) => MapResult::Kill(p),
+            };
         }
         let sector = bio.target_sector();
         if let Some(c) = self.cloning.as_ref().filter(|_| bio.op() == Op::Write && bio.has_data()) {
@@ -200,6 +240,8 @@ impl Target for TestTarget {
 
     fn presuspend(&self) {
         self.calls.presuspend.fetch_add(1, Ordering::Relaxed);
+        // A suspend waits for the bios in flight: the kept one completes first.
+        self.release();
     }
 
     fn postsuspend(&self) {
@@ -222,10 +264,10 @@ impl Target for TestTarget {
         let _ = match ty {
             StatusType::Info => write!(
                 out,
-                "map {} end_io {} perbio_bad {} injected {} presuspend {} postsuspend {} preresume {} resume {} partial {} cloned {} clones_done {}",
+                "map {} end_io {} perbio_bad {} injected {} presuspend {} postsuspend {} preresume {} resume {} partial {} cloned {} clones_done {} stashed {}",
                 l(&c.map), l(&c.end_io), l(&c.perbio_bad), l(&c.injected),
                 l(&c.presuspend), l(&c.postsuspend), l(&c.preresume), l(&c.resume), l(&c.partial),
-                l(&c.cloned), self.cloning.as_ref().map_or(0, |k| l(&k.done.done)),
+                l(&c.cloned), self.cloning.as_ref().map_or(0, |k| l(&k.done.done)), l(&c.stashed),
             ),
             StatusType::Table => {
                 let _ = write!(out, "{}", self.dev);
@@ -234,6 +276,9 @@ impl Target for TestTarget {
                 }
                 if self.cloning.is_some() {
                     let _ = write!(out, " clone");
+                }
+                if let Some(st) = &self.stash {
+                    let _ = write!(out, " {}", if st.requeue { "stash_requeue" } else { "stash" });
                 }
                 Ok(())
             }
@@ -247,6 +292,10 @@ impl Target for TestTarget {
             (Some("fail_next"), Some(n), None, None) => {
                 let n = wbrepl_core::parse::parse_u64(n).map_err(|_| EINVAL)?;
                 self.fail_next.store(n, Ordering::Relaxed);
+                Ok(())
+            }
+            (Some("release"), None, None, None) => {
+                self.release();
                 Ok(())
             }
             (Some("event"), None, None, None) => {

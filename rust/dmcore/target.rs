@@ -131,6 +131,12 @@ pub trait Target: Sized + Send + Sync + 'static {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
+    /// A suspend that ran `presuspend` failed before `postsuspend` (for example the file system
+    /// above could not be frozen): the device stays live.
+    fn presuspend_undo(&self) {
+        kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
     /// After suspending: no I/O is in flight.
     fn postsuspend(&self) {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
@@ -369,6 +375,7 @@ impl<T: Target> Registration<T> {
             map: Some(map_callback::<T>),
             end_io: if T::HAS_END_IO { Some(end_io_callback::<T>) } else { None },
             presuspend: if T::HAS_PRESUSPEND { Some(presuspend_callback::<T>) } else { None },
+            presuspend_undo: if T::HAS_PRESUSPEND_UNDO { Some(presuspend_undo_callback::<T>) } else { None },
             postsuspend: if T::HAS_POSTSUSPEND { Some(postsuspend_callback::<T>) } else { None },
             preresume: if T::HAS_PRERESUME { Some(preresume_callback::<T>) } else { None },
             resume: if T::HAS_RESUME { Some(resume_callback::<T>) } else { None },
@@ -452,30 +459,25 @@ unsafe extern "C" fn map_callback<T: Target>(ti: *mut bindings::dm_target, bio: 
     let Some(b) = bio_nn else { return bindings::DM_MAPIO_KILL as ffi::c_int };
     // SAFETY: `bio` is the bio being mapped; `ctx` lives until the end of this call.
     let ctx = unsafe { MapContext::new(bio) };
+    // A bio returned for device-mapper to act on must be `bio` itself: anything else is a bio
+    // the target owned, which device-mapper knows nothing of (it cannot submit, kill or requeue
+    // it), while `bio` was consumed by the target. The foreign bio fails; `bio` is the target's.
+    let own = |b: Bio<T::PerBio>, ret: ffi::c_int| -> ffi::c_int {
+        let raw = b.into_raw();
+        if raw == bio {
+            return ret;
+        }
+        // SAFETY: `raw` is a bio the target owned and gave up.
+        unsafe { Bio::<T::PerBio>::from_owned_raw(raw) }.end(BlkStatus::IOERR);
+        kernel::pr_warn!("dmcore: {}: map returned a foreign bio\n", T::NAME);
+        bindings::DM_MAPIO_SUBMITTED as ffi::c_int
+    };
     match t.map(b, &ctx) {
-        MapResult::Remapped(b) => {
-            let raw = b.into_raw();
-            if raw != bio {
-                // A different bio was returned: it cannot be submitted in place of `bio`. Fail
-                // it, and kill nothing else: `bio` itself was consumed (completed or kept) by
-                // the target.
-                // SAFETY: `raw` is a bio the target owned and gave up.
-                unsafe { Bio::<T::PerBio>::from_owned_raw(raw) }.end(BlkStatus::IOERR);
-                kernel::pr_warn!("dmcore: {}: map returned a foreign bio\n", T::NAME);
-                return bindings::DM_MAPIO_SUBMITTED as ffi::c_int;
-            }
-            bindings::DM_MAPIO_REMAPPED as ffi::c_int
-        }
+        MapResult::Remapped(b) => own(b, bindings::DM_MAPIO_REMAPPED as ffi::c_int),
         MapResult::Submitted => bindings::DM_MAPIO_SUBMITTED as ffi::c_int,
-        MapResult::Kill(b) => {
-            // Device-mapper completes a killed bio itself.
-            let _ = b.into_raw();
-            bindings::DM_MAPIO_KILL as ffi::c_int
-        }
-        MapResult::Requeue(b) => {
-            let _ = b.into_raw();
-            bindings::DM_MAPIO_REQUEUE as ffi::c_int
-        }
+        // Device-mapper completes a killed bio itself, and requeues a requeued one.
+        MapResult::Kill(b) => own(b, bindings::DM_MAPIO_KILL as ffi::c_int),
+        MapResult::Requeue(b) => own(b, bindings::DM_MAPIO_REQUEUE as ffi::c_int),
     }
 }
 
@@ -503,6 +505,11 @@ unsafe extern "C" fn end_io_callback<T: Target>(
 unsafe extern "C" fn presuspend_callback<T: Target>(ti: *mut bindings::dm_target) {
     // SAFETY: a constructed target; not concurrent with `dtr`.
     unsafe { private::<T>(ti) }.presuspend()
+}
+
+unsafe extern "C" fn presuspend_undo_callback<T: Target>(ti: *mut bindings::dm_target) {
+    // SAFETY: as above.
+    unsafe { private::<T>(ti) }.presuspend_undo()
 }
 
 unsafe extern "C" fn postsuspend_callback<T: Target>(ti: *mut bindings::dm_target) {

@@ -63,6 +63,31 @@ check_eq "clone: every clone completed its parent" "$(field cloned)" "$(field cl
 check_eq "clone: every parent still went through end_io" "$(field map)" "$(field end_io)"
 check_eq "clone: per-bio data intact across clone completion" "0" "$(field perbio_bad)"
 check "clone: resume" dmsetup resume dt
+
+# A bio returned from map that is not the one being mapped (issue 13, item 14): in `stash` mode
+# each write is kept by the target and the one kept before it is returned as Kill (or Requeue).
+# dmcore must fail that foreign bio itself and leave the mapped one to the target. Before the
+# fix it told device-mapper to kill (requeue) the mapped bio, which the target still held (a
+# double completion later), and the foreign bio was never completed (its writer hung).
+for how in stash stash_requeue; do
+  check "$how: reload" bash -c "dmsetup reload dt --table '0 $S dmcore_test $D $how' && dmsetup suspend dt && dmsetup resume dt"
+  check_eq "$how: table prints it" "0 $S dmcore_test $(devnum "$D") $how" "$(dmsetup table dt)"
+  dmesg_mark
+  timeout 20 dd if=/dev/zero of=/dev/mapper/dt bs=4k count=1 oflag=direct status=none & A=$!
+  check "$how: write A is kept" wait_status dt ' stashed 1$' 10
+  timeout 20 dd if=/dev/zero of=/dev/mapper/dt bs=4k count=1 seek=1 oflag=direct status=none & B=$!
+  check "$how: write B is kept" wait_status dt ' stashed 2$' 10
+  a_rc=0; wait $A || a_rc=$?
+  check_eq "$how: A, returned from B's map, failed with EIO at once (dd exit 1, 124 = hung)" 1 "$a_rc"
+  check_match "$how: ...and dmcore said why" "dmcore: dmcore_test: map returned a foreign bio" "$(dmesg_since)"
+  check "$how: B is still the target's (in flight)" kill -0 $B
+  check "$how: release B" dmsetup message dt 0 release
+  b_rc=0; wait $B || b_rc=$?
+  check_eq "$how: B completed once, successfully" 0 "$b_rc"
+  check "$how: suspend (nothing in flight)" dmsetup suspend dt
+  check_eq "$how: every mapped bio completed through end_io exactly once" "$(field map)" "$(field end_io)"
+  check "$how: resume" dmsetup resume dt
+done
 dmesg_mark
 check_fails "dmcore_test: repeated option refused" dmsetup create dt_bad2 --table "0 $S dmcore_test $D clone clone"
 check_match "dmcore_test: ...with its ti->error" 'unknown or repeated option' "$(dmesg_since)"
