@@ -97,6 +97,8 @@ struct PerBio {
 const PB_GEN0: u8 = 1;
 const PB_GEN1: u8 = 2;
 const PB_SLOT_WRITE: u8 = 4;
+/// A write to the origin alone: its completion makes the next flush from above flush the origin.
+const PB_ORIGIN: u8 = 8;
 
 fn gen_flag(gen: usize) -> u8 {
     if gen == 0 {
@@ -135,6 +137,8 @@ struct Inner {
     cp: Option<CpState>,
     /// The last checkpoint that ended: its id, outcome and duration (ms).
     last_cp: Option<(u64, CpOutcome, u64)>,
+    /// Between `presuspend` and the next `resume` (or `presuspend_undo`): no checkpoint starts.
+    suspending: bool,
 }
 
 /// A checkpoint in progress (see [`Shared::checkpoint`]).
@@ -215,6 +219,10 @@ struct Shared {
     meta_error: AtomicI32,
     /// Latched writeback error (cleared by a successful writeback round).
     wb_error: AtomicBool,
+    /// A write to the origin alone *completed* since the origin was last flushed for a flush
+    /// from above (set in `end_io`, never at submission: a flush covers the writes completed
+    /// before it was issued, and a write still in flight when one flush is processed must be
+    /// covered by the next).
     origin_dirty: AtomicBool,
     stats: Stats,
     #[pin]
@@ -556,6 +564,8 @@ impl Shared {
         }
     }
 
+    /// Completes flushes from above: a commit makes the cache durable, and the origin is flushed
+    /// if a write to it alone completed since the last such flush (see `origin_dirty`).
     fn process_flushes(&self, mut list: BioList<PerBio>) {
         let mut r = self.commit(false);
         if r.is_ok() && self.origin_dirty.swap(false, Ordering::AcqRel) {
@@ -679,10 +689,11 @@ impl Shared {
     /// Points a write over `blocks` blocks at the origin alone (write-through, or a full cache
     /// in writeback mode), counting them in `counter`. The caller checked that the cache has
     /// nothing of them ([`Index::uncached_run`]), so nothing cached can shadow them, now or
-    /// after a crash, and cut the bio to them. The next flush from above flushes the origin too.
+    /// after a crash, and cut the bio to them. Once it completes (`end_io`), the next flush from
+    /// above flushes the origin too.
     fn write_to_origin(&self, bio: &mut Bio<PerBio>, blocks: u32, counter: &AtomicU64) {
         counter.fetch_add(u64::from(blocks), Ordering::Relaxed);
-        self.origin_dirty.store(true, Ordering::Release);
+        bio.data_mut().flags |= PB_ORIGIN;
         let ts = bio.target_sector();
         bio.remap(&self.origin, ts);
     }
@@ -885,7 +896,9 @@ impl Shared {
         }
         let (id, saved_mode) = {
             let mut g = self.inner.lock();
-            let refuse = if !g.loaded || self.stop.load(Ordering::SeqCst) {
+            let refuse = if g.suspending {
+                Some(("the device is being suspended", EBUSY))
+            } else if !g.loaded || self.stop.load(Ordering::SeqCst) {
                 Some(("the device is suspended (or was never resumed)", EBUSY))
             } else if g.cp.is_some() {
                 Some(("another checkpoint is in progress", EBUSY))
@@ -893,6 +906,10 @@ impl Shared {
                 Some(("the cache has failed", EIO))
             } else if req.mode == CpMode::Ordered && g.mode != CacheMode::Ordered {
                 Some(("mode ordered needs the cache in ordered mode", EINVAL))
+            } else if req.mode == CpMode::Writethrough && g.mode == CacheMode::Ordered {
+                // New writes would reach the origin before older epochs are written back: a
+                // crash meanwhile would leave it off an epoch boundary.
+                Some(("the cache is in ordered mode: writing through would break its epoch order (use checkpoint ordered or hold)", EINVAL))
             } else if req.mode == CpMode::Hold && g.mode == CacheMode::Writethrough {
                 Some(("the cache is in writethrough mode: new writes cannot be held (use checkpoint writethrough)", EINVAL))
             } else {
@@ -986,9 +1003,15 @@ impl Shared {
         }
     }
 
-    /// Asks the checkpoint in progress, if any, to end; returns whether there was one.
-    fn abort_checkpoint(&self) -> bool {
-        let found = self.inner.lock().cp.as_mut().map(|c| c.abort = true).is_some();
+    /// Asks the checkpoint in progress, if any, to end; returns whether there was one. With
+    /// `suspending`, no other starts until `resume` (checked under the same lock hold as the
+    /// refusals in [`Shared::checkpoint`], so none slips in between).
+    fn abort_checkpoint(&self, suspending: bool) -> bool {
+        let found = {
+            let mut g = self.inner.lock();
+            g.suspending |= suspending;
+            g.cp.as_mut().map(|c| c.abort = true).is_some()
+        };
         self.cp_wake.complete();
         found
     }
@@ -1153,6 +1176,7 @@ impl Target for Wbcache {
             age_next: 0,
             cp: None,
             last_cp: None,
+            suspending: false,
         };
         let scratch = WbScratch {
             slots: KVVec::from_elem(0u32, MAX_WB_BATCH, GFP_KERNEL).map_err(alloc_err)?,
@@ -1342,6 +1366,10 @@ impl Target for Wbcache {
     fn end_io(&self, bio: &Bio<PerBio>, status: &mut BlkStatus) -> EndIo {
         let sh = &*self.shared;
         let p = *bio.data();
+        if p.flags & PB_ORIGIN != 0 {
+            // Before the completion goes up: a flush issued after it sees the flag.
+            sh.origin_dirty.store(true, Ordering::Release);
+        }
         if p.flags & PB_SLOT_WRITE != 0 {
             if !status.is_ok() {
                 // The cache device no longer takes writes: stop using it for them (as
@@ -1373,20 +1401,26 @@ impl Target for Wbcache {
     }
 
     fn resume(&self) {
+        self.shared.inner.lock().suspending = false;
         self.start_writeback();
     }
 
     fn presuspend(&self) {
         // Device-mapper waits for a running message before it suspends: end the checkpoint now
-        // rather than let the suspend wait for its timeout.
-        self.shared.abort_checkpoint();
+        // rather than let the suspend wait for its timeout, and start no other meanwhile.
+        self.shared.abort_checkpoint(true);
+    }
+
+    fn presuspend_undo(&self) {
+        // The suspend failed (e.g. freezing the file system above): checkpoints may start again.
+        self.shared.inner.lock().suspending = false;
     }
 
     fn postsuspend(&self) {
         let sh = &*self.shared;
         self.stop_writeback();
         // A checkpoint in progress ends (it sees `stop` too): nothing stays held.
-        sh.abort_checkpoint();
+        sh.abort_checkpoint(true);
         if sh.opts.flush_on_suspend {
             if let Err(e) = sh.drain() {
                 pr_err!("wbcache {}: flush on suspend failed ({:?})\n", sh.cache, e);
@@ -1507,7 +1541,7 @@ impl Target for Wbcache {
         match verb {
             "abort" => {
                 no_arg(arg)?;
-                if !sh.abort_checkpoint() {
+                if !sh.abort_checkpoint(false) {
                     pr_warn!("wbcache {}: message 'abort': no checkpoint in progress\n", sh.cache);
                     return Err(EINVAL);
                 }

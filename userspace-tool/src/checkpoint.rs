@@ -201,8 +201,8 @@ impl CpStatus {
 /// What a failed checkpoint message means, for the admin.
 pub fn failure_message(e: &DmErr, dev: &str, timeout: Duration) -> String {
     let why = match e.errno {
-        Some(Errno::EBUSY) => "another checkpoint is running, or the device is suspended or was never resumed".to_owned(),
-        Some(Errno::EINVAL) => "refused: bad arguments, mode ordered while the cache is not in ordered mode, mode hold on a write-through cache, no marker region (the cache must end 8 sectors before its origin), or a kernel without checkpoints (the kernel log says which: dmesg)".to_owned(),
+        Some(Errno::EBUSY) => "another checkpoint is running, or the device is suspended, being suspended or was never resumed".to_owned(),
+        Some(Errno::EINVAL) => "refused: bad arguments, mode ordered while the cache is not in ordered mode, mode hold on a write-through cache, mode writethrough on an ordered cache, no marker region (the cache must end 8 sectors before its origin), or a kernel without checkpoints (the kernel log says which: dmesg)".to_owned(),
         Some(Errno::ETIMEDOUT) => format!(
             "timed out after {}: nothing is held any more and no marker was written (a larger --timeout, or mode writethrough, may help)",
             humantime::format_duration(timeout)

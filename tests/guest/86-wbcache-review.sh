@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# dm-wbcache: regression tests for the defects of issue 13's review, each of which failed on the
+# code before its fix (docs/testing.md names them):
+#   - flush rule: a write to the origin alone that completes after one flush from above is made
+#     durable by the next one (dm-log-writes shows it followed by a FLUSH);
+#   - a checkpoint cannot start once a suspend has begun (presuspend);
+#   - `checkpoint writethrough` is refused on an ordered cache.
+. "$(dirname "$0")/lib.sh"
+
+LOGREPLAY=$WBREPL_ROOT/tests/logreplay.py
+
+# --- flush rule: origin writes are tracked by completion ------------------------------------------
+# writethrough cache -> dm-delay (writes 800 ms, flushes 0 ms) -> dm-log-writes -> loop.
+# W (a write of an uncached block: to the origin alone) is in flight; flush F1 is issued and
+# completes; W completes; flush F2 is issued. F2 must flush the origin: dm-log-writes then logs W
+# followed by a FLUSH before the mark made after F2. (Before the fix F1 cleared the "origin
+# dirty" flag W had set at submission, F2 found it clear and did not flush the origin: W was
+# logged only at teardown, after the mark, never covered by a flush.)
+O=$(loopdev fr-origin 32); L=$(loopdev fr-log 64); C=$(loopdev fr-cache 16)
+S=$(sectors "$O")
+check "flush rule: dm-log-writes over the origin" dmsetup create fr-log --table "0 $S log-writes $O $L"
+check "flush rule: dm-delay (writes 800 ms, reads and flushes 0 ms)" dmsetup create fr-dly \
+  --table "0 $S delay /dev/mapper/fr-log 0 0 /dev/mapper/fr-log 0 800 /dev/mapper/fr-log 0 0"
+check "flush rule: a writethrough cache over it" dmsetup create fr-wb \
+  --table "0 $((S - 8)) wbcache /dev/mapper/fr-dly $C 4096 2 mode writethrough"
+flush_rule() {
+  python3 - "$1" <<'EOF'
+import mmap, os, sys, threading, time
+dev = sys.argv[1]
+fd = os.open(dev, os.O_RDWR | os.O_DIRECT)
+buf = mmap.mmap(-1, 4096)
+buf.write(b"W" * 4096)
+t0 = time.monotonic()
+w = threading.Thread(target=os.pwrite, args=(fd, buf, 100 * 4096))
+w.start()
+time.sleep(0.2)
+os.fsync(fd)                       # F1, while W is in flight
+f1 = time.monotonic() - t0
+w.join()                           # W completes (about 800 ms)
+wdone = time.monotonic() - t0
+os.fsync(fd)                       # F2: must cover W
+print(f"F1 done at {f1:.3f} s, W at {wdone:.3f} s")
+if not f1 < 0.6 < wdone:
+    sys.exit("W was not in flight across F1: the test did not test")
+EOF
+}
+check "flush rule: W in flight, F1, W completes, F2" flush_rule /dev/mapper/fr-wb
+check "flush rule: mark the log after F2" dmsetup message fr-log 0 mark after-f2
+check "flush rule: remove the stack" bash -c "dmsetup remove fr-wb && dmsetup remove fr-dly && dmsetup remove fr-log"
+# W: 4 KiB at byte 409600 = sector 800. Prints "ok" when a FLUSH follows W's entry before the mark.
+flush_after_w() {
+  python3 "$LOGREPLAY" list "$1" | python3 -c '
+import sys
+w = flush = mark = None
+for line in sys.stdin:
+    f = line.split()
+    if not f or f[0] == "#":
+        continue
+    i, flags, sector = int(f[0]), f[1], int(f[2])
+    if "MARK" in flags and f[-1] == "after-f2":
+        mark = i
+    elif "MARK" not in flags and sector == 800 and int(f[3]) == 8 and w is None:
+        w = i
+    elif "FLUSH" in flags and w is not None and flush is None:
+        flush = i
+print(f"W entry {w}, first FLUSH after it {flush}, mark after F2 {mark}")
+ok = None not in (w, flush, mark) and w < flush < mark
+print("ok" if ok else "W is not covered by a flush issued after it completed")
+sys.exit(0 if ok else 1)'
+}
+check "flush rule: the log shows W, then a FLUSH, then the mark made after F2" flush_after_w "$L"
+# The oracle rejects a log without that flush: the same sequence straight on dm-log-writes, with
+# F2 left out (the mark then comes before W's flush: W is logged at teardown).
+L2=$(loopdev fr-log2 64)
+check "flush rule (oracle): dm-log-writes alone" dmsetup create fr-log2 --table "0 $S log-writes $O $L2"
+check "flush rule (oracle): W, no flush after it" dd if=/dev/zero of=/dev/mapper/fr-log2 bs=4k count=1 seek=100 oflag=direct status=none
+check "flush rule (oracle): mark" dmsetup message fr-log2 0 mark after-f2
+check "flush rule (oracle): remove" dmsetup remove fr-log2
+check_fails "flush rule (oracle): a log without the flush is rejected" flush_after_w "$L2"
+cleanup_dm
+
+# --- checkpoints and suspends ---------------------------------------------------------------------
+# A suspend runs presuspend, then (lock_fs) writes back the device's dirty page cache, then waits
+# for running messages, then postsuspend. Writes to the cache device take 3 s here, so the suspend
+# spends about 3 s writing back: a checkpoint sent then must be refused at once (before the fix it
+# started, and the suspend waited for it).
+O=$(loopdev sp-origin 64); C=$(loopdev sp-cache 16)
+S=$(sectors "$O"); CS=$(sectors "$C")
+check "suspend: a cache device behind dm-delay" dmsetup create sp-cdly --table "0 $CS delay $C 0 0 $C 0 0"
+check "suspend: the cache" dmsetup create sp-wb --table "0 $((S - 8)) wbcache $O /dev/mapper/sp-cdly 4096 0"
+# Held open here: the last close of a block device writes its dirty pages back at once.
+exec 7</dev/mapper/sp-wb
+check "suspend: dirty page cache of the device (buffered writes)" dd if=/dev/urandom of=/dev/mapper/sp-wb bs=64k count=16 status=none
+check "suspend: cache device writes now take 3 s" bash -c \
+  "dmsetup reload sp-cdly --table '0 $CS delay $C 0 0 $C 0 3000' && dmsetup suspend sp-cdly && dmsetup resume sp-cdly"
+dmesg_mark
+t0=$(date +%s%N)
+dmsetup suspend sp-wb &
+SUSP=$!
+sleep 0.7
+cp_rc=0; timeout 60 dmsetup message sp-wb 0 checkpoint hold during-suspend >/dev/null 2>&1 || cp_rc=$?
+cp_ms=$((($(date +%s%N) - t0) / 1000000))
+susp_rc=0; wait $SUSP || susp_rc=$?
+susp_ms=$((($(date +%s%N) - t0) / 1000000))
+exec 7<&-
+check_eq "suspend: the suspend succeeded (in $susp_ms ms)" 0 "$susp_rc"
+check "suspend: it spent over 2 s writing back (the window under test was open)" test "$susp_ms" -gt 2000
+check_fails "suspend: the checkpoint sent during it was refused (exit $cp_rc)" test "$cp_rc" = 0
+check "suspend: ... at once ($cp_ms ms), not after the suspend's writeback ($susp_ms ms)" test "$cp_ms" -lt $((susp_ms - 1000))
+check_match "suspend: ... and the log says why" 'checkpoint refused: the device is being suspended' "$(dmesg_since)"
+check_match "suspend: no checkpoint ran" ' last_cp - ' "$(dmsetup status sp-wb)"
+check "suspend: cache device writes fast again" bash -c \
+  "dmsetup reload sp-cdly --table '0 $CS delay $C 0 0 $C 0 0' && dmsetup suspend sp-cdly && dmsetup resume sp-cdly"
+check "suspend: resume" dmsetup resume sp-wb
+out=$(dmsetup message sp-wb 0 checkpoint hold after-resume 2>&1)
+check_match "suspend: after resume a checkpoint runs again" '^id [0-9]+ mode hold label after-resume ' "$out"
+cleanup_dm
+
+# --- checkpoint writethrough on an ordered cache --------------------------------------------------
+O=$(loopdev ow-origin 64); C=$(loopdev ow-cache 16)
+S=$(sectors "$O")
+check "ordered: a cache in ordered mode" dmsetup create ow-wb --table "0 $((S - 8)) wbcache $O $C 4096 2 mode ordered"
+check "ordered: dirty blocks in two epochs" bash -c \
+  "dd if=/dev/urandom of=/dev/mapper/ow-wb bs=4k count=64 oflag=direct conv=fsync status=none &&
+   dd if=/dev/urandom of=/dev/mapper/ow-wb bs=4k count=64 seek=64 oflag=direct conv=fsync status=none"
+dmesg_mark
+check_fails "ordered: checkpoint writethrough is refused" dmsetup message ow-wb 0 checkpoint writethrough
+check_match "ordered: ... and the log says why" 'checkpoint refused: the cache is in ordered mode: writing through would break its epoch order' "$(dmesg_since)"
+check_match "ordered: nothing changed (no checkpoint ran, still ordered)" '^0 [0-9]+ wbcache ok ordered .* last_cp - ' "$(dmsetup status ow-wb)"
+out=$(dmsetup message ow-wb 0 checkpoint ordered 2>&1)
+check_match "ordered: checkpoint ordered works" '^id [0-9]+ mode ordered ' "$out"
+out=$(dmsetup message ow-wb 0 checkpoint hold 2>&1)
+check_match "ordered: checkpoint hold works" '^id [0-9]+ mode hold ' "$out"
+cleanup_dm
+
+finish
