@@ -265,6 +265,17 @@ dmesg_mark
 check_fails "bitmap: meta_dev of another device is refused" dmsetup create rb-x --table "0 $(sectors "$SMALL") repl primary $SMALL $NODE_B_IP:$PORT 2 meta_dev $MD"
 check_match "bitmap: ...saying why" 'the metadata device belongs to a device of [0-9]+ sectors' "$(dmesg_since)"
 dmsetup remove rb-x 2>/dev/null
+# Someone else's data on meta_dev (here an ext4 file system) is refused, never formatted over as
+# blank and taken as in sync (issue 13, item 10: before, anything without our magic was "blank").
+FM=$(loopdev rb-foreign 1)
+check "bitmap: an ext4 file system on a would-be meta_dev" mkfs.ext4 -q -F "$FM"
+for role in primary secondary; do
+  dmesg_mark
+  check_fails "bitmap: a foreign meta_dev is refused ($role)" node_exec B dmsetup create rb-x --table "0 $(sectors "$SMALL") repl $role $SMALL $NODE_B_IP:$PORT 2 meta_dev $FM"
+  check_match "bitmap: ...saying why ($role)" 'holds foreign data \(not dm-repl metadata\); zero its first 4 KiB to format it' "$(dmesg_since)"
+  dmsetup remove rb-x 2>/dev/null
+done
+check_eq "bitmap: ...and left untouched" "clean" "$(e2fsck -fn "$FM" >/dev/null 2>&1 && echo clean)"
 
 # --- the secondary's consistency state on its meta_dev -----------------------------------------
 # A secondary restarted in the middle of a resync must know that its device is not a consistent

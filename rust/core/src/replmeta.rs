@@ -64,15 +64,16 @@ impl MetaSuper {
         o[CRC_AT..CRC_AT + 4].copy_from_slice(&c.to_le_bytes());
     }
 
-    /// Decodes a superblock: `Ok(None)` for a device that was never formatted (no magic),
-    /// an error for a damaged or foreign one.
-    pub fn decode(b: &[u8], crc: &impl Crc32c) -> Result<Option<Self>, Error> {
-        let b = b.get(..CRC_AT + 4).ok_or(err!("Metadata superblock truncated"))?;
+    /// Decodes a superblock from its whole block (`SUPER_BYTES`): `Ok(None)` for a device that
+    /// was never formatted (all zero), an error for a damaged or foreign one (data that is not
+    /// ours is never formatted over).
+    pub fn decode(block: &[u8], crc: &impl Crc32c) -> Result<Option<Self>, Error> {
+        let b = block.get(..CRC_AT + 4).ok_or(err!("Metadata superblock truncated"))?;
         if b[0..8] == SEC_MAGIC {
             return Err(err!("Metadata device holds a secondary's metadata"));
         }
         if b[0..8] != META_MAGIC {
-            return Ok(None);
+            return blank_or_foreign(block);
         }
         if crc.append(0, &b[..CRC_AT]) != le32(b, CRC_AT) {
             return Err(err!("Metadata superblock checksum mismatch"));
@@ -89,6 +90,15 @@ impl MetaSuper {
             return Err(err!("Metadata superblock geometry is invalid"));
         }
         Ok(Some(s))
+    }
+}
+
+/// A superblock block without our magic: blank when all zero, else someone else's data.
+fn blank_or_foreign<T>(block: &[u8]) -> Result<Option<T>, Error> {
+    if block.iter().all(|&x| x == 0) {
+        Ok(None)
+    } else {
+        Err(err!("Metadata device holds foreign data (not dm-repl metadata); zero its first 4 KiB to format it"))
     }
 }
 
@@ -125,15 +135,16 @@ impl SecSuper {
         o[SEC_CRC_AT..SEC_CRC_AT + 4].copy_from_slice(&c.to_le_bytes());
     }
 
-    /// Decodes a secondary's superblock: `Ok(None)` for a device that was never formatted,
-    /// an error for a damaged one or for a primary's metadata.
-    pub fn decode(b: &[u8], crc: &impl Crc32c) -> Result<Option<Self>, Error> {
-        let b = b.get(..SEC_CRC_AT + 4).ok_or(err!("Metadata superblock truncated"))?;
+    /// Decodes a secondary's superblock from its whole block: `Ok(None)` for a device that was
+    /// never formatted (all zero), an error for a damaged or foreign one or for a primary's
+    /// metadata.
+    pub fn decode(block: &[u8], crc: &impl Crc32c) -> Result<Option<Self>, Error> {
+        let b = block.get(..SEC_CRC_AT + 4).ok_or(err!("Metadata superblock truncated"))?;
         if b[0..8] == META_MAGIC {
             return Err(err!("Metadata device holds a primary's metadata"));
         }
         if b[0..8] != SEC_MAGIC {
-            return Ok(None);
+            return blank_or_foreign(block);
         }
         if crc.append(0, &b[..SEC_CRC_AT]) != le32(b, SEC_CRC_AT) {
             return Err(err!("Metadata superblock checksum mismatch"));
@@ -166,7 +177,8 @@ mod tests {
         active.encode(&RefCrc, &mut b);
         assert_eq!(MetaSuper::decode(&b, &RefCrc), Ok(Some(active)));
         assert_eq!(MetaSuper::decode(&[0u8; 512], &RefCrc), Ok(None), "unformatted");
-        for i in 64..(CRC_AT + 4) * 8 {
+        // The magic's bits too: a block that is neither all zero nor ours is foreign.
+        for i in 0..(CRC_AT + 4) * 8 {
             let mut t = b;
             t[i / 8] ^= 1 << (i % 8);
             assert!(MetaSuper::decode(&t, &RefCrc).is_err(), "bit {i}");
@@ -181,7 +193,7 @@ mod tests {
             let mut b = [0u8; 512];
             s.encode(&RefCrc, &mut b);
             assert_eq!(SecSuper::decode(&b, &RefCrc), Ok(Some(s)));
-            for i in 64..(SEC_CRC_AT + 4) * 8 {
+            for i in 0..(SEC_CRC_AT + 4) * 8 {
                 let mut t = b;
                 t[i / 8] ^= 1 << (i % 8);
                 assert!(SecSuper::decode(&t, &RefCrc).is_err(), "bit {i}");
@@ -196,5 +208,26 @@ mod tests {
         SecSuper { consistent: true, sectors: 8 }.encode(&RefCrc, &mut q);
         assert!(MetaSuper::decode(&q, &RefCrc).is_err());
         assert!(SecSuper::decode(&b""[..], &RefCrc).is_err());
+    }
+
+    /// Someone else's data (a file system, a partition table, one stray byte anywhere in the
+    /// block) is refused, never formatted over as if blank.
+    #[test]
+    fn foreign_data_is_not_taken_for_blank() {
+        let mut ext4 = [0u8; SUPER_BYTES];
+        ext4[1024 + 56..1024 + 58].copy_from_slice(&0xef53u16.to_le_bytes());
+        let mut mbr = [0u8; SUPER_BYTES];
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        let mut stray = [0u8; SUPER_BYTES];
+        stray[SUPER_BYTES - 1] = 1;
+        for b in [&ext4, &mbr, &stray, &[0xffu8; SUPER_BYTES]] {
+            let m = MetaSuper::decode(b, &RefCrc);
+            assert!(m.as_ref().is_err_and(|e| e.as_str().contains("foreign data")), "{m:?}");
+            let s = SecSuper::decode(b, &RefCrc);
+            assert!(s.as_ref().is_err_and(|e| e.as_str().contains("foreign data")), "{s:?}");
+        }
+        assert_eq!(MetaSuper::decode(&[0u8; SUPER_BYTES], &RefCrc), Ok(None));
+        assert_eq!(SecSuper::decode(&[0u8; SUPER_BYTES], &RefCrc), Ok(None));
     }
 }
