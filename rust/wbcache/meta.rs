@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! dm-wbcache metadata: commits (barrier, metadata blocks, superblock), loading and
+//! formatting the cache device (`docs/wbcache.md`, "Crash safety" and "On-disk format").
+
+use super::*;
+
+impl Shared {
+    /// Makes everything completed so far durable (see `Index::barrier`). With `force`, commits
+    /// even when nothing changed.
+    pub(super) fn commit(&self, force: bool) -> Result {
+        let mut buf = self.commit_buf.lock();
+        if self.failed() {
+            return Err(EIO);
+        }
+        let (k, old) = {
+            let mut g = self.inner.lock();
+            if !force && !g.ix.needs_commit() {
+                return Ok(());
+            }
+            let k = g.ix.barrier();
+            let old = g.gen;
+            g.gen ^= 1;
+            (k, old)
+        };
+        loop {
+            self.inflight_done.reinit();
+            if self.inflight.get(old).is_none_or(|c| c.load(Ordering::Acquire) == 0) {
+                break;
+            }
+            self.inflight_done.wait_timeout_ms(100);
+        }
+        let r = self.write_meta_blocks(&mut buf).and_then(|_| self.write_superblock(&mut buf, k));
+        {
+            let mut g = self.inner.lock();
+            g.ix.commit_done(k, r.is_ok());
+            if r.is_ok() {
+                let n = g.age_next;
+                if let Some(a) = g.ages.get_mut(n % AGE_MARKS) {
+                    *a = AgeMark { seq: k, ms: ms_now() };
+                }
+                g.age_next = n.wrapping_add(1);
+            }
+        }
+        match r {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.space.complete();
+                Ok(())
+            }
+            Err(e) => {
+                self.latch_failure(e, "metadata commit");
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits until released blocks are durably free (at most three commits).
+    pub(super) fn settle(&self) -> Result {
+        for _ in 0..3 {
+            let busy = {
+                let g = self.inner.lock();
+                g.ix.counts().releasing > 0 || g.ix.needs_commit()
+            };
+            if !busy {
+                break;
+            }
+            self.commit(true)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn encode_meta_block(&self, ix: &Ix, m: u64, out: &mut [u8]) {
+        out.fill(0);
+        let first = m * ENTRIES_PER_META_BLOCK;
+        let last = (first + ENTRIES_PER_META_BLOCK).min(ix.len());
+        for (n, i) in (first..last).enumerate() {
+            if let Some(dst) = out.get_mut(n * ENTRY_BYTES..(n + 1) * ENTRY_BYTES) {
+                ix.image(i as u32).encode(i, dst, &KernelCrc32c);
+            }
+        }
+    }
+
+    pub(super) fn meta_region(&self, first: u64, count: usize) -> Region<'_> {
+        Region { dev: &self.cache, sector: (META_START + first * META_BLOCK) / 512, sectors: count as u64 * (META_BLOCK / 512) }
+    }
+
+    /// Writes every metadata block of the commit in progress, in runs of contiguous blocks.
+    pub(super) fn write_meta_blocks(&self, buf: &mut KVec<u8>) -> Result {
+        let mb = META_BLOCK as usize;
+        let mut from = 0;
+        loop {
+            let Some(first) = self.inner.lock().ix.next_commit_block(from) else { break };
+            let mut n = 0;
+            // One metadata block per hold of the index lock (interrupts are off meanwhile).
+            while n < META_RUN {
+                let g = self.inner.lock();
+                if g.ix.next_commit_block(first + n as u64) != Some(first + n as u64) {
+                    break;
+                }
+                if let Some(out) = buf.get_mut(n * mb..(n + 1) * mb) {
+                    self.encode_meta_block(&g.ix, first + n as u64, out);
+                }
+                n += 1;
+            }
+            let data = buf.get(..n * mb).ok_or(EINVAL)?;
+            self.dmio.write(&[self.meta_region(first, n)], data, IoFlags::default())?;
+            from = first + n as u64;
+        }
+        Ok(())
+    }
+
+    pub(super) fn superblock(&self, seq: u64, epoch: u64) -> Superblock {
+        Superblock {
+            block_size: self.block_size,
+            nr_blocks: self.geom.nr_blocks,
+            data_start: self.geom.data_start,
+            cache_sectors: self.cache.sectors(),
+            origin_sectors: self.len,
+            seq,
+            epoch,
+        }
+    }
+
+    /// Writes superblock copy `seq & 1` with PREFLUSH (everything before is durable first) and
+    /// FUA.
+    pub(super) fn write_superblock(&self, buf: &mut KVec<u8>, seq: u64) -> Result {
+        let epoch = u64::from(self.inner.lock().ix.epoch());
+        let out = buf.get_mut(..META_BLOCK as usize).ok_or(EINVAL)?;
+        out.fill(0);
+        self.superblock(seq, epoch).encode(out, &KernelCrc32c);
+        let region = Region { dev: &self.cache, sector: Superblock::offset_for(seq) / 512, sectors: META_BLOCK / 512 };
+        self.dmio.write(&[region], out, IoFlags { preflush: true, fua: true })
+    }
+
+    pub(super) fn read_superblock(&self, buf: &mut KVec<u8>, copy: u64) -> Result<core::result::Result<SbRead, wbrepl_core::error::Error>> {
+        let b = buf.get_mut(..META_BLOCK as usize).ok_or(EINVAL)?;
+        self.dmio.read(Region { dev: &self.cache, sector: copy * META_BLOCK / 512, sectors: META_BLOCK / 512 }, b)?;
+        Ok(Superblock::decode(b, &KernelCrc32c))
+    }
+
+    /// Reads and validates the metadata, or formats a blank cache device. Runs at the first
+    /// resume of a table (never in the constructor: an older table may still be live).
+    pub(super) fn load(&self) -> Result {
+        let mut buf = self.commit_buf.lock();
+        let a = self.read_superblock(&mut buf, 0)?;
+        let b = self.read_superblock(&mut buf, 1)?;
+        if a.is_err() != b.is_err() {
+            pr_warn!("wbcache {}: one superblock copy is unreadable ({}); using the other\n", self.cache,
+                a.err().or(b.err()).map_or("", |e| e.as_str()));
+        }
+        let sb = match choose_superblock(a, b) {
+            Ok(SbRead::Blank) => return self.format(&mut buf),
+            Ok(SbRead::Valid(sb)) => sb,
+            Err(e) => {
+                pr_err!("wbcache {}: cannot use the cache device: {}\n", self.cache, e.as_str());
+                return Err(EINVAL);
+            }
+        };
+        if let Err(e) = sb.check_table(self.block_size, self.cache.sectors(), self.len) {
+            pr_err!("wbcache {}: cannot use the cache device: {}\n", self.cache, e.as_str());
+            return Err(EINVAL);
+        }
+        let mut rep = self.inner.lock().ix.load_begin(sb.seq);
+        let mb = META_BLOCK as usize;
+        let total = self.geom.meta_blocks();
+        let mut first = 0;
+        while first < total {
+            let n = (total - first).min(META_RUN as u64) as usize;
+            let data = buf.get_mut(..n * mb).ok_or(EINVAL)?;
+            self.dmio.read(self.meta_region(first, n), data)?;
+            let mut g = self.inner.lock();
+            for k in 0..n as u64 * ENTRIES_PER_META_BLOCK {
+                let i = first * ENTRIES_PER_META_BLOCK + k;
+                if i >= self.geom.nr_blocks {
+                    break;
+                }
+                let off = k as usize * ENTRY_BYTES;
+                let raw = data.get(off..off + ENTRY_BYTES).ok_or(EINVAL)?;
+                let r = Entry::decode(i, raw, &KernelCrc32c)
+                    .and_then(|e| g.ix.load_entry(i as u32, e, self.origin_blocks, &mut rep));
+                if let Err(e) = r {
+                    drop(g);
+                    pr_err!("wbcache {}: cannot use the cache device: metadata entry {}: {}\n", self.cache, i, e.as_str());
+                    return Err(EINVAL);
+                }
+            }
+            first += n as u64;
+        }
+        let (dirty, epoch) = {
+            let mut g = self.inner.lock();
+            g.ix.load_finish(sb.epoch, &mut rep);
+            g.loaded = true;
+            (g.ix.counts().dirty, g.ix.epoch())
+        };
+        pr_info!(
+            "wbcache {}: loaded commit {}: {} dirty blocks, {} discarded, {} entries of an incomplete commit ignored; epoch {}\n",
+            self.cache, sb.seq, dirty, rep.discarded, rep.ignored, epoch
+        );
+        Ok(())
+    }
+
+    pub(super) fn format(&self, buf: &mut KVec<u8>) -> Result {
+        let mb = META_BLOCK as usize;
+        let total = self.geom.meta_blocks();
+        {
+            let mut g = self.inner.lock();
+            g.ix.format();
+        }
+        let mut first = 0;
+        while first < total {
+            let n = (total - first).min(META_RUN as u64) as usize;
+            {
+                let g = self.inner.lock();
+                for k in 0..n {
+                    if let Some(out) = buf.get_mut(k * mb..(k + 1) * mb) {
+                        self.encode_meta_block(&g.ix, first + k as u64, out);
+                    }
+                }
+            }
+            self.dmio.write(&[self.meta_region(first, n)], buf.get(..n * mb).ok_or(EINVAL)?, IoFlags::default())?;
+            first += n as u64;
+        }
+        // Both superblock copies, seq 0; copy 0 first (a valid copy 0 next to a blank copy 1 is
+        // a format interrupted after its first superblock, which loads).
+        for copy in [0u64, 1] {
+            let out = buf.get_mut(..mb).ok_or(EINVAL)?;
+            out.fill(0);
+            self.superblock(0, 1).encode(out, &KernelCrc32c);
+            let region = Region { dev: &self.cache, sector: copy * META_BLOCK / 512, sectors: META_BLOCK / 512 };
+            self.dmio.write(&[region], out, IoFlags { preflush: true, fua: true })?;
+        }
+        self.inner.lock().loaded = true;
+        pr_info!("wbcache {}: formatted: {} blocks of {} bytes\n", self.cache, self.geom.nr_blocks, self.block_size);
+        Ok(())
+    }
+}
