@@ -27,6 +27,10 @@
 //! - Versions of one origin block are chained newest first. Reads use the newest version whose
 //!   data is complete; writeback takes only the oldest version of a block, so the origin sees
 //!   versions in order.
+//! - A block never holds more than [`MAX_VERSIONS`] versions (written, or being written): a write
+//!   that would add one more waits ([`WriteMap::TooManyVersions`]) until writeback or the
+//!   completion of writes in flight releases one. So every walk of a block's versions, done with
+//!   interrupts disabled, is bounded by a constant.
 //! - Epochs: every version carries the epoch it was written in. In ordered mode, a version of
 //!   an older epoch is kept when overwritten, and writeback goes strictly epoch by epoch.
 //! - Checkpoints: with a writeback limit (epoch N), versions of epochs up to N are kept when
@@ -47,6 +51,21 @@ const RELEASING_FILTER_MAX: usize = 1 << 16;
 pub const MAX_ORIGIN_BLOCKS: u64 = 1 << 48;
 /// Largest number of cache blocks (slot numbers are `u32`, `NIL` excluded).
 pub const MAX_CACHE_BLOCKS: u64 = NIL as u64;
+/// Most versions one origin block may hold at once (written, or being written).
+///
+/// Ordered mode keeps one version per epoch (the origin must pass every epoch boundary), and a
+/// checkpoint keeps those up to its limit, so without a bound a block rewritten after every
+/// flush (`pwrite; fdatasync` in a loop) would grow one version per flush, and every walk of its
+/// versions (in `end_io`, with interrupts disabled) with it. Versions cannot be merged without
+/// losing an epoch boundary, so the bound is back-pressure: a write that would add a version
+/// beyond it waits for writeback of the block's oldest epoch ([`WriteMap::TooManyVersions`],
+/// [`Index::needs_writeback_now`]).
+///
+/// 16 keeps a walk of a block's versions to 16 steps (tens of nanoseconds with interrupts off)
+/// while letting a hot block be rewritten across 16 flushes before its writes wait; a larger
+/// bound would not raise the sustained rate, which is that of writeback (one epoch per scan in
+/// ordered mode), only delay the first wait.
+pub const MAX_VERSIONS: usize = 16;
 
 const BLOCK_MASK: u64 = MAX_ORIGIN_BLOCKS - 1;
 const FLAG_SHIFT: u32 = 48;
@@ -144,6 +163,14 @@ pub enum WriteMap {
     /// A partial write over a version whose write is still in flight (nothing to merge with
     /// yet); try again shortly.
     Busy,
+    /// The block already holds [`MAX_VERSIONS`] versions and this write needs a new one (none
+    /// can be rewritten in place): nothing was mapped. The caller waits, as for
+    /// [`WriteMap::NoSpace`] (never sending the write to the origin: the block is cached), until
+    /// writeback or the completion of writes in flight to the block releases a version, then
+    /// maps it again. Meanwhile [`Index::needs_writeback_now`] is true, and the caller must make
+    /// writeback due on it (it writes back the block's oldest epoch, in ordered mode after the
+    /// epochs before it).
+    TooManyVersions,
 }
 
 /// A run of whole-block writes mapped together (see [`Index::map_write_run`]).
@@ -205,6 +232,8 @@ pub struct Index<S, B, M> {
     committed_seq: u64,
     oldest_dirty_epoch: u32,
     wb_cursor: u32,
+    /// The last block a write was refused for ([`WriteMap::TooManyVersions`]).
+    version_wait: Option<u64>,
 }
 
 /// Whether epoch `e` is `limit` or older (epoch counters wrap: compared by signed distance).
@@ -265,6 +294,7 @@ where
             committed_seq: 0,
             oldest_dirty_epoch: 1,
             wb_cursor: 0,
+            version_wait: None,
         };
         me.reset(0, 1);
         Ok(me)
@@ -293,6 +323,7 @@ where
         self.oldest_dirty_epoch = self.epoch;
         self.committed_seq = seq;
         self.wb_cursor = 0;
+        self.version_wait = None;
     }
 
     /// Number of cache blocks.
@@ -537,6 +568,9 @@ where
                 return WriteMap::Busy;
             }
         }
+        if self.at_version_bound(block) {
+            return WriteMap::TooManyVersions;
+        }
         if !full {
             return WriteMap::NeedsCopy(self.lookup_read(block));
         }
@@ -544,6 +578,27 @@ where
             Some(i) => WriteMap::Slot(i),
             None => WriteMap::NoSpace,
         }
+    }
+
+    /// Whether `block` holds [`MAX_VERSIONS`] versions already (then remembered for
+    /// [`Index::needs_writeback_now`]). One walk of its chain.
+    fn at_version_bound(&mut self, block: u64) -> bool {
+        let full = self.versions(block).nth(MAX_VERSIONS - 1).is_some();
+        if full {
+            self.version_wait = Some(block);
+        }
+        full
+    }
+
+    /// Whether writeback must run now whatever the watermarks say: a write was refused with
+    /// [`WriteMap::TooManyVersions`] and its block (the last one refused) still holds more than
+    /// half of [`MAX_VERSIONS`] versions. Writeback then frees the block's oldest versions (in
+    /// ordered mode, epoch by epoch up to them); going on to half the bound lets the writer
+    /// rewrite the block across several more flushes before it waits again. Another block
+    /// refused meanwhile is remembered when its write is retried and refused again. One walk of
+    /// the block's chain.
+    pub fn needs_writeback_now(&self) -> bool {
+        self.version_wait.is_some_and(|b| self.versions(b).nth(MAX_VERSIONS / 2).is_some())
     }
 
     /// Whether a version may be rewritten in place: only over complete data (a first write
@@ -571,8 +626,9 @@ where
     /// Maps a write of `n` (at least one) whole blocks from `block`, so that one I/O to the
     /// cache can carry them: the first block as [`Index::map_write`] does, then each following
     /// block as long as it maps to the next slot (its newest version, rewritable in place, or
-    /// the next free slot). Each block of the run counts as a write in flight into its slot
-    /// until its [`Index::write_done`].
+    /// the next free slot, if the block is below [`MAX_VERSIONS`]). Each block of the run counts
+    /// as a write in flight into its slot until its [`Index::write_done`]. Work: `n` walks of a
+    /// block's chain.
     pub fn map_write_run(&mut self, block: u64, n: u32) -> RunMap {
         let hit = |ix: &Self, b: u64| u32::from(ix.has_versions(b));
         let mut hits = hit(self, block);
@@ -610,9 +666,11 @@ where
     }
 
     /// Allocates a new version of `block` (state: writing). Older versions stay until the
-    /// write completes ([`Index::write_done`]).
+    /// write completes ([`Index::write_done`]). `None` when no slot is free, or when the block
+    /// holds [`MAX_VERSIONS`] versions already (never after [`Index::map_write`] returned
+    /// [`WriteMap::NeedsCopy`] in the same hold of the caller's lock: it checks that first).
     pub fn alloc(&mut self, block: u64) -> Option<u32> {
-        if block >= MAX_ORIGIN_BLOCKS {
+        if block >= MAX_ORIGIN_BLOCKS || self.at_version_bound(block) {
             return None;
         }
         let i = self.pop(ListId::Free)?;
@@ -674,9 +732,51 @@ where
             o.has(F_UNDER_WB)
                 || (!wt && o.epoch != s.epoch && (ordered || limit.is_some_and(|n| epoch_upto(o.epoch, n))))
         };
-        while let Some(v) = self.versions(block).skip_while(|&v| v != i).skip(1).find(|&v| self.slot(v).is_some_and(|o| !keep(o))) {
-            self.release(v);
+        self.release_older(i, block, keep);
+    }
+
+    /// Releases the versions of `block` older than version `i` (after it in the chain) that
+    /// `keep` does not keep: one walk of the hash chain.
+    fn release_older(&mut self, i: u32, block: u64, keep: impl Fn(&Slot) -> bool) {
+        let b = self.bucket(block);
+        let (mut prev, mut cur) = (NIL, self.buckets.get(b).copied().unwrap_or(NIL));
+        let mut older = false;
+        while let Some(c) = self.slot(cur).copied() {
+            let next = c.next;
+            if c.block() == block && c.holds_data() {
+                if cur == i {
+                    older = true;
+                } else if older && !keep(&c) {
+                    self.unlink(b, prev, next);
+                    self.retire(cur, ListId::RelNext);
+                    cur = next;
+                    continue;
+                }
+            }
+            prev = cur;
+            cur = next;
         }
+    }
+
+    /// Unlinks the slot after `prev` (the bucket's head when `prev` is `NIL`), `next` being the
+    /// one after it.
+    fn unlink(&mut self, bucket: usize, prev: u32, next: u32) {
+        if prev == NIL {
+            if let Some(h) = self.buckets.get_mut(bucket) {
+                *h = next;
+            }
+        } else if let Some(p) = self.slots.get_mut(prev as usize) {
+            p.next = next;
+        }
+    }
+
+    /// A version already unlinked from its chain is released onto `list`.
+    fn retire(&mut self, i: u32, list: ListId) {
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            m.set_state(ST_RELEASED);
+        }
+        self.dirty = self.dirty.saturating_sub(1);
+        self.push(list, i);
     }
 
     /// Removes a version from its chain and queues it to be marked free.
@@ -686,11 +786,7 @@ where
             return;
         }
         self.chain_remove(i);
-        if let Some(m) = self.slots.get_mut(i as usize) {
-            m.set_state(ST_RELEASED);
-        }
-        self.dirty = self.dirty.saturating_sub(1);
-        self.push(ListId::RelNext, i);
+        self.retire(i, ListId::RelNext);
     }
 
     // --- commits
@@ -1054,6 +1150,12 @@ where
     /// Whether any version of `block` (holding data) is cached.
     pub fn has_versions(&self, block: u64) -> bool {
         self.versions(block).next().is_some()
+    }
+
+    /// Versions of `block` (holding data or being written).
+    #[cfg(test)]
+    fn chain_len(&self, block: u64) -> usize {
+        self.versions(block).count()
     }
 
     fn newer(a: &Slot, b: &Slot) -> bool {
@@ -1555,6 +1657,133 @@ mod tests {
         assert_eq!(ix.map_write(3, true), WriteMap::NoSpace);
     }
 
+    /// Found by review: in ordered mode every flush closes the epoch and a version of a closed
+    /// epoch is kept, so `pwrite 4K@0; fdatasync` in a loop added a version of block 0 per
+    /// iteration, until the whole cache was one chain (1024 versions here, then `NoSpace`),
+    /// walked by `write_done` in `end_io` with interrupts disabled.
+    #[test]
+    fn a_block_rewritten_after_every_flush_keeps_at_most_max_versions() {
+        let mut ix = index(1024);
+        ix.set_ordered(true);
+        let mut out = [0u32; 64];
+        let (mut refused, mut written_back) = (0, 0);
+        for it in 0..100_000u32 {
+            let i = match ix.map_write(0, true) {
+                WriteMap::Slot(i) => i,
+                WriteMap::TooManyVersions => {
+                    refused += 1;
+                    assert_eq!(ix.chain_len(0), MAX_VERSIONS);
+                    assert!(ix.needs_writeback_now(), "writeback must become due");
+                    assert_eq!(ix.alloc(0), None, "alloc keeps the bound too");
+                    assert_eq!(ix.map_write(0, false), WriteMap::TooManyVersions, "a partial write too");
+                    // The kernel's writeback round: commit, scan, copy, flush, release. In
+                    // ordered mode it takes the oldest epoch: block 0's oldest version.
+                    let k = ix.barrier();
+                    ix.commit_done(k, true);
+                    let oldest = ix.versions(0).last().unwrap();
+                    assert_eq!(ix.select_writeback(&mut out, None), 1);
+                    assert_eq!(out[0], oldest);
+                    ix.writeback_done(oldest, true);
+                    written_back += 1;
+                    assert_eq!(ix.chain_len(0), MAX_VERSIONS - 1);
+                    // The retried write goes through.
+                    let WriteMap::Slot(i) = ix.map_write(0, true) else { panic!("retry refused at {it}") };
+                    i
+                }
+                other => panic!("iteration {it}: {other:?}"),
+            };
+            ix.write_done(i, true);
+            assert!(ix.chain_len(0) <= MAX_VERSIONS, "iteration {it}: {} versions", ix.chain_len(0));
+            ix.close_epoch(); // the fdatasync
+            if it % 7 == 0 {
+                let k = ix.barrier();
+                ix.commit_done(k, true);
+            }
+        }
+        assert!(refused > 90_000, "{refused}");
+        assert_eq!(refused, written_back);
+        assert_eq!(ix.counts().dirty, MAX_VERSIONS as u64);
+        // Writeback down to half the bound keeps it due; then it is not any more.
+        let mut rounds = 0;
+        while ix.needs_writeback_now() {
+            let k = ix.barrier();
+            ix.commit_done(k, true);
+            let n = ix.select_writeback(&mut out, None);
+            for &i in &out[..n] {
+                ix.writeback_done(i, true);
+            }
+            rounds += 1;
+        }
+        assert_eq!(ix.chain_len(0), MAX_VERSIONS / 2);
+        assert_eq!(rounds, MAX_VERSIONS / 2);
+    }
+
+    /// Writes in flight count towards the bound too (each full write over a version still
+    /// being written needs a new slot), and their completion lifts it.
+    #[test]
+    fn writes_in_flight_to_one_block_are_bounded() {
+        let mut ix = index(64);
+        let slots: Vec<u32> = (0..MAX_VERSIONS)
+            .map(|_| match ix.map_write(3, true) {
+                WriteMap::Slot(i) => i,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ix.map_write(3, true), WriteMap::TooManyVersions);
+        assert_eq!(ix.map_write_run(2, 4), RunMap { map: WriteMap::Slot(MAX_VERSIONS as u32), blocks: 1, hits: 0 }, "a run stops before it");
+        ix.write_done(MAX_VERSIONS as u32, true);
+        assert_eq!(ix.map_write_run(3, 2).map, WriteMap::TooManyVersions);
+        for &i in slots.iter().rev() {
+            ix.write_done(i, true);
+        }
+        assert_eq!(ix.chain_len(3), 1, "the newest completed write released the others");
+        assert!(!ix.needs_writeback_now());
+        assert_eq!(ix.map_write(3, true), WriteMap::Slot(slots[MAX_VERSIONS - 1]));
+    }
+
+    /// Checkpoints keep versions up to their limit when a newer epoch overwrites them; aborted
+    /// checkpoints one after another (each closing an epoch) kept one more each, without bound.
+    #[test]
+    fn aborted_checkpoints_keep_at_most_max_versions() {
+        let mut ix = index(256);
+        let mut out = [0u32; 8];
+        let mut refused = 0;
+        for _ in 0..100 {
+            let id = ix.close_epoch();
+            ix.set_wb_limit(Some(id));
+            match ix.map_write(9, true) {
+                WriteMap::Slot(i) => ix.write_done(i, true),
+                WriteMap::TooManyVersions => {
+                    refused += 1;
+                    assert!(ix.needs_writeback_now());
+                    // The checkpoint drains its epochs: the oldest version of block 9 goes.
+                    let k = ix.barrier();
+                    ix.commit_done(k, true);
+                    assert!(ix.select_writeback(&mut out, None) >= 1);
+                    ix.writeback_done(out[0], true);
+                    let WriteMap::Slot(i) = ix.map_write(9, true) else { panic!() };
+                    ix.write_done(i, true);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(ix.chain_len(9) <= MAX_VERSIONS);
+            ix.set_wb_limit(None); // aborted
+        }
+        assert_eq!(refused, 100 - MAX_VERSIONS);
+        assert_eq!(ix.chain_len(9), MAX_VERSIONS);
+        // Write-through releases every older version on completion (once it may be mapped).
+        ix.close_epoch();
+        assert_eq!(ix.map_write(9, true), WriteMap::TooManyVersions);
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        assert_eq!(ix.select_writeback(&mut out[..1], None), 1);
+        ix.writeback_done(out[0], true);
+        let WriteMap::Slot(i) = ix.map_write(9, true) else { panic!() };
+        ix.mark_write_through(i);
+        ix.write_done(i, true);
+        assert_eq!(ix.chain_len(9), 1);
+    }
+
     #[test]
     fn ordered_mode_keeps_older_epochs_and_writes_back_epoch_by_epoch() {
         let mut ix = index(8);
@@ -1677,6 +1906,8 @@ mod tests {
         /// mode updated by the writes through since).
         cp: Option<(u32, bool, BTreeMap<u64, u64>)>,
         checkpoints: u32,
+        /// Writes refused at the version bound.
+        bound_hits: u32,
     }
 
     impl Model {
@@ -1703,6 +1934,7 @@ mod tests {
                 mapped: BTreeMap::new(),
                 cp: None,
                 checkpoints: 0,
+                bound_hits: 0,
             }
         }
 
@@ -1730,7 +1962,13 @@ mod tests {
                     if wt && self.ix.under_writeback(*b) {
                         return; // the target waits for that copy first
                     }
-                    if let WriteMap::Slot(i) = self.ix.map_write(*b, true) {
+                    let m = self.ix.map_write(*b, true);
+                    if m == WriteMap::TooManyVersions {
+                        assert_eq!(self.ix.chain_len(*b), MAX_VERSIONS);
+                        assert!(self.ix.needs_writeback_now());
+                        self.bound_hits += 1;
+                    }
+                    if let WriteMap::Slot(i) = m {
                         let id = self.next_id;
                         self.next_id += 1;
                         if wt {
@@ -1951,6 +2189,9 @@ mod tests {
         fn check_invariants(&self) {
             let c = self.ix.counts();
             assert_eq!(c.free + c.dirty + c.releasing, c.total, "{c:?}");
+            for b in 0..6 {
+                assert!(self.ix.chain_len(b) <= MAX_VERSIONS, "block {b}: {} versions", self.ix.chain_len(b));
+            }
         }
 
         fn crash(&mut self) {
