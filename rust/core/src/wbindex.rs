@@ -2391,7 +2391,11 @@ mod tests {
         /// Ends the checkpoint without a marker (abort, timeout, error): the limit is lifted
         /// with versions up to its epoch still cached.
         CheckpointAbort,
-        Crash,
+        /// A write of the whole block, its completion, then a flush from above (`pwrite;
+        /// fdatasync`): in ordered mode the epoch closes, and the flush commits.
+        Fsync(u64),
+        /// A crash, then a load in steps of this budget.
+        Crash(u32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -2409,7 +2413,36 @@ mod tests {
             1 => any::<bool>().prop_map(Op::Checkpoint),
             2 => Just(Op::CheckpointDone),
             1 => Just(Op::CheckpointAbort),
-            1 => Just(Op::Crash),
+            1 => (0u64..6).prop_map(Op::Fsync),
+            1 => (1u32..64).prop_map(Op::Crash),
+        ]
+    }
+
+    /// Few blocks rewritten across many epochs, little writeback: chains reach the bound.
+    fn hot_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0u64..2).prop_map(Op::Fsync),
+            3 => (0u64..3).prop_map(Op::Write),
+            1 => (0u64..2, 2u32..3).prop_map(|(b, n)| Op::WriteRun(b, n)),
+            3 => (0usize..8).prop_map(Op::Complete),
+            2 => Just(Op::CloseEpoch),
+            1 => Just(Op::Barrier),
+            1 => proptest::collection::vec(any::<bool>(), 8).prop_map(Op::WriteImages),
+            1 => Just(Op::Sb),
+            1 => (1usize..5).prop_map(Op::Writeback),
+            1 => Just(Op::WritebackDone),
+            1 => any::<bool>().prop_map(Op::Checkpoint),
+            1 => Just(Op::CheckpointDone),
+            1 => Just(Op::CheckpointAbort),
+            1 => (1u32..64).prop_map(Op::Crash),
+        ]
+    }
+
+    /// A run of the model: ordered mode or not, and its operations (a hot mix in half the runs).
+    fn model_run() -> impl Strategy<Value = (bool, Vec<Op>)> {
+        prop_oneof![
+            (any::<bool>(), proptest::collection::vec(op(), 1..120)),
+            (Just(true), proptest::collection::vec(hot_op(), 1..300)),
         ]
     }
 
@@ -2445,6 +2478,10 @@ mod tests {
         checkpoints: u32,
         /// Writes refused at the version bound.
         bound_hits: u32,
+        /// Loads of metadata holding more than MAX_VERSIONS versions of a block.
+        over_bound_loads: u32,
+        /// At a crash: per slot, the block and epoch of the committed version it held.
+        live: Vec<Option<(u64, u32)>>,
     }
 
     impl Model {
@@ -2472,6 +2509,8 @@ mod tests {
                 cp: None,
                 checkpoints: 0,
                 bound_hits: 0,
+                over_bound_loads: 0,
+                live: vec![],
             }
         }
 
@@ -2696,9 +2735,28 @@ mod tests {
                     self.ix.set_ordered(self.ordered);
                     self.cp = None;
                 }
-                Op::Crash => self.crash(),
+                Op::Fsync(b) => {
+                    if self.inflight.iter().any(|w| w.1 == *b) {
+                        return;
+                    }
+                    self.step(&Op::Write(*b));
+                    if let Some(p) = self.inflight.iter().position(|w| w.1 == *b) {
+                        let w = self.inflight.remove(p);
+                        self.complete(w);
+                    }
+                    if self.ordered {
+                        self.ix.close_epoch();
+                    }
+                    // The flush commits (after any commit in progress).
+                    if self.at_barrier.is_none() {
+                        self.step(&Op::Barrier);
+                    }
+                    self.step(&Op::WriteImages(vec![true; 8]));
+                    self.step(&Op::Sb);
+                }
+                Op::Crash(budget) => self.crash(*budget),
             }
-            if !matches!(op, Op::Crash) {
+            if !matches!(op, Op::Crash(_)) {
                 self.check_reads();
             }
             self.check_invariants();
@@ -2731,13 +2789,47 @@ mod tests {
             }
         }
 
-        fn crash(&mut self) {
+        fn crash(&mut self, budget: u32) {
             // In-flight writes and writebacks are lost (writebacks never reached a flush).
-            let mut fresh = index(NR);
+            // Versions held now whose image on disk is committed.
+            self.live = (0..NR as usize)
+                .map(|i| {
+                    let s = self.ix.slots[i];
+                    let d = self.disk[i];
+                    let on_disk = d.state == EntryState::Dirty && d.seq <= self.disk_seq && d.seq == s.seq && d.block == s.block();
+                    (s.holds_data() && on_disk).then_some((s.block(), s.epoch))
+                })
+                .collect();
+            let mut fresh = core::mem::replace(&mut self.ix, index(NR));
             fresh.set_ordered(self.ordered);
             let disk = self.disk.clone();
-            let rep = fresh.load(self.disk_seq, self.disk_epoch, 1 << 20, |i| Ok(disk[i as usize])).unwrap();
-            let _ = rep;
+            for b in 0..6 {
+                let raw = disk.iter().filter(|e| e.block == b && e.state == EntryState::Dirty && e.seq <= self.disk_seq).count();
+                assert!(raw <= MAX_LOADED_VERSIONS, "block {b}: {raw} versions on disk");
+                if raw > MAX_VERSIONS {
+                    self.over_bound_loads += 1;
+                }
+            }
+            // In steps, as the kernel does between lock drops, into the index used before the
+            // crash (compared below with a load into a new one).
+            let (rep, _) = load_in_steps(&mut fresh, &disk, self.disk_seq, self.disk_epoch, budget);
+            let rep = rep.unwrap();
+            let committed = disk.iter().filter(|e| e.state == EntryState::Dirty && e.seq <= self.disk_seq).count() as u64;
+            assert_eq!(rep.dirty + rep.ignored, disk.iter().filter(|e| e.state == EntryState::Dirty).count() as u64);
+            assert_eq!(rep.dirty, committed);
+            assert_eq!(fresh.counts().dirty, rep.dirty - rep.discarded);
+            let mut again = index(NR);
+            assert_eq!(again.load(self.disk_seq, self.disk_epoch, 1 << 20, |i| Ok(disk[i as usize])).unwrap(), rep);
+            assert!(state_of(&again) == state_of(&fresh), "a load in steps differs from the one-shot load");
+            if self.ordered {
+                // Every version held before the crash and committed comes back (or one of its
+                // epoch, newer): the origin can still be brought to every epoch boundary.
+                for (i, was) in self.live.iter().enumerate() {
+                    let Some((b, epoch)) = *was else { continue };
+                    let back = fresh.versions(b).any(|v| v as usize == i || fresh.slots[v as usize].epoch == epoch);
+                    assert!(back, "slot {i}: block {b} epoch {epoch} lost at load; disk {disk:?}");
+                }
+            }
             for b in 0..6u64 {
                 let got = match fresh.lookup_read(b) {
                     Some(i) => self.slot_data[i as usize],
@@ -2771,6 +2863,27 @@ mod tests {
         }
     }
 
+    /// The hot mix of the model does reach the bound, and loads metadata beyond it.
+    #[test]
+    fn the_crash_model_reaches_the_version_bound() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+        let mut runner = TestRunner::deterministic();
+        let (mut runs_refused, mut loads_over) = (0, 0);
+        for _ in 0..200 {
+            let ops = proptest::collection::vec(hot_op(), 300).new_tree(&mut runner).unwrap().current();
+            let mut m = Model::new(true);
+            for o in &ops {
+                m.step(o);
+            }
+            m.crash(7);
+            runs_refused += u32::from(m.bound_hits > 0);
+            loads_over += m.over_bound_loads;
+        }
+        assert!(runs_refused >= 150, "{runs_refused} of 200 runs hit the bound");
+        assert!(loads_over >= 10, "{loads_over} loads beyond MAX_VERSIONS");
+    }
+
     proptest! {
         // 2000 cases in `make test`; `make test-long` sets PROPTEST_CASES higher.
         #![proptest_config(ProptestConfig {
@@ -2779,12 +2892,12 @@ mod tests {
         })]
 
         #[test]
-        fn index_matches_the_model_and_survives_crashes(ordered in any::<bool>(), ops in proptest::collection::vec(op(), 1..120)) {
+        fn index_matches_the_model_and_survives_crashes((ordered, ops) in model_run(), budget in 1u32..64) {
             let mut m = Model::new(ordered);
             for o in &ops {
                 m.step(o);
             }
-            m.crash();
+            m.crash(budget);
         }
     }
 }
