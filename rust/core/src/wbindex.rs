@@ -72,9 +72,9 @@ pub const MAX_CACHE_BLOCKS: u64 = NIL as u64;
 /// [`Index::needs_writeback_now`]).
 ///
 /// 16 keeps a walk of a block's versions to 16 steps (tens of nanoseconds with interrupts off;
-/// a load walks at most [`MAX_LOADED_VERSIONS`]) while letting a hot block be rewritten across 16 flushes before its writes wait; a larger
-/// bound would not raise the sustained rate, which is that of writeback (one epoch per scan in
-/// ordered mode), only delay the first wait.
+/// a load walks at most [`MAX_LOADED_VERSIONS`]) while letting a hot block be rewritten across
+/// 16 flushes before its writes wait; a larger bound would not raise the sustained rate, which
+/// is that of writeback (one epoch per scan in ordered mode), only delay the first wait.
 pub const MAX_VERSIONS: usize = 16;
 /// Most committed dirty entries of one block a load accepts (twice [`MAX_VERSIONS`]); a load
 /// refuses metadata with more, and keeps at most [`MAX_VERSIONS`] of them (the newest).
