@@ -27,6 +27,20 @@
 //! - Versions of one origin block are chained newest first. Reads use the newest version whose
 //!   data is complete; writeback takes only the oldest version of a block, so the origin sees
 //!   versions in order.
+//! - A block never holds more than [`MAX_VERSIONS`] versions (written, or being written): a write
+//!   that would add one more waits ([`WriteMap::TooManyVersions`]) until writeback or the
+//!   completion of writes in flight releases one. So every walk of a block's versions, done with
+//!   interrupts disabled, is bounded by a constant. A load refuses metadata with more than
+//!   [`MAX_LOADED_VERSIONS`] versions of a block (no correct writer leaves that many) and keeps
+//!   the newest [`MAX_VERSIONS`].
+//! - At load, a version discarded (by a tombstone, superseded within its epoch, or beyond the
+//!   bound) is marked free by the first commit, and a tombstone that discarded one is not reused
+//!   before that commit completes: until then it alone keeps the version from coming back.
+//! - The caller makes every call under a lock with interrupts disabled, so none may do work that
+//!   grows with the cache: walks of a block's versions are bounded by a constant, and format,
+//!   load, the writeback scan and `count_upto` go in steps of a budget the caller chooses. (Not
+//!   yet so: `barrier` and `commit_done` do work in proportion to the commit, the metadata
+//!   blocks it writes and the slots it frees.)
 //! - Epochs: every version carries the epoch it was written in. In ordered mode, a version of
 //!   an older epoch is kept when overwritten, and writeback goes strictly epoch by epoch.
 //! - Checkpoints: with a writeback limit (epoch N), versions of epochs up to N are kept when
@@ -47,6 +61,40 @@ const RELEASING_FILTER_MAX: usize = 1 << 16;
 pub const MAX_ORIGIN_BLOCKS: u64 = 1 << 48;
 /// Largest number of cache blocks (slot numbers are `u32`, `NIL` excluded).
 pub const MAX_CACHE_BLOCKS: u64 = NIL as u64;
+/// Most versions one origin block may hold at once (written, or being written).
+///
+/// Ordered mode keeps one version per epoch (the origin must pass every epoch boundary), and a
+/// checkpoint keeps those up to its limit, so without a bound a block rewritten after every
+/// flush (`pwrite; fdatasync` in a loop) would grow one version per flush, and every walk of its
+/// versions (in `end_io`, with interrupts disabled) with it. Versions cannot be merged without
+/// losing an epoch boundary, so the bound is back-pressure: a write that would add a version
+/// beyond it waits for writeback of the block's oldest epoch ([`WriteMap::TooManyVersions`],
+/// [`Index::needs_writeback_now`]).
+///
+/// 16 keeps a walk of a block's versions to 16 steps (tens of nanoseconds with interrupts off;
+/// a load walks at most [`MAX_LOADED_VERSIONS`]) while letting a hot block be rewritten across
+/// 16 flushes before its writes wait; a larger bound would not raise the sustained rate, which
+/// is that of writeback (one epoch per scan in ordered mode), only delay the first wait.
+pub const MAX_VERSIONS: usize = 16;
+/// Most committed dirty entries of one block a load accepts (twice [`MAX_VERSIONS`]); a load
+/// refuses metadata with more, and keeps at most [`MAX_VERSIONS`] of them (the newest).
+///
+/// A correct writer never exceeds it. A committed (dirty) image of a block stays on disk while
+/// its slot holds a version, then until the commit marking the slot free. A slot released after
+/// barrier `k - 1` is marked by commit `k + 1`, one released earlier by commit `k` at the latest,
+/// so once commit `k` is done the block's dirty images are of versions in its chain at barrier
+/// `k` or at barrier `k - 1`: at most [`MAX_VERSIONS`] at barrier `k - 1`, and at most
+/// [`MAX_VERSIONS`] more created since (each was created while the ones created before it were
+/// still in the chain). A commit that tears after it only turns some of them into tombstones (its
+/// own dirty entries are ignored). A load keeps at most [`MAX_VERSIONS`] versions of a block, and
+/// the first commit after it marks the ones it discards, so the same holds after a load.
+///
+/// Those beyond the newest [`MAX_VERSIONS`] are versions released before the last commit whose
+/// tombstones were not yet written (the versions in the chain at the last barrier are at most
+/// [`MAX_VERSIONS`], and newer than any released earlier that is not discarded otherwise: in
+/// ordered mode a version is released only by writeback, oldest first, or by a newer one of its
+/// epoch, which discards it at load; outside ordered mode only the newest version matters).
+pub const MAX_LOADED_VERSIONS: usize = 2 * MAX_VERSIONS;
 
 const BLOCK_MASK: u64 = MAX_ORIGIN_BLOCKS - 1;
 const FLAG_SHIFT: u32 = 48;
@@ -58,6 +106,10 @@ const ST_WRITING: u16 = 1;
 const ST_VALID: u16 = 2;
 const ST_RELEASED: u16 = 3;
 const ST_MARKING: u16 = 4;
+/// While loading: a tombstone, the newest of its block so far, linked in the block's chain.
+const ST_TOMB: u16 = 5;
+/// While loading: the slot's entry is not loaded yet.
+const ST_UNLOADED: u16 = 6;
 /// The slot's on-disk image is a dirty entry (committed, or in the commit being made).
 const F_ON_DISK: u16 = 1 << 3;
 /// A writeback copy of the slot is in flight.
@@ -144,6 +196,14 @@ pub enum WriteMap {
     /// A partial write over a version whose write is still in flight (nothing to merge with
     /// yet); try again shortly.
     Busy,
+    /// The block already holds [`MAX_VERSIONS`] versions and this write needs a new one (none
+    /// can be rewritten in place): nothing was mapped. The caller waits, as for
+    /// [`WriteMap::NoSpace`] (never sending the write to the origin: the block is cached), until
+    /// writeback or the completion of writes in flight to the block releases a version, then
+    /// maps it again. Meanwhile [`Index::needs_writeback_now`] is true, and the caller must make
+    /// writeback due on it (it writes back the block's oldest epoch, in ordered mode after the
+    /// epochs before it).
+    TooManyVersions,
 }
 
 /// A run of whole-block writes mapped together (see [`Index::map_write_run`]).
@@ -205,6 +265,8 @@ pub struct Index<S, B, M> {
     committed_seq: u64,
     oldest_dirty_epoch: u32,
     wb_cursor: u32,
+    /// The last block a write was refused for ([`WriteMap::TooManyVersions`]).
+    version_wait: Option<u64>,
 }
 
 /// Whether epoch `e` is `limit` or older (epoch counters wrap: compared by signed distance).
@@ -265,34 +327,28 @@ where
             committed_seq: 0,
             oldest_dirty_epoch: 1,
             wb_cursor: 0,
+            version_wait: None,
         };
-        me.reset(0, 1);
+        me.format();
         Ok(me)
     }
 
-    fn reset(&mut self, seq: u64, epoch: u32) {
-        self.buckets.fill(NIL);
-        self.releasing_filter.fill(0);
-        self.meta_dirty.fill(0);
-        self.meta_commit.fill(0);
+    /// Forgets everything but the storage and the mode: no version, no list, epoch 1, commit
+    /// sequence `seq`. The arrays are cleared by [`Index::clear_step`].
+    fn reset_state(&mut self, seq: u64) {
         self.free = List::EMPTY;
         self.rel_next = List::EMPTY;
         self.rel_ripe = List::EMPTY;
         self.marking = List::EMPTY;
-        for s in self.slots.iter_mut() {
-            *s = Slot::default();
-        }
-        for i in (0..self.slots.len() as u32).rev() {
-            self.push(ListId::Free, i);
-        }
         self.dirty = 0;
         self.under_wb = 0;
         self.rewrote_committed = false;
-        self.epoch = epoch.max(1);
+        self.epoch = 1;
         self.wb_limit = None;
-        self.oldest_dirty_epoch = self.epoch;
+        self.oldest_dirty_epoch = 1;
         self.committed_seq = seq;
         self.wb_cursor = 0;
+        self.version_wait = None;
     }
 
     /// Number of cache blocks.
@@ -443,13 +499,15 @@ where
         match id {
             ListId::Free => &mut self.free,
             ListId::RelNext => &mut self.rel_next,
+            ListId::RelRipe => &mut self.rel_ripe,
             ListId::Marking => &mut self.marking,
         }
     }
 
     fn push(&mut self, id: ListId, i: u32) {
-        if let (ListId::RelNext, Some(s)) = (id, self.slot(i)) {
-            // Every released version enters here, and leaves when marked free (commit_done).
+        if let (ListId::RelNext | ListId::RelRipe, Some(s)) = (id, self.slot(i)) {
+            // Every released version enters here (or, at load, directly into RelRipe), and
+            // leaves when marked free (commit_done).
             let f = self.filter_index(s.block());
             if let Some(c) = self.releasing_filter.get_mut(f) {
                 *c = c.saturating_add(1);
@@ -537,6 +595,9 @@ where
                 return WriteMap::Busy;
             }
         }
+        if self.at_version_bound(block) {
+            return WriteMap::TooManyVersions;
+        }
         if !full {
             return WriteMap::NeedsCopy(self.lookup_read(block));
         }
@@ -544,6 +605,27 @@ where
             Some(i) => WriteMap::Slot(i),
             None => WriteMap::NoSpace,
         }
+    }
+
+    /// Whether `block` holds [`MAX_VERSIONS`] versions already (then remembered for
+    /// [`Index::needs_writeback_now`]). One walk of its chain.
+    fn at_version_bound(&mut self, block: u64) -> bool {
+        let full = self.versions(block).nth(MAX_VERSIONS - 1).is_some();
+        if full {
+            self.version_wait = Some(block);
+        }
+        full
+    }
+
+    /// Whether writeback must run now whatever the watermarks say: a write was refused with
+    /// [`WriteMap::TooManyVersions`] and its block (the last one refused) still holds more than
+    /// half of [`MAX_VERSIONS`] versions. Writeback then frees the block's oldest versions (in
+    /// ordered mode, epoch by epoch up to them); going on to half the bound lets the writer
+    /// rewrite the block across several more flushes before it waits again. Another block
+    /// refused meanwhile is remembered when its write is retried and refused again. One walk of
+    /// the block's chain.
+    pub fn needs_writeback_now(&self) -> bool {
+        self.version_wait.is_some_and(|b| self.versions(b).nth(MAX_VERSIONS / 2).is_some())
     }
 
     /// Whether a version may be rewritten in place: only over complete data (a first write
@@ -571,8 +653,9 @@ where
     /// Maps a write of `n` (at least one) whole blocks from `block`, so that one I/O to the
     /// cache can carry them: the first block as [`Index::map_write`] does, then each following
     /// block as long as it maps to the next slot (its newest version, rewritable in place, or
-    /// the next free slot). Each block of the run counts as a write in flight into its slot
-    /// until its [`Index::write_done`].
+    /// the next free slot, if the block is below [`MAX_VERSIONS`]). Each block of the run counts
+    /// as a write in flight into its slot until its [`Index::write_done`]. Work: `n` walks of a
+    /// block's chain.
     pub fn map_write_run(&mut self, block: u64, n: u32) -> RunMap {
         let hit = |ix: &Self, b: u64| u32::from(ix.has_versions(b));
         let mut hits = hit(self, block);
@@ -610,9 +693,11 @@ where
     }
 
     /// Allocates a new version of `block` (state: writing). Older versions stay until the
-    /// write completes ([`Index::write_done`]).
+    /// write completes ([`Index::write_done`]). `None` when no slot is free, or when the block
+    /// holds [`MAX_VERSIONS`] versions already (never after [`Index::map_write`] returned
+    /// [`WriteMap::NeedsCopy`] in the same hold of the caller's lock: it checks that first).
     pub fn alloc(&mut self, block: u64) -> Option<u32> {
-        if block >= MAX_ORIGIN_BLOCKS {
+        if block >= MAX_ORIGIN_BLOCKS || self.at_version_bound(block) {
             return None;
         }
         let i = self.pop(ListId::Free)?;
@@ -674,9 +759,51 @@ where
             o.has(F_UNDER_WB)
                 || (!wt && o.epoch != s.epoch && (ordered || limit.is_some_and(|n| epoch_upto(o.epoch, n))))
         };
-        while let Some(v) = self.versions(block).skip_while(|&v| v != i).skip(1).find(|&v| self.slot(v).is_some_and(|o| !keep(o))) {
-            self.release(v);
+        self.release_older(i, block, keep);
+    }
+
+    /// Releases the versions of `block` older than version `i` (after it in the chain) that
+    /// `keep` does not keep: one walk of the hash chain.
+    fn release_older(&mut self, i: u32, block: u64, keep: impl Fn(&Slot) -> bool) {
+        let b = self.bucket(block);
+        let (mut prev, mut cur) = (NIL, self.buckets.get(b).copied().unwrap_or(NIL));
+        let mut older = false;
+        while let Some(c) = self.slot(cur).copied() {
+            let next = c.next;
+            if c.block() == block && c.holds_data() {
+                if cur == i {
+                    older = true;
+                } else if older && !keep(&c) {
+                    self.relink(b, prev, next);
+                    self.retire(cur, ListId::RelNext);
+                    cur = next;
+                    continue;
+                }
+            }
+            prev = cur;
+            cur = next;
         }
+    }
+
+    /// Points the link after `prev` (the bucket's head when `prev` is `NIL`) to `to`: unlinks the
+    /// slot after `prev` when `to` is the one after it, links `to` in after `prev` otherwise.
+    fn relink(&mut self, bucket: usize, prev: u32, to: u32) {
+        if prev == NIL {
+            if let Some(h) = self.buckets.get_mut(bucket) {
+                *h = to;
+            }
+        } else if let Some(p) = self.slots.get_mut(prev as usize) {
+            p.next = to;
+        }
+    }
+
+    /// A version already unlinked from its chain is released onto `list`.
+    fn retire(&mut self, i: u32, list: ListId) {
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            m.set_state(ST_RELEASED);
+        }
+        self.dirty = self.dirty.saturating_sub(1);
+        self.push(list, i);
     }
 
     /// Removes a version from its chain and queues it to be marked free.
@@ -686,11 +813,7 @@ where
             return;
         }
         self.chain_remove(i);
-        if let Some(m) = self.slots.get_mut(i as usize) {
-            m.set_state(ST_RELEASED);
-        }
-        self.dirty = self.dirty.saturating_sub(1);
-        self.push(ListId::RelNext, i);
+        self.retire(i, ListId::RelNext);
     }
 
     // --- commits
@@ -933,16 +1056,76 @@ where
 
     // --- load
 
-    /// Formats: every slot free, commit sequence 0, epoch 1.
+    /// Formats: every slot free, commit sequence 0, epoch 1. O(cache blocks) in one call: the
+    /// kernel uses [`Index::format_begin`] and [`Index::format_step`].
     pub fn format(&mut self) {
-        self.reset(0, 1);
+        let mut st = self.format_begin();
+        while !self.format_step(&mut st, u32::MAX) {}
+    }
+
+    /// Starts a format done in steps ([`Index::format_step`]); O(1). Until the last step the
+    /// index holds nothing (no version, no free slot).
+    pub fn format_begin(&mut self) -> LoadState {
+        self.reset_state(0);
+        LoadState::new(true, 1)
+    }
+
+    /// Advances a format by at most `budget` (at least 1) slots, buckets, counters or bitmap
+    /// words; returns true when done: every slot free, commit sequence 0, epoch 1. The caller
+    /// holding a lock with interrupts disabled releases it between steps (about 2.6 steps of
+    /// work per cache block in all).
+    pub fn format_step(&mut self, st: &mut LoadState, budget: u32) -> bool {
+        if st.phase == LoadPhase::Clear && self.clear_step(st, budget) {
+            let n = self.slots.len() as u32;
+            self.free = List { head: if n > 0 { 0 } else { NIL }, len: n };
+            st.phase = LoadPhase::Done;
+        }
+        st.phase == LoadPhase::Done
+    }
+
+    /// Clears the arrays, in order buckets, release counters, bitmaps, slots (free and listed in
+    /// order for a format, not yet loaded for a load), at most `budget` items; true when done.
+    fn clear_step(&mut self, st: &mut LoadState, budget: u32) -> bool {
+        let mut left = u64::from(budget.max(1));
+        let n = self.slots.len();
+        let lens = [self.buckets.len(), self.releasing_filter.len(), self.meta_dirty.len(), self.meta_commit.len(), n];
+        let mut base = 0u64;
+        for (k, &len) in lens.iter().enumerate() {
+            let end = base.saturating_add(len as u64);
+            if st.pos < end && left > 0 {
+                let from = st.pos.saturating_sub(base) as usize;
+                let to = (from as u64).saturating_add(left).min(len as u64) as usize;
+                match k {
+                    0 => self.buckets.get_mut(from..to).unwrap_or(&mut []).fill(NIL),
+                    1 => self.releasing_filter.get_mut(from..to).unwrap_or(&mut []).fill(0),
+                    2 => self.meta_dirty.get_mut(from..to).unwrap_or(&mut []).fill(0),
+                    3 => self.meta_commit.get_mut(from..to).unwrap_or(&mut []).fill(0),
+                    _ => {
+                        for (i, s) in self.slots.get_mut(from..to).unwrap_or(&mut []).iter_mut().enumerate() {
+                            *s = Slot::default();
+                            let i = from + i;
+                            if st.format {
+                                s.next = if i + 1 < n { (i + 1) as u32 } else { NIL };
+                            } else {
+                                s.set_state(ST_UNLOADED);
+                            }
+                        }
+                    }
+                }
+                left = left.saturating_sub(to.saturating_sub(from) as u64);
+                st.pos = base.saturating_add(to as u64);
+            }
+            base = end;
+        }
+        st.pos >= base
     }
 
     /// Rebuilds the index from entries read from disk. `entry(i)` returns entry `i`. Dirty
     /// entries written by a commit after `sb_seq` are ignored (that commit never completed);
-    /// tombstones always apply. Fails on an entry that names a block beyond `origin_blocks`.
-    /// (The kernel feeds entries in pieces with [`Index::load_begin`], [`Index::load_entry`]
-    /// and [`Index::load_finish`], so that no lock is held across its reads.)
+    /// tombstones always apply. Fails on an entry that names a block beyond `origin_blocks`, and
+    /// on more than [`MAX_LOADED_VERSIONS`] versions of one block. O(cache blocks) in one call:
+    /// the kernel uses [`Index::load_begin`], [`Index::load_begin_step`], [`Index::load_entry`]
+    /// and [`Index::load_finish_step`], so that no lock is held long or across its reads.
     pub fn load(
         &mut self,
         sb_seq: u64,
@@ -950,105 +1133,265 @@ where
         origin_blocks: u64,
         mut entry: impl FnMut(u32) -> Result<Entry, Error>,
     ) -> Result<LoadReport, Error> {
-        let mut rep = self.load_begin(sb_seq);
+        let mut st = self.load_begin(sb_seq, sb_epoch);
+        while !self.load_begin_step(&mut st, u32::MAX) {}
         for i in 0..self.slots.len() as u32 {
-            self.load_entry(i, entry(i)?, origin_blocks, &mut rep)?;
+            self.load_entry(&mut st, i, entry(i)?, origin_blocks)?;
         }
-        self.load_finish(sb_epoch, &mut rep);
-        Ok(rep)
+        while !self.load_finish_step(&mut st, u32::MAX) {}
+        Ok(st.report)
     }
 
-    /// Starts a load: forgets everything.
-    pub fn load_begin(&mut self, sb_seq: u64) -> LoadReport {
-        self.reset(sb_seq, 1);
-        self.free = List::EMPTY;
-        for s in self.slots.iter_mut() {
-            // Not yet loaded: neither free nor holding data.
-            s.set_state(ST_RELEASED);
-        }
-        LoadReport::default()
+    /// Starts a load of the metadata of commit `sb_seq` (superblock epoch `sb_epoch`): forgets
+    /// everything; O(1). Then [`Index::load_begin_step`] until it returns true, then
+    /// [`Index::load_entry`] for every entry, then [`Index::load_finish_step`] until it returns
+    /// true. Until then the index must not be used otherwise (it holds nothing usable).
+    pub fn load_begin(&mut self, sb_seq: u64, sb_epoch: u64) -> LoadState {
+        self.reset_state(sb_seq);
+        LoadState::new(false, sb_epoch.min(u64::from(u32::MAX - 1)) as u32)
     }
 
-    /// Loads entry `i` (every entry exactly once, between `load_begin` and `load_finish`).
-    pub fn load_entry(&mut self, i: u32, e: Entry, origin_blocks: u64, rep: &mut LoadReport) -> Result<(), Error> {
+    /// Clears the index for a load by at most `budget` (at least 1) slots, buckets, counters or
+    /// bitmap words; returns true when entries may be loaded (about 2.6 steps of work per
+    /// cache block in all).
+    pub fn load_begin_step(&mut self, st: &mut LoadState, budget: u32) -> bool {
+        if st.phase == LoadPhase::Clear && self.clear_step(st, budget) {
+            st.phase = LoadPhase::Entries;
+            st.pos = 0;
+        }
+        st.phase != LoadPhase::Clear
+    }
+
+    /// Loads entry `i` (every entry exactly once, after [`Index::load_begin_step`] returned true
+    /// and before [`Index::load_finish_step`]). Bounded: one walk of a hash chain holding at most
+    /// [`MAX_LOADED_VERSIONS`] versions of the entry's block. Fails on an entry naming a block
+    /// beyond `origin_blocks`, on a dirty entry newer than the superblock allows, and on a dirty
+    /// entry that would be more than [`MAX_LOADED_VERSIONS`] of its block (no correct writer
+    /// makes one: the metadata is damaged or forged).
+    pub fn load_entry(&mut self, st: &mut LoadState, i: u32, e: Entry, origin_blocks: u64) -> Result<(), Error> {
         let sb_seq = self.committed_seq;
+        if st.phase != LoadPhase::Entries {
+            return Err(err!("Cache metadata entry loaded outside a load"));
+        }
         if e.block >= origin_blocks && (e.state == EntryState::Dirty || e.seq != 0) {
             return Err(err!("Cache metadata names a block beyond the origin"));
         }
         if e.state == EntryState::Dirty && e.seq > sb_seq.saturating_add(1) {
             return Err(err!("Cache metadata entry is newer than the superblock allows"));
         }
-        let Some(s) = self.slots.get_mut(i as usize) else {
-            return Err(err!("Cache metadata entry index out of range"));
-        };
-        *s = Slot::default();
-        s.key = e.block & BLOCK_MASK;
-        s.seq = e.seq;
-        s.epoch = e.epoch;
+        match self.slot(i) {
+            None => return Err(err!("Cache metadata entry index out of range")),
+            Some(s) if s.state() != ST_UNLOADED => return Err(err!("Cache metadata entry loaded twice")),
+            Some(_) => {}
+        }
+        let mut s = Slot { key: e.block & BLOCK_MASK, seq: e.seq, epoch: e.epoch, next: NIL };
         if e.state == EntryState::Dirty && e.seq > sb_seq {
             // Written by the commit that never completed: the slot's previous image was a
             // tombstone that was no longer needed. Rewrite it as one that discards nothing.
-            rep.ignored += 1;
+            st.report.ignored += 1;
             s.seq = 0;
             set_bit(&mut self.meta_dirty, Self::meta_block(i));
         } else if e.state == EntryState::Dirty {
             s.set_state(ST_VALID);
             s.set(F_ON_DISK, true);
-            rep.dirty += 1;
+            self.load_version(i, s)?;
+            st.report.dirty += 1;
+            st.max_epoch = st.max_epoch.max(e.epoch);
             return Ok(());
+        } else if e.seq != 0 {
+            self.load_tombstone(i, s);
+            return Ok(());
+        }
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            *m = s;
         }
         self.push(ListId::Free, i);
         Ok(())
     }
 
-    /// Ends a load: builds the version chains, applies tombstones, starts a new epoch.
-    pub fn load_finish(&mut self, sb_epoch: u64, rep: &mut LoadReport) {
-        let nr = self.slots.len() as u32;
-        let mut max_epoch = sb_epoch.min(u64::from(u32::MAX - 1)) as u32;
-        // Chain versions newest first: insert in ascending (seq, epoch) order.
-        for i in 0..nr {
-            if let Some(s) = self.slot(i).copied() {
-                if s.state() == ST_VALID {
-                    max_epoch = max_epoch.max(s.epoch);
-                    self.chain_insert_sorted(i);
+    /// Links loaded version `s` into slot `i` and its block's chain, newest first by
+    /// `(seq, epoch)`; refuses one more than [`MAX_LOADED_VERSIONS`] of a block.
+    fn load_version(&mut self, i: u32, s: Slot) -> Result<(), Error> {
+        let b = self.bucket(s.block());
+        let (mut prev, mut cur) = (NIL, self.buckets.get(b).copied().unwrap_or(NIL));
+        let mut before: Option<(u32, u32)> = None;
+        let mut count = 0;
+        while let Some(c) = self.slot(cur) {
+            if c.block() == s.block() && c.holds_data() {
+                count += 1;
+                if before.is_none() && !Self::newer(c, &s) {
+                    before = Some((prev, cur));
                 }
             }
+            prev = cur;
+            cur = c.next;
         }
-        self.dirty = rep.dirty;
-        // Apply tombstones, then drop duplicates within an epoch (the older one was superseded).
-        for i in 0..nr {
-            let Some(t) = self.slot(i).copied() else { break };
-            if t.state() != ST_FREE || t.seq == 0 {
-                continue;
-            }
-            while let Some(v) = self.versions(t.block()).find(|&v| self.slot(v).is_some_and(|o| !Self::newer(o, &t))) {
-                self.release(v);
-                rep.discarded += 1;
-            }
+        if count >= MAX_LOADED_VERSIONS {
+            return Err(err!("Cache metadata has more than 32 versions of one block"));
         }
-        for i in 0..nr {
-            let Some(s) = self.slot(i).copied() else { break };
-            if s.state() != ST_VALID {
-                continue;
+        // Before the first older one, or at the end of the chain.
+        let (prev, next) = before.unwrap_or((prev, NIL));
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            *m = Slot { next, ..s };
+        }
+        self.relink(b, prev, i);
+        Ok(())
+    }
+
+    /// Loads tombstone `s` into slot `i`: only the newest tombstone of a block matters (a
+    /// version is discarded when some tombstone of its block is not older), so that one is kept
+    /// in the block's chain and the others are free.
+    fn load_tombstone(&mut self, i: u32, mut s: Slot) {
+        let b = self.bucket(s.block());
+        let mut cur = self.buckets.get(b).copied().unwrap_or(NIL);
+        while let Some(c) = self.slot(cur) {
+            if c.block() == s.block() && c.state() == ST_TOMB {
+                break;
             }
-            let newer_same_epoch = self
-                .versions(s.block())
-                .take_while(|&v| v != i)
-                .any(|v| self.slot(v).is_some_and(|o| o.epoch == s.epoch));
-            if newer_same_epoch {
-                self.release(i);
-                rep.discarded += 1;
+            cur = c.next;
+        }
+        if let Some(old) = self.slot(cur).copied() {
+            if !Self::newer(&s, &old) {
+                if let Some(m) = self.slots.get_mut(i as usize) {
+                    *m = s;
+                }
+                self.push(ListId::Free, i);
+                return;
             }
+            self.chain_remove(cur);
+            if let Some(m) = self.slots.get_mut(cur as usize) {
+                m.set_state(ST_FREE);
+            }
+            self.push(ListId::Free, cur);
+        }
+        s.set_state(ST_TOMB);
+        s.next = self.buckets.get(b).copied().unwrap_or(NIL);
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            *m = s;
+        }
+        if let Some(h) = self.buckets.get_mut(b) {
+            *h = i;
+        }
+    }
+
+    /// Ends a load by at most `budget` (at least 1) slots; returns true when done. Each slot
+    /// costs at most a few walks of its hash chain (at most [`MAX_LOADED_VERSIONS`] versions of
+    /// its block). For each block, in one pass: the newest tombstone discards every version not
+    /// newer, a version with a newer one of its epoch is discarded (superseded), and of the rest
+    /// the newest [`MAX_VERSIONS`] are kept (see [`MAX_LOADED_VERSIONS`] for why the others are
+    /// released versions). Discarded versions are marked free by the first commit; a tombstone
+    /// that discarded one is kept from reuse until that commit completes (until then it alone
+    /// keeps them from coming back). The new epoch follows the newest one loaded.
+    pub fn load_finish_step(&mut self, st: &mut LoadState, budget: u32) -> bool {
+        if st.phase == LoadPhase::Clear {
+            // Not cleared yet (a caller's mistake): clear, then finish with nothing loaded.
+            self.load_begin_step(st, budget);
+            return false;
+        }
+        if st.phase == LoadPhase::Entries {
+            st.phase = LoadPhase::Finish;
+            st.pos = 0;
+            st.new_epoch = st.max_epoch.wrapping_add(1).max(1);
+            self.dirty = st.report.dirty;
+        }
+        if st.phase != LoadPhase::Finish {
+            return true;
+        }
+        let nr = self.slots.len() as u64;
+        let end = st.pos.saturating_add(u64::from(budget.max(1))).min(nr);
+        for i in st.pos..end {
+            self.finish_slot(st, i as u32);
+        }
+        st.pos = end;
+        if st.pos < nr {
+            return false;
         }
         // New writes after a restart start a new epoch.
-        self.epoch = max_epoch.wrapping_add(1).max(1);
-        let mut oldest_age = 0;
-        for s in self.slots.iter() {
-            if s.holds_data() {
-                oldest_age = oldest_age.max(self.epoch.wrapping_sub(s.epoch));
+        self.epoch = st.new_epoch;
+        self.oldest_dirty_epoch = st.new_epoch.wrapping_sub(st.oldest_age);
+        st.phase = LoadPhase::Done;
+        true
+    }
+
+    fn finish_slot(&mut self, st: &mut LoadState, i: u32) {
+        let Some(s) = self.slot(i).copied() else { return };
+        match s.state() {
+            // Each block once, at its newest version.
+            ST_VALID if self.versions(s.block()).next() == Some(i) => self.finish_block(st, s.block()),
+            ST_TOMB if !self.has_versions(s.block()) => {
+                self.chain_remove(i);
+                if let Some(m) = self.slots.get_mut(i as usize) {
+                    m.set_state(ST_FREE);
+                }
+                self.push(ListId::Free, i);
             }
+            ST_UNLOADED => {
+                // Never loaded (a caller's mistake): free, and its entry rewritten as such.
+                if let Some(m) = self.slots.get_mut(i as usize) {
+                    *m = Slot::default();
+                }
+                set_bit(&mut self.meta_dirty, Self::meta_block(i));
+                self.push(ListId::Free, i);
+            }
+            _ => {}
         }
-        self.oldest_dirty_epoch = self.epoch.wrapping_sub(oldest_age);
+    }
+
+    /// Applies the tombstone, superseded versions and the bound to `block` (see
+    /// [`Index::load_finish_step`]): two walks of its hash chain.
+    fn finish_block(&mut self, st: &mut LoadState, block: u64) {
+        let b = self.bucket(block);
+        let head = self.buckets.get(b).copied().unwrap_or(NIL);
+        let mut tomb = NIL;
+        let mut cur = head;
+        while let Some(c) = self.slot(cur) {
+            if c.block() == block && c.state() == ST_TOMB {
+                tomb = cur;
+                break;
+            }
+            cur = c.next;
+        }
+        let t = self.slot(tomb).copied();
+        let mut kept = [0u32; MAX_VERSIONS];
+        let mut nk = 0;
+        let mut tomb_used = false;
+        let (mut prev, mut cur) = (NIL, head);
+        while let Some(c) = self.slot(cur).copied() {
+            let next = c.next;
+            if c.block() == block && c.state() == ST_TOMB {
+                self.relink(b, prev, next);
+                cur = next;
+                continue;
+            }
+            if c.block() == block && c.holds_data() {
+                let discard = if t.is_some_and(|t| !Self::newer(&c, &t)) {
+                    tomb_used = true;
+                    true
+                } else {
+                    kept.get(..nk).unwrap_or(&[]).contains(&c.epoch) || nk >= MAX_VERSIONS
+                };
+                if discard {
+                    self.relink(b, prev, next);
+                    self.retire(cur, ListId::RelRipe);
+                    st.report.discarded += 1;
+                    cur = next;
+                    continue;
+                }
+                if let Some(k) = kept.get_mut(nk) {
+                    *k = c.epoch;
+                }
+                nk += 1;
+                st.oldest_age = st.oldest_age.max(st.new_epoch.wrapping_sub(c.epoch));
+            }
+            prev = cur;
+            cur = next;
+        }
+        if t.is_some() {
+            if let Some(m) = self.slots.get_mut(tomb as usize) {
+                m.set_state(if tomb_used { ST_RELEASED } else { ST_FREE });
+            }
+            self.push(if tomb_used { ListId::RelRipe } else { ListId::Free }, tomb);
+        }
     }
 
     /// Whether any version of `block` (holding data) is cached.
@@ -1056,32 +1399,14 @@ where
         self.versions(block).next().is_some()
     }
 
-    fn newer(a: &Slot, b: &Slot) -> bool {
-        (a.seq, a.epoch) > (b.seq, b.epoch)
+    /// Versions of `block` (holding data or being written).
+    #[cfg(test)]
+    fn chain_len(&self, block: u64) -> usize {
+        self.versions(block).count()
     }
 
-    fn chain_insert_sorted(&mut self, i: u32) {
-        let Some(s) = self.slot(i).copied() else { return };
-        let b = self.bucket(s.block());
-        let mut prev = NIL;
-        let mut cur = self.buckets.get(b).copied().unwrap_or(NIL);
-        while let Some(c) = self.slot(cur) {
-            if c.block() == s.block() && !Self::newer(c, &s) {
-                break;
-            }
-            prev = cur;
-            cur = c.next;
-        }
-        if let Some(m) = self.slots.get_mut(i as usize) {
-            m.next = cur;
-        }
-        if prev == NIL {
-            if let Some(h) = self.buckets.get_mut(b) {
-                *h = i;
-            }
-        } else if let Some(p) = self.slots.get_mut(prev as usize) {
-            p.next = i;
-        }
+    fn newer(a: &Slot, b: &Slot) -> bool {
+        (a.seq, a.epoch) > (b.seq, b.epoch)
     }
 }
 
@@ -1163,14 +1488,58 @@ pub struct LoadReport {
     pub dirty: u64,
     /// Entries of an incomplete commit, ignored.
     pub ignored: u64,
-    /// Versions discarded by a tombstone or superseded within their epoch, released.
+    /// Versions discarded, released: by a tombstone, superseded within their epoch, or older
+    /// than the newest [`MAX_VERSIONS`] of their block.
     pub discarded: u64,
+}
+
+/// A format ([`Index::format_begin`]) or a load ([`Index::load_begin`]) in progress, done in
+/// steps of bounded work, so that a caller holding a lock with interrupts disabled can release
+/// it between them.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadState {
+    phase: LoadPhase,
+    /// Position in the phase.
+    pos: u64,
+    format: bool,
+    /// Newest epoch seen (the superblock's, or of a version loaded).
+    max_epoch: u32,
+    /// The epoch new writes will start (known once every entry is loaded).
+    new_epoch: u32,
+    /// Age of the oldest version kept, relative to `new_epoch`.
+    oldest_age: u32,
+    /// What the load found so far (complete when it is done).
+    pub report: LoadReport,
+}
+
+impl LoadState {
+    fn new(format: bool, max_epoch: u32) -> Self {
+        Self { phase: LoadPhase::Clear, pos: 0, format, max_epoch, new_epoch: 1, oldest_age: 0, report: LoadReport::default() }
+    }
+
+    /// Whether the format or load is complete.
+    pub fn done(&self) -> bool {
+        self.phase == LoadPhase::Done
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LoadPhase {
+    /// Clearing the arrays.
+    Clear,
+    /// Taking entries (a load).
+    Entries,
+    /// Applying tombstones and bounds, block by block (a load).
+    Finish,
+    Done,
 }
 
 #[derive(Clone, Copy)]
 enum ListId {
     Free,
     RelNext,
+    /// Released before the last barrier (at load: discarded, or a tombstone that discarded).
+    RelRipe,
     Marking,
 }
 
@@ -1346,6 +1715,276 @@ mod tests {
         ix.set_wb_limit(Some(id));
         while !ix.scan_step(&mut scan, &mut out, 1) {}
         assert_eq!(&out[..scan.found], &[i]);
+    }
+
+    /// Everything an index holds: slots, buckets, release counters, bitmaps, lists, counters.
+    type IxState = (Vec<(u64, u64, u32, u32)>, Vec<u32>, Vec<u32>, Vec<u64>, [(u32, u32); 4], Vec<u64>);
+
+    /// Everything an index holds, to compare two of them.
+    fn state_of(ix: &Ix) -> IxState {
+        let slots = ix.slots.iter().map(|s| (s.key, s.seq, s.epoch, s.next)).collect();
+        let lists = [ix.free, ix.rel_next, ix.rel_ripe, ix.marking].map(|l| (l.head, l.len));
+        let scalars = vec![
+            ix.dirty,
+            ix.under_wb,
+            u64::from(ix.rewrote_committed),
+            u64::from(ix.epoch),
+            ix.committed_seq,
+            u64::from(ix.oldest_dirty_epoch),
+            u64::from(ix.wb_cursor),
+        ];
+        let mut bitmaps = ix.meta_dirty.clone();
+        bitmaps.extend_from_slice(&ix.meta_commit);
+        (slots, ix.buckets.clone(), ix.releasing_filter.clone(), bitmaps, lists, scalars)
+    }
+
+    /// Feeds `disk` to a load in steps of `budget`, counting the steps.
+    fn load_in_steps(ix: &mut Ix, disk: &[Entry], sb_seq: u64, sb_epoch: u64, budget: u32) -> (Result<LoadReport, Error>, u64) {
+        let mut steps = 0;
+        let mut st = ix.load_begin(sb_seq, sb_epoch);
+        while !ix.load_begin_step(&mut st, budget) {
+            steps += 1;
+        }
+        steps += 1;
+        for (i, &e) in disk.iter().enumerate() {
+            if let Err(e) = ix.load_entry(&mut st, i as u32, e, 1 << 40) {
+                return (Err(e), steps);
+            }
+        }
+        while !ix.load_finish_step(&mut st, budget) {
+            steps += 1;
+        }
+        assert!(st.done());
+        (Ok(st.report), steps + 1)
+    }
+
+    /// Found by review: a well-checksummed image whose entries all name one block was loaded
+    /// into one chain, in O(n²) with interrupts off (20 000 entries: 4.8 s in a test build),
+    /// and every later walk of that chain too. Now the entry one beyond MAX_LOADED_VERSIONS is
+    /// refused, after bounded work.
+    #[test]
+    fn a_forged_image_naming_one_block_everywhere_is_refused() {
+        let n: u32 = 1 << 20;
+        let mut ix = index(u64::from(n));
+        let forged = |i: u32| Entry { block: 7, seq: u64::from(i) + 1, epoch: i + 1, state: EntryState::Dirty };
+        let budget = 4096;
+        let mut st = ix.load_begin(u64::from(n) + 1, 1);
+        let mut steps = 1;
+        while !ix.load_begin_step(&mut st, budget) {
+            steps += 1;
+        }
+        // Clearing: about 2.6 items per cache block, `budget` per step.
+        assert!(steps * u64::from(budget) <= u64::from(n) * 3, "{steps} steps");
+        let mut fed = 0;
+        let r = (0..n).try_for_each(|i| {
+            fed += 1;
+            ix.load_entry(&mut st, i, forged(i), 100)
+        });
+        let e = r.unwrap_err();
+        assert_eq!(e.as_str(), "Cache metadata has more than 32 versions of one block");
+        assert!(e.as_str().contains(&std::format!(" {MAX_LOADED_VERSIONS} ")));
+        assert_eq!(fed, MAX_LOADED_VERSIONS + 1, "refused at the first entry beyond the bound");
+        // The one-shot path refuses it too.
+        let mut ix = index(1000);
+        assert_eq!(ix.load(2000, 1, 100, |i| Ok(forged(i))).unwrap_err(), e);
+        // Up to the bound it loads, keeping the newest MAX_VERSIONS.
+        let mut ix = index(1000);
+        let rep = ix.load(2000, 1, 100, |i| Ok(if (i as usize) < MAX_LOADED_VERSIONS { forged(i) } else { Entry::free(0) })).unwrap();
+        assert_eq!(rep.dirty, MAX_LOADED_VERSIONS as u64);
+        assert_eq!(rep.discarded, (MAX_LOADED_VERSIONS - MAX_VERSIONS) as u64);
+        assert_eq!(ix.chain_len(7), MAX_VERSIONS);
+        assert_eq!(ix.lookup_read(7), Some(MAX_LOADED_VERSIONS as u32 - 1));
+        // Tombstones of one block everywhere (a block rewritten over and over) are legitimate:
+        // linear, and only the newest one discards.
+        let mut ix = index(u64::from(n));
+        let disk: Vec<Entry> = (0..n)
+            .map(|i| match i {
+                0 => Entry { block: 7, seq: 10, epoch: 3, state: EntryState::Dirty },
+                1 => Entry { block: 7, seq: 12, epoch: 4, state: EntryState::Dirty },
+                _ => Entry { block: 7, seq: u64::from(i % 11), epoch: 3, state: EntryState::Free },
+            })
+            .collect();
+        let (rep, steps) = load_in_steps(&mut ix, &disk, 20, 1, budget);
+        let rep = rep.unwrap();
+        assert!(steps * u64::from(budget) <= u64::from(n) * 4, "{steps} steps");
+        assert_eq!((rep.dirty, rep.discarded), (2, 1), "the newest tombstone (seq 10) discards seq 10, not 12");
+        assert_eq!(ix.lookup_read(7), Some(1));
+        let c = ix.counts();
+        assert_eq!(c.free + c.dirty + c.releasing, c.total);
+        assert_eq!(c.releasing, 2, "the discarded version and the tombstone that discarded it");
+    }
+
+    /// Format and load in small steps give exactly what the one-shot calls give, whatever the
+    /// index held before.
+    #[test]
+    fn format_and_load_in_steps_match_the_one_shot_path() {
+        let n: u32 = 1 << 20;
+        let budget = 4096;
+        let mut a = index(u64::from(n));
+        let mut b = index(u64::from(n));
+        // Something in b before: versions, releases, a limit.
+        b.set_ordered(true);
+        for blk in 0..1000 {
+            let WriteMap::Slot(i) = b.map_write(blk % 300, true) else { panic!() };
+            b.write_done(i, true);
+            if blk % 100 == 0 {
+                b.close_epoch();
+            }
+        }
+        b.set_wb_limit(Some(3));
+        let _ = b.barrier();
+        a.format();
+        let mut st = b.format_begin();
+        let mut steps = 1;
+        while !b.format_step(&mut st, budget) {
+            steps += 1;
+        }
+        assert!(st.done());
+        assert!(steps * u64::from(budget) <= u64::from(n) * 3, "{steps} steps");
+        assert_eq!(b.wb_limit(), None);
+        assert!(state_of(&a) == state_of(&b), "format in steps differs");
+        // A varied image: versions of several epochs, superseded ones, tombstones, entries of an
+        // incomplete commit.
+        let sb_seq = 50;
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let disk: Vec<Entry> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let block = x % 40_000;
+                let seq = (x >> 20) % (sb_seq + 2);
+                let epoch = (seq / 3) as u32 + ((x >> 30) % 2) as u32;
+                match (x >> 40) % 4 {
+                    0 => Entry::free(0),
+                    1 => Entry { block, seq, epoch, state: EntryState::Free },
+                    _ if seq == 0 => Entry::free(0),
+                    _ => Entry { block, seq, epoch, state: EntryState::Dirty },
+                }
+            })
+            .collect();
+        let ra = a.load(sb_seq, 9, 1 << 40, |i| Ok(disk[i as usize])).unwrap();
+        let (rb, steps) = load_in_steps(&mut b, &disk, sb_seq, 9, budget);
+        let rb = rb.unwrap();
+        assert_eq!(ra, rb);
+        assert!(ra.dirty > 100_000 && ra.discarded > 10_000 && ra.ignored > 1000, "{ra:?}");
+        assert!(steps * u64::from(budget) <= u64::from(n) * 4, "{steps} steps");
+        assert!(state_of(&a) == state_of(&b), "load in steps differs");
+        let c = a.counts();
+        assert_eq!(c.free + c.dirty + c.releasing, c.total, "{c:?}");
+        assert_eq!(c.dirty, ra.dirty - ra.discarded);
+        for blk in 0..40_000 {
+            assert!(a.chain_len(blk) <= MAX_VERSIONS);
+        }
+    }
+
+    /// Found while bounding the load: a version discarded at load by another slot's tombstone
+    /// was marked free only by the second commit after the load, but that tombstone's slot was
+    /// free at once. Reused and rewritten by the first commit, it no longer kept the version
+    /// from coming back: after a second crash block 5 read the stale version (the origin held a
+    /// newer one, written back). The first commit now marks it, and the tombstone is not reused
+    /// before that commit completes.
+    #[test]
+    fn a_tombstone_that_discarded_a_version_outlives_it() {
+        let mut ix = index(4);
+        let mut disk = [Entry::free(0); 4];
+        let commit = |ix: &mut Ix, disk: &mut [Entry; 4]| {
+            let k = ix.barrier();
+            for i in 0..4 {
+                disk[i as usize] = ix.image(i);
+            }
+            ix.commit_done(k, true);
+            k
+        };
+        let WriteMap::Slot(a) = ix.map_write(5, true) else { panic!() };
+        ix.write_done(a, true);
+        commit(&mut ix, &mut disk);
+        ix.close_epoch();
+        // b completes after the barrier (its commit waits for it): a is released after it.
+        let WriteMap::Slot(b) = ix.map_write(5, true) else { panic!() };
+        let k = ix.barrier();
+        ix.write_done(b, true);
+        for i in 0..4 {
+            disk[i as usize] = ix.image(i);
+        }
+        ix.commit_done(k, true);
+        let mut out = [0u32; 4];
+        assert_eq!(ix.select_writeback(&mut out, None), 1);
+        assert_eq!(out[0], b);
+        ix.writeback_done(b, true); // the origin holds b
+        let sb_seq = commit(&mut ix, &mut disk);
+        // The commit marking a and b tears: only b's tombstone lands. Crash.
+        let _ = ix.barrier();
+        disk[b as usize] = ix.image(b);
+        let mut ix = index(4);
+        let rep = ix.load(sb_seq, 2, 100, |i| Ok(disk[i as usize])).unwrap();
+        assert_eq!(rep.discarded, 1);
+        assert_eq!(ix.lookup_read(5), None);
+        // New writes take every free slot, and one commit completes. Crash again.
+        while let WriteMap::Slot(i) = ix.map_write(20 + u64::from(ix.counts().dirty as u32), true) {
+            ix.write_done(i, true);
+        }
+        let sb_seq = commit(&mut ix, &mut disk);
+        let mut ix = index(4);
+        ix.load(sb_seq, 2, 100, |i| Ok(disk[i as usize])).unwrap();
+        assert_eq!(ix.lookup_read(5), None, "block 5 must come from the origin: {disk:?}");
+        assert_eq!(disk[a as usize].state, EntryState::Free, "a is marked by the first commit");
+        // And a torn first commit leaves the tombstone in place.
+        let mut ix = index(4);
+        let mut torn = disk;
+        torn[b as usize] = Entry { block: 5, seq: 2, epoch: 2, state: EntryState::Free };
+        torn[a as usize] = Entry { block: 5, seq: 1, epoch: 1, state: EntryState::Dirty };
+        ix.load(sb_seq, 2, 100, |i| Ok(torn[i as usize])).unwrap();
+        while let WriteMap::Slot(i) = ix.map_write(30 + u64::from(ix.counts().dirty as u32), true) {
+            ix.write_done(i, true);
+        }
+        assert_eq!(ix.counts().free, 0);
+        let _ = ix.barrier();
+        assert_eq!(ix.image(b), torn[b as usize], "the tombstone is rewritten as it was, not reused");
+        assert_eq!(ix.image(a).state, EntryState::Free);
+    }
+
+    /// The worst a correct writer leaves: a block's MAX_VERSIONS versions all written back (not
+    /// yet marked free) and MAX_VERSIONS newer ones, in one commit. It loads (the newest
+    /// MAX_VERSIONS), and the first commit after the load marks the others.
+    #[test]
+    fn the_most_versions_a_correct_writer_leaves_load() {
+        let mut ix = index(64);
+        ix.set_ordered(true);
+        let mut disk = vec![Entry::free(0); 64];
+        let commit = |ix: &mut Ix, disk: &mut Vec<Entry>| {
+            let k = ix.barrier();
+            for (i, d) in disk.iter_mut().enumerate() {
+                *d = ix.image(i as u32);
+            }
+            ix.commit_done(k, true);
+            k
+        };
+        let write = |ix: &mut Ix| {
+            let WriteMap::Slot(i) = ix.map_write(0, true) else { panic!() };
+            ix.write_done(i, true);
+            ix.close_epoch();
+            i
+        };
+        for _ in 0..MAX_VERSIONS {
+            write(&mut ix);
+        }
+        commit(&mut ix, &mut disk);
+        let mut out = [0u32; 4];
+        for _ in 0..MAX_VERSIONS {
+            assert_eq!(ix.select_writeback(&mut out, None), 1);
+            ix.writeback_done(out[0], true);
+        }
+        let newest: Vec<u32> = (0..MAX_VERSIONS).map(|_| write(&mut ix)).collect();
+        let sb_seq = commit(&mut ix, &mut disk);
+        assert_eq!(disk.iter().filter(|e| e.state == EntryState::Dirty).count(), MAX_LOADED_VERSIONS);
+        let mut ix = index(64);
+        ix.set_ordered(true);
+        let rep = ix.load(sb_seq, 40, 100, |i| Ok(disk[i as usize])).unwrap();
+        assert_eq!((rep.dirty, rep.discarded), (MAX_LOADED_VERSIONS as u64, MAX_VERSIONS as u64));
+        assert_eq!(ix.versions(0).collect::<Vec<_>>(), newest.iter().rev().copied().collect::<Vec<_>>());
+        commit(&mut ix, &mut disk);
+        assert_eq!(disk.iter().filter(|e| e.state == EntryState::Dirty).count(), MAX_VERSIONS);
     }
 
     #[test]
@@ -1555,6 +2194,133 @@ mod tests {
         assert_eq!(ix.map_write(3, true), WriteMap::NoSpace);
     }
 
+    /// Found by review: in ordered mode every flush closes the epoch and a version of a closed
+    /// epoch is kept, so `pwrite 4K@0; fdatasync` in a loop added a version of block 0 per
+    /// iteration, until the whole cache was one chain (1024 versions here, then `NoSpace`),
+    /// walked by `write_done` in `end_io` with interrupts disabled.
+    #[test]
+    fn a_block_rewritten_after_every_flush_keeps_at_most_max_versions() {
+        let mut ix = index(1024);
+        ix.set_ordered(true);
+        let mut out = [0u32; 64];
+        let (mut refused, mut written_back) = (0, 0);
+        for it in 0..100_000u32 {
+            let i = match ix.map_write(0, true) {
+                WriteMap::Slot(i) => i,
+                WriteMap::TooManyVersions => {
+                    refused += 1;
+                    assert_eq!(ix.chain_len(0), MAX_VERSIONS);
+                    assert!(ix.needs_writeback_now(), "writeback must become due");
+                    assert_eq!(ix.alloc(0), None, "alloc keeps the bound too");
+                    assert_eq!(ix.map_write(0, false), WriteMap::TooManyVersions, "a partial write too");
+                    // The kernel's writeback round: commit, scan, copy, flush, release. In
+                    // ordered mode it takes the oldest epoch: block 0's oldest version.
+                    let k = ix.barrier();
+                    ix.commit_done(k, true);
+                    let oldest = ix.versions(0).last().unwrap();
+                    assert_eq!(ix.select_writeback(&mut out, None), 1);
+                    assert_eq!(out[0], oldest);
+                    ix.writeback_done(oldest, true);
+                    written_back += 1;
+                    assert_eq!(ix.chain_len(0), MAX_VERSIONS - 1);
+                    // The retried write goes through.
+                    let WriteMap::Slot(i) = ix.map_write(0, true) else { panic!("retry refused at {it}") };
+                    i
+                }
+                other => panic!("iteration {it}: {other:?}"),
+            };
+            ix.write_done(i, true);
+            assert!(ix.chain_len(0) <= MAX_VERSIONS, "iteration {it}: {} versions", ix.chain_len(0));
+            ix.close_epoch(); // the fdatasync
+            if it % 7 == 0 {
+                let k = ix.barrier();
+                ix.commit_done(k, true);
+            }
+        }
+        assert!(refused > 90_000, "{refused}");
+        assert_eq!(refused, written_back);
+        assert_eq!(ix.counts().dirty, MAX_VERSIONS as u64);
+        // Writeback down to half the bound keeps it due; then it is not any more.
+        let mut rounds = 0;
+        while ix.needs_writeback_now() {
+            let k = ix.barrier();
+            ix.commit_done(k, true);
+            let n = ix.select_writeback(&mut out, None);
+            for &i in &out[..n] {
+                ix.writeback_done(i, true);
+            }
+            rounds += 1;
+        }
+        assert_eq!(ix.chain_len(0), MAX_VERSIONS / 2);
+        assert_eq!(rounds, MAX_VERSIONS / 2);
+    }
+
+    /// Writes in flight count towards the bound too (each full write over a version still
+    /// being written needs a new slot), and their completion lifts it.
+    #[test]
+    fn writes_in_flight_to_one_block_are_bounded() {
+        let mut ix = index(64);
+        let slots: Vec<u32> = (0..MAX_VERSIONS)
+            .map(|_| match ix.map_write(3, true) {
+                WriteMap::Slot(i) => i,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ix.map_write(3, true), WriteMap::TooManyVersions);
+        assert_eq!(ix.map_write_run(2, 4), RunMap { map: WriteMap::Slot(MAX_VERSIONS as u32), blocks: 1, hits: 0 }, "a run stops before it");
+        ix.write_done(MAX_VERSIONS as u32, true);
+        assert_eq!(ix.map_write_run(3, 2).map, WriteMap::TooManyVersions);
+        for &i in slots.iter().rev() {
+            ix.write_done(i, true);
+        }
+        assert_eq!(ix.chain_len(3), 1, "the newest completed write released the others");
+        assert!(!ix.needs_writeback_now());
+        assert_eq!(ix.map_write(3, true), WriteMap::Slot(slots[MAX_VERSIONS - 1]));
+    }
+
+    /// Checkpoints keep versions up to their limit when a newer epoch overwrites them; aborted
+    /// checkpoints one after another (each closing an epoch) kept one more each, without bound.
+    #[test]
+    fn aborted_checkpoints_keep_at_most_max_versions() {
+        let mut ix = index(256);
+        let mut out = [0u32; 8];
+        let mut refused = 0;
+        for _ in 0..100 {
+            let id = ix.close_epoch();
+            ix.set_wb_limit(Some(id));
+            match ix.map_write(9, true) {
+                WriteMap::Slot(i) => ix.write_done(i, true),
+                WriteMap::TooManyVersions => {
+                    refused += 1;
+                    assert!(ix.needs_writeback_now());
+                    // The checkpoint drains its epochs: the oldest version of block 9 goes.
+                    let k = ix.barrier();
+                    ix.commit_done(k, true);
+                    assert!(ix.select_writeback(&mut out, None) >= 1);
+                    ix.writeback_done(out[0], true);
+                    let WriteMap::Slot(i) = ix.map_write(9, true) else { panic!() };
+                    ix.write_done(i, true);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(ix.chain_len(9) <= MAX_VERSIONS);
+            ix.set_wb_limit(None); // aborted
+        }
+        assert_eq!(refused, 100 - MAX_VERSIONS);
+        assert_eq!(ix.chain_len(9), MAX_VERSIONS);
+        // Write-through releases every older version on completion (once it may be mapped).
+        ix.close_epoch();
+        assert_eq!(ix.map_write(9, true), WriteMap::TooManyVersions);
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        assert_eq!(ix.select_writeback(&mut out[..1], None), 1);
+        ix.writeback_done(out[0], true);
+        let WriteMap::Slot(i) = ix.map_write(9, true) else { panic!() };
+        ix.mark_write_through(i);
+        ix.write_done(i, true);
+        assert_eq!(ix.chain_len(9), 1);
+    }
+
     #[test]
     fn ordered_mode_keeps_older_epochs_and_writes_back_epoch_by_epoch() {
         let mut ix = index(8);
@@ -1625,7 +2391,11 @@ mod tests {
         /// Ends the checkpoint without a marker (abort, timeout, error): the limit is lifted
         /// with versions up to its epoch still cached.
         CheckpointAbort,
-        Crash,
+        /// A write of the whole block, its completion, then a flush from above (`pwrite;
+        /// fdatasync`): in ordered mode the epoch closes, and the flush commits.
+        Fsync(u64),
+        /// A crash, then a load in steps of this budget.
+        Crash(u32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1643,7 +2413,36 @@ mod tests {
             1 => any::<bool>().prop_map(Op::Checkpoint),
             2 => Just(Op::CheckpointDone),
             1 => Just(Op::CheckpointAbort),
-            1 => Just(Op::Crash),
+            1 => (0u64..6).prop_map(Op::Fsync),
+            1 => (1u32..64).prop_map(Op::Crash),
+        ]
+    }
+
+    /// Few blocks rewritten across many epochs, little writeback: chains reach the bound.
+    fn hot_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0u64..2).prop_map(Op::Fsync),
+            3 => (0u64..3).prop_map(Op::Write),
+            1 => (0u64..2, 2u32..3).prop_map(|(b, n)| Op::WriteRun(b, n)),
+            3 => (0usize..8).prop_map(Op::Complete),
+            2 => Just(Op::CloseEpoch),
+            1 => Just(Op::Barrier),
+            1 => proptest::collection::vec(any::<bool>(), 8).prop_map(Op::WriteImages),
+            1 => Just(Op::Sb),
+            1 => (1usize..5).prop_map(Op::Writeback),
+            1 => Just(Op::WritebackDone),
+            1 => any::<bool>().prop_map(Op::Checkpoint),
+            1 => Just(Op::CheckpointDone),
+            1 => Just(Op::CheckpointAbort),
+            1 => (1u32..64).prop_map(Op::Crash),
+        ]
+    }
+
+    /// A run of the model: ordered mode or not, and its operations (a hot mix in half the runs).
+    fn model_run() -> impl Strategy<Value = (bool, Vec<Op>)> {
+        prop_oneof![
+            (any::<bool>(), proptest::collection::vec(op(), 1..120)),
+            (Just(true), proptest::collection::vec(hot_op(), 1..300)),
         ]
     }
 
@@ -1677,6 +2476,12 @@ mod tests {
         /// mode updated by the writes through since).
         cp: Option<(u32, bool, BTreeMap<u64, u64>)>,
         checkpoints: u32,
+        /// Writes refused at the version bound.
+        bound_hits: u32,
+        /// Loads of metadata holding more than MAX_VERSIONS versions of a block.
+        over_bound_loads: u32,
+        /// At a crash: per slot, the block and epoch of the committed version it held.
+        live: Vec<Option<(u64, u32)>>,
     }
 
     impl Model {
@@ -1703,6 +2508,9 @@ mod tests {
                 mapped: BTreeMap::new(),
                 cp: None,
                 checkpoints: 0,
+                bound_hits: 0,
+                over_bound_loads: 0,
+                live: vec![],
             }
         }
 
@@ -1730,7 +2538,13 @@ mod tests {
                     if wt && self.ix.under_writeback(*b) {
                         return; // the target waits for that copy first
                     }
-                    if let WriteMap::Slot(i) = self.ix.map_write(*b, true) {
+                    let m = self.ix.map_write(*b, true);
+                    if m == WriteMap::TooManyVersions {
+                        assert_eq!(self.ix.chain_len(*b), MAX_VERSIONS);
+                        assert!(self.ix.needs_writeback_now());
+                        self.bound_hits += 1;
+                    }
+                    if let WriteMap::Slot(i) = m {
                         let id = self.next_id;
                         self.next_id += 1;
                         if wt {
@@ -1921,9 +2735,28 @@ mod tests {
                     self.ix.set_ordered(self.ordered);
                     self.cp = None;
                 }
-                Op::Crash => self.crash(),
+                Op::Fsync(b) => {
+                    if self.inflight.iter().any(|w| w.1 == *b) {
+                        return;
+                    }
+                    self.step(&Op::Write(*b));
+                    if let Some(p) = self.inflight.iter().position(|w| w.1 == *b) {
+                        let w = self.inflight.remove(p);
+                        self.complete(w);
+                    }
+                    if self.ordered {
+                        self.ix.close_epoch();
+                    }
+                    // The flush commits (after any commit in progress).
+                    if self.at_barrier.is_none() {
+                        self.step(&Op::Barrier);
+                    }
+                    self.step(&Op::WriteImages(vec![true; 8]));
+                    self.step(&Op::Sb);
+                }
+                Op::Crash(budget) => self.crash(*budget),
             }
-            if !matches!(op, Op::Crash) {
+            if !matches!(op, Op::Crash(_)) {
                 self.check_reads();
             }
             self.check_invariants();
@@ -1951,15 +2784,52 @@ mod tests {
         fn check_invariants(&self) {
             let c = self.ix.counts();
             assert_eq!(c.free + c.dirty + c.releasing, c.total, "{c:?}");
+            for b in 0..6 {
+                assert!(self.ix.chain_len(b) <= MAX_VERSIONS, "block {b}: {} versions", self.ix.chain_len(b));
+            }
         }
 
-        fn crash(&mut self) {
+        fn crash(&mut self, budget: u32) {
             // In-flight writes and writebacks are lost (writebacks never reached a flush).
-            let mut fresh = index(NR);
+            // Versions held now whose image on disk is committed.
+            self.live = (0..NR as usize)
+                .map(|i| {
+                    let s = self.ix.slots[i];
+                    let d = self.disk[i];
+                    let on_disk = d.state == EntryState::Dirty && d.seq <= self.disk_seq && d.seq == s.seq && d.block == s.block();
+                    (s.holds_data() && on_disk).then_some((s.block(), s.epoch))
+                })
+                .collect();
+            let mut fresh = core::mem::replace(&mut self.ix, index(NR));
             fresh.set_ordered(self.ordered);
             let disk = self.disk.clone();
-            let rep = fresh.load(self.disk_seq, self.disk_epoch, 1 << 20, |i| Ok(disk[i as usize])).unwrap();
-            let _ = rep;
+            for b in 0..6 {
+                let raw = disk.iter().filter(|e| e.block == b && e.state == EntryState::Dirty && e.seq <= self.disk_seq).count();
+                assert!(raw <= MAX_LOADED_VERSIONS, "block {b}: {raw} versions on disk");
+                if raw > MAX_VERSIONS {
+                    self.over_bound_loads += 1;
+                }
+            }
+            // In steps, as the kernel does between lock drops, into the index used before the
+            // crash (compared below with a load into a new one).
+            let (rep, _) = load_in_steps(&mut fresh, &disk, self.disk_seq, self.disk_epoch, budget);
+            let rep = rep.unwrap();
+            let committed = disk.iter().filter(|e| e.state == EntryState::Dirty && e.seq <= self.disk_seq).count() as u64;
+            assert_eq!(rep.dirty + rep.ignored, disk.iter().filter(|e| e.state == EntryState::Dirty).count() as u64);
+            assert_eq!(rep.dirty, committed);
+            assert_eq!(fresh.counts().dirty, rep.dirty - rep.discarded);
+            let mut again = index(NR);
+            assert_eq!(again.load(self.disk_seq, self.disk_epoch, 1 << 20, |i| Ok(disk[i as usize])).unwrap(), rep);
+            assert!(state_of(&again) == state_of(&fresh), "a load in steps differs from the one-shot load");
+            if self.ordered {
+                // Every version held before the crash and committed comes back (or one of its
+                // epoch, newer): the origin can still be brought to every epoch boundary.
+                for (i, was) in self.live.iter().enumerate() {
+                    let Some((b, epoch)) = *was else { continue };
+                    let back = fresh.versions(b).any(|v| v as usize == i || fresh.slots[v as usize].epoch == epoch);
+                    assert!(back, "slot {i}: block {b} epoch {epoch} lost at load; disk {disk:?}");
+                }
+            }
             for b in 0..6u64 {
                 let got = match fresh.lookup_read(b) {
                     Some(i) => self.slot_data[i as usize],
@@ -1993,6 +2863,27 @@ mod tests {
         }
     }
 
+    /// The hot mix of the model does reach the bound, and loads metadata beyond it.
+    #[test]
+    fn the_crash_model_reaches_the_version_bound() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+        let mut runner = TestRunner::deterministic();
+        let (mut runs_refused, mut loads_over) = (0, 0);
+        for _ in 0..200 {
+            let ops = proptest::collection::vec(hot_op(), 300).new_tree(&mut runner).unwrap().current();
+            let mut m = Model::new(true);
+            for o in &ops {
+                m.step(o);
+            }
+            m.crash(7);
+            runs_refused += u32::from(m.bound_hits > 0);
+            loads_over += m.over_bound_loads;
+        }
+        assert!(runs_refused >= 150, "{runs_refused} of 200 runs hit the bound");
+        assert!(loads_over >= 10, "{loads_over} loads beyond MAX_VERSIONS");
+    }
+
     proptest! {
         // 2000 cases in `make test`; `make test-long` sets PROPTEST_CASES higher.
         #![proptest_config(ProptestConfig {
@@ -2001,12 +2892,12 @@ mod tests {
         })]
 
         #[test]
-        fn index_matches_the_model_and_survives_crashes(ordered in any::<bool>(), ops in proptest::collection::vec(op(), 1..120)) {
+        fn index_matches_the_model_and_survives_crashes((ordered, ops) in model_run(), budget in 1u32..64) {
             let mut m = Model::new(ordered);
             for o in &ops {
                 m.step(o);
             }
-            m.crash();
+            m.crash(budget);
         }
     }
 }
