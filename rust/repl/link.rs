@@ -7,7 +7,7 @@ use crate::dmcore::crc::KernelCrc32c;
 use crate::dmcore::hmac::KernelHmac;
 use crate::dmcore::keys::random_bytes;
 use crate::dmcore::net::Socket;
-use crate::wbrepl_core::wire::{self, FrameType, Header, Hello, Hmac, RxSeq, WireError, HEADER_LEN, MAC_LEN, NONCE_LEN};
+use crate::wbrepl_core::wire::{self, FrameType, Header, Hello, Hmac, RxSeq, Transcript, WireError, HELLO_FRAME_LEN, HEADER_LEN, MAC_LEN, NONCE_LEN};
 use core::fmt;
 use kernel::error::Error;
 
@@ -133,8 +133,10 @@ pub(crate) fn recv_payload_by<'b>(
 
 /// An established, authenticated connection's framing state.
 pub(crate) struct Session {
-    /// Session MAC key (with `auth`).
-    pub(crate) mac: Option<KernelHmac>,
+    /// MAC key for the frames we send (with `auth`; one key per direction).
+    pub(crate) tx_mac: Option<KernelHmac>,
+    /// MAC key for the frames we receive.
+    pub(crate) rx_mac: Option<KernelHmac>,
     /// Sequence number of our next frame.
     pub(crate) tx_seq: u64,
     /// The peer's next sequence number.
@@ -144,8 +146,9 @@ pub(crate) struct Session {
 }
 
 /// Runs the handshake (`docs/repl.md`, "Handshake") on a fresh socket: `HELLO` both ways, then
-/// with `key` the `AUTH` proofs, deriving the session key. All of it within `limit_ms`, however
-/// the peer paces its bytes. `inconsistent` (a secondary only) sets `HELLO_INCONSISTENT`.
+/// with `key` the `AUTH` proofs over both `HELLO` frames as they crossed the wire, deriving one
+/// session key per direction. All of it within `limit_ms`, however the peer paces its bytes.
+/// `inconsistent` (a secondary only) sets `HELLO_INCONSISTENT`.
 pub(crate) fn handshake(
     sock: &Socket,
     role: wire::Role,
@@ -160,23 +163,34 @@ pub(crate) fn handshake(
     let flags = if key.is_some() { wire::HELLO_AUTH } else { 0 }
         | if inconsistent && role == wire::Role::Secondary { wire::HELLO_INCONSISTENT } else { 0 };
     let mut rx = RxSeq::new();
-    let mut buf = [0u8; Hello::LEN];
-    let mut enc = [0u8; Hello::LEN];
-    let send_hello = |enc: &mut [u8; Hello::LEN]| send_frame(sock, FrameType::Hello, flags, 0, own.encode(enc), None);
-    let recv_hello = |rx: &mut RxSeq, buf: &mut [u8; Hello::LEN]| -> Result<(Hello, u16), LinkError> {
-        let (h, p) = recv_frame_by(sock, rx, None, buf, deadline)?;
+    // Both HELLO frames, byte for byte: the transcript the proofs and keys cover.
+    let mut own_frame = [0u8; HELLO_FRAME_LEN];
+    let mut peer_frame = [0u8; HELLO_FRAME_LEN];
+    {
+        let (hdr, payload) = own_frame.split_at_mut(HEADER_LEN);
+        let mut enc = [0u8; Hello::LEN];
+        payload.copy_from_slice(own.encode(&mut enc));
+        let hdr: &mut [u8; HEADER_LEN] = hdr.try_into().map_err(|_| LinkError::Wire(WireError::BadLength))?;
+        wire::seal(hdr, FrameType::Hello, flags, 0, payload, &KernelCrc32c, None)?;
+    }
+    let send_hello = |f: &[u8; HELLO_FRAME_LEN]| -> Result<(), LinkError> { Ok(sock.send_all(f)?) };
+    let recv_hello = |rx: &mut RxSeq, f: &mut [u8; HELLO_FRAME_LEN]| -> Result<(Hello, u16), LinkError> {
+        let (raw, h) = recv_header_by(sock, deadline)?;
         if h.ty != FrameType::Hello {
             return Err(LinkError::Unexpected(h.ty));
         }
+        let (hdr, payload) = f.split_at_mut(HEADER_LEN);
+        hdr.copy_from_slice(&raw);
+        let (h, p) = recv_payload_by(sock, &raw, h, rx, None, payload, deadline)?;
         Ok((Hello::decode(p)?, h.flags))
     };
     // The primary speaks first.
     let (peer, peer_flags) = if role == wire::Role::Primary {
-        send_hello(&mut enc)?;
-        recv_hello(&mut rx, &mut buf)?
+        send_hello(&own_frame)?;
+        recv_hello(&mut rx, &mut peer_frame)?
     } else {
-        let p = recv_hello(&mut rx, &mut buf)?;
-        send_hello(&mut enc)?;
+        let p = recv_hello(&mut rx, &mut peer_frame)?;
+        send_hello(&own_frame)?;
         p
     };
     let peer_auth = peer_flags & wire::HELLO_AUTH != 0;
@@ -186,16 +200,21 @@ pub(crate) fn handshake(
     }
     wire::check_hello(&own, key.is_some(), &peer, peer_auth)?;
     let Some(key) = key else {
-        return Ok(Session { mac: None, tx_seq: 1, rx, peer_inconsistent });
+        return Ok(Session { tx_mac: None, rx_mac: None, tx_seq: 1, rx, peer_inconsistent });
     };
-    let proof = wire::auth_proof(key, role, &own.nonce, &peer.nonce)?;
+    let t = if role == wire::Role::Primary {
+        Transcript { primary_hello: &own_frame, secondary_hello: &peer_frame }
+    } else {
+        Transcript { primary_hello: &peer_frame, secondary_hello: &own_frame }
+    };
+    let proof = wire::auth_proof(key, role, &t)?;
     let mut pbuf = [0u8; MAC_LEN];
     let recv_proof = |rx: &mut RxSeq, pbuf: &mut [u8; MAC_LEN]| -> Result<(), LinkError> {
         let (h, p) = recv_frame_by(sock, rx, None, pbuf, deadline)?;
         if h.ty != FrameType::Auth {
             return Err(LinkError::Unexpected(h.ty));
         }
-        wire::check_proof(key, peer.role, &peer.nonce, &own.nonce, p)?;
+        wire::check_proof(key, peer.role, &t, p)?;
         Ok(())
     };
     if role == wire::Role::Primary {
@@ -205,8 +224,7 @@ pub(crate) fn handshake(
         recv_proof(&mut rx, &mut pbuf)?;
         send_frame(sock, FrameType::Auth, 0, 1, &proof, None)?;
     }
-    let (pn, sn) = if role == wire::Role::Primary { (&own.nonce, &peer.nonce) } else { (&peer.nonce, &own.nonce) };
-    let skey = wire::session_key(key, pn, sn)?;
-    let mac = KernelHmac::new(&skey)?;
-    Ok(Session { mac: Some(mac), tx_seq: 2, rx, peer_inconsistent })
+    let keys = wire::session_keys(key, &t)?;
+    let (tx, rxk) = keys.for_role(role);
+    Ok(Session { tx_mac: Some(KernelHmac::new(tx)?), rx_mac: Some(KernelHmac::new(rxk)?), tx_seq: 2, rx, peer_inconsistent })
 }

@@ -91,7 +91,9 @@ pub(crate) fn ms_now() -> u64 {
 /// One connection to the secondary.
 struct Conn {
     sock: Socket,
-    mac: Option<KernelHmac>,
+    /// MAC keys (with `auth`): of our frames, and of the secondary's.
+    tx_mac: Option<KernelHmac>,
+    rx_mac: Option<KernelHmac>,
     rx: RxSeq,
     /// Sequence number of our first frame after the handshake.
     first_seq: u64,
@@ -237,6 +239,9 @@ pub(crate) struct Stats {
     pub(crate) marker_acked: AtomicU64,
     /// Marker-region writes refused because they could not be replicated in order.
     pub(crate) markers_refused: AtomicU64,
+    /// The last marker the secondary acknowledged as *not recorded* (`ACK_MARKER_IGNORED`: it
+    /// was resyncing, so no image of it exists); 0: none.
+    pub(crate) marker_ignored: AtomicU64,
 }
 
 #[pin_data]
@@ -811,7 +816,8 @@ impl Primary {
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed).max(1);
         Ok(Conn {
             sock,
-            mac: s.mac,
+            tx_mac: s.tx_mac,
+            rx_mac: s.rx_mac,
             rx: s.rx,
             first_seq: s.tx_seq,
             gen,
@@ -1078,7 +1084,7 @@ impl Primary {
             }
             seq
         };
-        link::send_frame(&c.sock, ty, flags, seq, payload, c.mac.as_ref())?;
+        link::send_frame(&c.sock, ty, flags, seq, payload, c.tx_mac.as_ref())?;
         self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         Ok(seq)
     }
@@ -1188,7 +1194,7 @@ impl Primary {
         *bio.data_mut() = PerBio { seq, epoch: if is_write { epoch } else { 0 }, gen: c.gen, status: 0 };
         self.local_inflight.fetch_add(1, Ordering::AcqRel);
         bio.submit_clone(&self.bs, &self.data, sector, this.clone());
-        match link::send_frame(&c.sock, ty, flags, seq, &buf[range], c.mac.as_ref()) {
+        match link::send_frame(&c.sock, ty, flags, seq, &buf[range], c.tx_mac.as_ref()) {
             Ok(()) => {
                 self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
@@ -1352,7 +1358,7 @@ impl Primary {
             }
             seq
         };
-        link::send_frame(&c.sock, FrameType::ResyncWrite, 0, seq, &buf[FRAME_OFF..end], c.mac.as_ref())?;
+        link::send_frame(&c.sock, FrameType::ResyncWrite, 0, seq, &buf[FRAME_OFF..end], c.tx_mac.as_ref())?;
         self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
@@ -1367,7 +1373,7 @@ impl Primary {
             if self.stop.load(Ordering::Acquire) {
                 break LinkError::Stopped;
             }
-            let (h, p) = match link::recv_frame(&c.sock, &mut rx, c.mac.as_ref(), &mut buf) {
+            let (h, p) = match link::recv_frame(&c.sock, &mut rx, c.rx_mac.as_ref(), &mut buf) {
                 Ok(x) => x,
                 Err(e) => break e,
             };
@@ -1377,7 +1383,7 @@ impl Primary {
                         Ok(a) => a,
                         Err(e) => break e.into(),
                     };
-                    if let Err(e) = self.acked(&c, a.seq) {
+                    if let Err(e) = self.acked(&c, a.seq, h.flags & wire::ACK_MARKER_IGNORED != 0) {
                         break e;
                     }
                 }
@@ -1389,8 +1395,11 @@ impl Primary {
         self.disconnect(&c, &r);
     }
 
-    fn acked(&self, c: &Conn, seq: u64) -> Result<(), LinkError> {
+    /// Everything up to `seq` is applied at the secondary. `ignored`: `seq` is a marker the
+    /// secondary did not record, which must not count as acknowledged.
+    fn acked(&self, c: &Conn, seq: u64, ignored: bool) -> Result<(), LinkError> {
         let mut done = BioList::new();
+        let mut ignored_id = None;
         {
             let mut g = self.st.lock();
             if g.gen != c.gen {
@@ -1399,6 +1408,19 @@ impl Primary {
             let before = g.acked_seq;
             if !g.win.ack(seq, self.sync, |b| done.push(b)) {
                 return Err(LinkError::Wire(wire::WireError::BadField));
+            }
+            if ignored {
+                // Before the retirement below, which would count it.
+                match g.marker_unacked {
+                    Some((s, id)) if s == seq => {
+                        g.marker_unacked = None;
+                        self.stats.marker_ignored.fetch_max(id, Ordering::Relaxed);
+                        ignored_id = Some(id);
+                    }
+                    // A marker sent later replaced it as the one tracked: nothing counts it.
+                    Some((s, _)) if s > seq => {}
+                    _ => return Err(LinkError::Wire(wire::WireError::BadField)),
+                }
             }
             let bytes = g.retire(&self.stats.marker_acked);
             self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
@@ -1410,6 +1432,13 @@ impl Primary {
         while let Some(b) = done.pop() {
             let st = BlkStatus::from_raw(b.data().status);
             self.end_sent(b, st);
+        }
+        if let Some(id) = ignored_id {
+            pr_warn!(
+                "repl: the secondary {} did not record marker {}: its device is not a consistent image (a resync is under way); no image of it exists\n",
+                self.addr,
+                id
+            );
         }
         self.wake.complete();
         Ok(())

@@ -80,7 +80,7 @@ impl Repl {
 #[vtable]
 impl Target for Repl {
     const NAME: &'static CStr = kernel::c_str!("repl");
-    const VERSION: [u32; 3] = [0, 2, 0];
+    const VERSION: [u32; 3] = [0, 3, 0];
     type PerBio = PerBio;
 
     fn ctr(ti: &mut CtrTarget<'_>, args: Args<'_>) -> Result<Pin<KBox<Self>>, CtrError> {
@@ -291,10 +291,11 @@ impl Target for Repl {
                 let id_or_dash = |id: u64| IdWord((id != 0).then_some(id));
                 write!(
                     out,
-                    "{} marker_acked {} markers_refused {}",
+                    "{} marker_acked {} markers_refused {} marker_ignored {}",
                     id_or_dash(st.marker_id.load(Ordering::Relaxed)),
                     id_or_dash(st.marker_acked.load(Ordering::Relaxed)),
-                    st.markers_refused.load(Ordering::Relaxed)
+                    st.markers_refused.load(Ordering::Relaxed),
+                    id_or_dash(st.marker_ignored.load(Ordering::Relaxed)),
                 )
             }
             (StatusType::Info, Engine::Secondary(sec)) => {
@@ -340,7 +341,7 @@ impl Target for Repl {
                 // The label of the marker shown, not of one recorded since.
                 let (lid, label) = *sec.marker_label.lock();
                 let label = if lid == st.marker_id.load(Ordering::Acquire) { label } else { [0; wire::LABEL_LEN] };
-                write!(out, " marker_label {}", LabelWord(&label))
+                write!(out, " marker_label {} markers_ignored {}", LabelWord(&label), st.markers_ignored.load(Ordering::Relaxed))
             }
             (StatusType::Table, e) => {
                 let (role, addr) = match e {

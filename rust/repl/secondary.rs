@@ -81,6 +81,9 @@ enum SlotState {
     Writing,
     /// Applied (or a frame with nothing to apply): may be acknowledged.
     Done,
+    /// A marker that was not recorded (the device is not a consistent image): acknowledged
+    /// with `ACK_MARKER_IGNORED`, so that the primary does not count it.
+    Ignored,
     /// The write failed: the session ends, nothing from here on is acknowledged.
     Failed,
 }
@@ -312,6 +315,8 @@ pub(crate) struct Stats {
     pub(crate) durable_epoch: AtomicU64,
     /// Markers recorded.
     pub(crate) markers: AtomicU64,
+    /// Markers not recorded (received while the device was inconsistent).
+    pub(crate) markers_ignored: AtomicU64,
     /// The last marker recorded (durable with everything before it); 0: none.
     pub(crate) marker_id: AtomicU64,
     pub(crate) marker_time_ns: AtomicU64,
@@ -815,6 +820,7 @@ impl Secondary {
         let mut n = 0;
         let mut bytes = 0u64;
         let mut failed = false;
+        let mut ack_flags = 0;
         loop {
             let (slot, stray) = {
                 let mut r = pipe.ring.lock();
@@ -828,7 +834,8 @@ impl Secondary {
             let Some(slot) = slot else { break };
             n += 1;
             gen_seen = Some(slot.gen);
-            if !failed && slot.state == SlotState::Done {
+            let ignored = slot.state == SlotState::Ignored;
+            if !failed && (slot.state == SlotState::Done || ignored) {
                 last = Some((slot.gen, slot.seq));
                 if slot.buf.is_some() {
                     bytes += slot.sectors * 512;
@@ -836,6 +843,12 @@ impl Secondary {
             }
             if let Some(b) = slot.buf {
                 self.pools.lock().put(b);
+            }
+            if ignored {
+                // Acknowledged on its own, flagged: the acknowledgement ends here (the rest is
+                // taken by the next call).
+                ack_flags = wire::ACK_MARKER_IGNORED;
+                break;
             }
         }
         if n == 0 {
@@ -847,7 +860,7 @@ impl Secondary {
             self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
             if ack && !failed {
                 let a = wire::Ack { seq, durable_epoch: self.stats.durable_epoch.load(Ordering::Relaxed) };
-                if self.send_out(gen, FrameType::Ack, &a.encode()).is_err() {
+                if self.send_out(gen, FrameType::Ack, ack_flags, &a.encode()).is_err() {
                     failed = true;
                 }
             }
@@ -868,10 +881,10 @@ impl Secondary {
     }
 
     /// Sends a frame on session `gen`, if it is still the one served.
-    fn send_out(&self, gen: u32, ty: FrameType, payload: &[u8]) -> Result<(), LinkError> {
+    fn send_out(&self, gen: u32, ty: FrameType, flags: u16, payload: &[u8]) -> Result<(), LinkError> {
         let mut o = self.out.lock();
         let Some(o) = o.as_mut().filter(|o| o.gen == gen) else { return Ok(()) };
-        link::send_frame(&o.peer.sock, ty, 0, o.tx, payload, o.peer.session.mac.as_ref())?;
+        link::send_frame(&o.peer.sock, ty, flags, o.tx, payload, o.peer.session.tx_mac.as_ref())?;
         o.tx += 1;
         Ok(())
     }
@@ -927,7 +940,7 @@ impl Secondary {
             if session {
                 // On failure the session is gone, but the freeze holds: the applier waits for
                 // the thaw before it serves another session.
-                self.send_out(gen, FrameType::Pong, &0u64.to_le_bytes())?;
+                self.send_out(gen, FrameType::Pong, 0, &0u64.to_le_bytes())?;
             }
         }
         // Thawed (or removed): tell userspace.
@@ -966,8 +979,13 @@ impl Secondary {
 
     /// A frame with nothing (more) to apply: acknowledged in order, after the writes before it.
     fn push_done(&self, gen: u32, seq: u64) -> Result<(), LinkError> {
+        self.push_finished(gen, seq, SlotState::Done)
+    }
+
+    /// As [`Self::push_done`], in `state` (`Done`, or `Ignored` for a marker not recorded).
+    fn push_finished(&self, gen: u32, seq: u64, state: SlotState) -> Result<(), LinkError> {
         self.wait_ring(|r| r.len < r.slots.len())?;
-        let slot = Slot { seq, gen, state: SlotState::Done, sector: 0, sectors: 0, buf: None };
+        let slot = Slot { seq, gen, state, sector: 0, sectors: 0, buf: None };
         let _ = self.aio.handler().ring.lock().push(slot);
         self.aio.handler().to_acker.complete();
         Ok(())
@@ -1032,7 +1050,7 @@ impl Secondary {
         let mut buf = self.take_buf(h.len as usize)?;
         // Received so that the data is page-aligned, as block I/O from it needs.
         let r = match buf.get_mut(FRAME_OFF..) {
-            Some(b) => link::recv_payload_by(&p.sock, raw, h, rx, p.session.mac.as_ref(), b, None)
+            Some(b) => link::recv_payload_by(&p.sock, raw, h, rx, p.session.rx_mac.as_ref(), b, None)
                 .and_then(|(h, payload)| Ok((h, wire::Write::decode(payload, self.sectors)?))),
             None => Err(LinkError::Wire(wire::WireError::BadLength)),
         };
@@ -1113,17 +1131,20 @@ impl Secondary {
 
     /// A marker (a `MARKER` frame, or a record written into the marker region) after every
     /// write before it completed: recorded (flushed first), acknowledged, and with
-    /// `freeze_on_marker` the applier freezes here.
+    /// `freeze_on_marker` the applier freezes here. On an inconsistent device (a resync under
+    /// way) it is not recorded, and its acknowledgement says so (`ACK_MARKER_IGNORED`): the
+    /// primary must not count it as acknowledged, since no image of it can be taken.
     fn marker(&self, gen: u32, seq: u64, id: u64, time_ns: u64, label: &MarkerLabel) -> Result<(), LinkError> {
         // A marker marks a consistent point only on a consistent image.
         let recorded = if self.consistent.load(Ordering::Acquire) {
             self.record_marker(id, time_ns, label)?;
             true
         } else {
+            self.stats.markers_ignored.fetch_add(1, Ordering::Relaxed);
             pr_warn!("repl: marker {} ignored: a resync is under way, the data device is not consistent\n", id);
             false
         };
-        self.push_done(gen, seq)?;
+        self.push_finished(gen, seq, if recorded { SlotState::Done } else { SlotState::Ignored })?;
         if recorded && self.frozen.load(Ordering::Acquire) {
             self.frozen_wait(true)?;
         }
@@ -1133,7 +1154,7 @@ impl Secondary {
     /// Any frame but a write: applied in line, after every write before it.
     fn apply_control(&self, p: &Peer, gen: u32, raw: &link::RawHeader, h: Header, rx: &mut wire::RxSeq) -> Result<(), LinkError> {
         let mut buf = [0u8; CONTROL_MAX];
-        let (h, payload) = link::recv_payload_by(&p.sock, raw, h, rx, p.session.mac.as_ref(), &mut buf, None)?;
+        let (h, payload) = link::recv_payload_by(&p.sock, raw, h, rx, p.session.rx_mac.as_ref(), &mut buf, None)?;
         match h.ty {
             FrameType::Marker => {
                 let m = wire::Marker::decode(payload)?;

@@ -13,7 +13,7 @@ check "autoload: dm_wbcache got loaded" grep -qw '^dm_wbcache' /proc/modules
 check "autoload: create repl from a table line" dmsetup create auto_repl --table "0 $S repl primary $D 10.0.0.2:7789 0"
 check "autoload: dm_repl got loaded" grep -qw '^dm_repl' /proc/modules
 check_match "autoload: dmsetup targets lists wbcache" 'wbcache +v1\.0\.0' "$(dmsetup targets)"
-check_match "autoload: dmsetup targets lists repl" 'repl +v0\.2\.0' "$(dmsetup targets)"
+check_match "autoload: dmsetup targets lists repl" 'repl +v0\.3\.0' "$(dmsetup targets)"
 check_fails "autoload: module in use cannot be removed" rmmod dm_wbcache
 check "autoload: remove devices" dm_remove auto_wbc auto_repl
 check "autoload: rmmod dm_wbcache after use" rmmod dm_wbcache

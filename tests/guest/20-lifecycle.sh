@@ -53,7 +53,7 @@ check_eq "repl: table prints the line back" \
 check "repl: primary accepts writes" dd if="$IMG_DIR/pattern" of=/dev/mapper/rp bs=1M seek=2 oflag=direct status=none
 check "repl: they land on the data device" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$D" bs=1M skip=2 count=4 iflag=direct status=none)
 check_match "repl: status fields (no peer: writes are local, their regions dirty)" \
-  "^0 $S repl primary connecting peer 10.0.0.2:7789 protocol sync sent 0 sent_bytes 0 acked 0 acked_bytes 0 inflight 0 inflight_bytes 0 lag_ms 0 dirty_kb 4096 resync - peer_data behind writes [1-9][0-9]* connects 0 congested 0 refused 0 marker - marker_acked - markers_refused 0\$" "$(dmsetup status rp)"
+  "^0 $S repl primary connecting peer 10.0.0.2:7789 protocol sync sent 0 sent_bytes 0 acked 0 acked_bytes 0 inflight 0 inflight_bytes 0 lag_ms 0 dirty_kb 4096 resync - peer_data behind writes [1-9][0-9]* connects 0 congested 0 refused 0 marker - marker_acked - markers_refused 0 marker_ignored -\$" "$(dmsetup status rp)"
 check_fails "repl: an unknown message is refused" dmsetup message rp 0 marker x
 check "repl: suspend/resume" bash -c "dmsetup suspend rp && dmsetup resume rp"
 check "repl: remove primary" dm_remove rp

@@ -37,11 +37,12 @@ def crc32c(data):
 
 HELLO, AUTH, WRITE, BARRIER, ACK, MARKER, PING, PONG, RESYNC, CLOSE = range(1, 11)
 HDR = 56
+VERSION = 2  # the protocol version (rust/core/src/wire.rs)
 
 
 def frame(ty, flags, seq, payload, length=None):
     n = len(payload) if length is None else length
-    hdr = b"WBRP" + bytes([1, ty]) + struct.pack("<HQI", flags, seq, n)
+    hdr = b"WBRP" + bytes([VERSION, ty]) + struct.pack("<HQI", flags, seq, n)
     hdr += bytes(HDR - len(hdr))
     c = crc32c(hdr + payload)
     return hdr[:20] + struct.pack("<I", c) + bytes(32) + payload

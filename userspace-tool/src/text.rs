@@ -78,6 +78,9 @@ pub fn repl_summary(r: &ReplLayer) -> Option<String> {
             if let Some(a) = f.get("marker_acked") {
                 let _ = write!(s, " (acknowledged {a})");
             }
+            if let Some(i) = f.get("marker_ignored").filter(|i| *i != "-") {
+                let _ = write!(s, ", marker {i} not recorded by the resyncing secondary");
+            }
         }
         Some(s)
     } else {

@@ -26,7 +26,7 @@ use crate::wbformat::{le32, le64, Crc32c};
 /// `WBRP`.
 pub const MAGIC: [u8; 4] = *b"WBRP";
 /// Protocol version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 56;
 /// Bytes of a MAC (HMAC-SHA256).
@@ -85,7 +85,7 @@ impl WireError {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BadMagic => "bad magic",
-            Self::BadVersion => "unsupported protocol version",
+            Self::BadVersion => "unsupported protocol version (this node speaks protocol 2: run the same wbrepl release on both nodes)",
             Self::BadType => "unknown frame type",
             Self::BadFlags => "unknown flags",
             Self::BadLength => "payload length not allowed for the frame type",
@@ -153,6 +153,7 @@ impl FrameType {
             Self::Hello => HELLO_AUTH | HELLO_INCONSISTENT,
             Self::Write | Self::ResyncWrite => WRITE_FUA,
             Self::Barrier => BARRIER_FLUSH | BARRIER_RESYNC_DONE,
+            Self::Ack => ACK_MARKER_IGNORED,
             _ => 0,
         }
     }
@@ -185,6 +186,11 @@ pub const BARRIER_FLUSH: u16 = 1;
 /// `BARRIER` flag: the resync is complete; with every frame before it applied, the secondary
 /// is consistent again.
 pub const BARRIER_RESYNC_DONE: u16 = 2;
+/// `ACK` flag (protocol 2): the frame acknowledged, `seq`, is a marker the secondary did *not*
+/// record (its device was not a consistent image: a resync was under way). Everything up to
+/// `seq` is applied as usual, but that marker does not count as acknowledged: no image of it
+/// can be taken. An `ACK` with this flag acknowledges nothing after the marker.
+pub const ACK_MARKER_IGNORED: u16 = 1;
 
 const HELLO_LEN: u32 = 16 + NONCE_LEN as u32;
 const MARKER_LEN: u32 = 16 + LABEL_LEN as u32;
@@ -501,9 +507,13 @@ impl Marker {
 
 // --- handshake
 
-const PROOF_PRIMARY: &[u8] = b"wbrepl-v1 auth primary";
-const PROOF_SECONDARY: &[u8] = b"wbrepl-v1 auth secondary";
-const SESSION: &[u8] = b"wbrepl-v1 session";
+const PROOF_PRIMARY: &[u8] = b"wbrepl-v2 auth primary";
+const PROOF_SECONDARY: &[u8] = b"wbrepl-v2 auth secondary";
+const KEY_P2S: &[u8] = b"wbrepl-v2 key primary to secondary";
+const KEY_S2P: &[u8] = b"wbrepl-v2 key secondary to primary";
+
+/// Bytes of a `HELLO` frame on the wire: header and payload.
+pub const HELLO_FRAME_LEN: usize = HEADER_LEN + HELLO_LEN as usize;
 
 /// Checks the peer's `HELLO` against ours: complementary roles, the same authentication
 /// requirement (`HELLO_AUTH` flags), and a secondary at least as large as the primary.
@@ -521,45 +531,65 @@ pub fn check_hello(own: &Hello, own_auth: bool, peer: &Hello, peer_auth: bool) -
     Ok(())
 }
 
-/// The proof a side sends in `AUTH`: HMAC under the shared key of a role-specific label, its
-/// own nonce and the peer's. (Role-specific, so a proof cannot be reflected back.)
-pub fn auth_proof(
-    key: &dyn Hmac,
-    role: Role,
-    own_nonce: &[u8; NONCE_LEN],
-    peer_nonce: &[u8; NONCE_LEN],
-) -> Result<[u8; MAC_LEN], WireError> {
+/// What the handshake authenticates: both `HELLO` frames exactly as they crossed the wire
+/// (header and payload), the primary's first. Every field of both (protocol version, role,
+/// flags such as `HELLO_INCONSISTENT`, device size, nonce) is bound by the proofs and the
+/// session keys, so a man in the middle who changes any byte of either makes the handshake
+/// fail.
+#[derive(Clone, Copy, Debug)]
+pub struct Transcript<'a> {
+    /// The primary's `HELLO` frame.
+    pub primary_hello: &'a [u8],
+    /// The secondary's `HELLO` frame.
+    pub secondary_hello: &'a [u8],
+}
+
+/// The proof a side sends in `AUTH`: HMAC under the shared key of a role-specific label and
+/// the transcript. (Role-specific, so a proof cannot be reflected back; over both fresh nonces,
+/// so an old one cannot be replayed.)
+pub fn auth_proof(key: &dyn Hmac, role: Role, t: &Transcript<'_>) -> Result<[u8; MAC_LEN], WireError> {
     let label = match role {
         Role::Primary => PROOF_PRIMARY,
         Role::Secondary => PROOF_SECONDARY,
     };
-    key.mac(&[label, own_nonce, peer_nonce]).ok_or(WireError::MacFailed)
+    key.mac(&[label, t.primary_hello, t.secondary_hello]).ok_or(WireError::MacFailed)
 }
 
-/// Checks the peer's `AUTH` payload.
-pub fn check_proof(
-    key: &dyn Hmac,
-    peer_role: Role,
-    peer_nonce: &[u8; NONCE_LEN],
-    own_nonce: &[u8; NONCE_LEN],
-    payload: &[u8],
-) -> Result<(), WireError> {
+/// Checks the peer's `AUTH` payload against the transcript this side saw.
+pub fn check_proof(key: &dyn Hmac, peer_role: Role, t: &Transcript<'_>, payload: &[u8]) -> Result<(), WireError> {
     let got: &[u8; MAC_LEN] = payload.try_into().map_err(|_| WireError::BadLength)?;
-    if mac_eq(got, &auth_proof(key, peer_role, peer_nonce, own_nonce)?) {
+    if mac_eq(got, &auth_proof(key, peer_role, t)?) {
         Ok(())
     } else {
         Err(WireError::AuthFailed)
     }
 }
 
-/// The session key both sides derive after authentication; every later frame carries a MAC
-/// under it. It depends on both nonces, so frames of one connection are worthless in another.
-pub fn session_key(
-    key: &dyn Hmac,
-    primary_nonce: &[u8; NONCE_LEN],
-    secondary_nonce: &[u8; NONCE_LEN],
-) -> Result<[u8; MAC_LEN], WireError> {
-    key.mac(&[SESSION, primary_nonce, secondary_nonce]).ok_or(WireError::MacFailed)
+/// The two session keys both sides derive after authentication, one per direction: every
+/// later frame carries a MAC under the key of its direction, so a frame cannot be reflected
+/// back to its sender, and frames of one connection are worthless in another.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SessionKeys {
+    /// For frames from the primary to the secondary.
+    pub p2s: [u8; MAC_LEN],
+    /// For frames from the secondary to the primary.
+    pub s2p: [u8; MAC_LEN],
+}
+
+impl SessionKeys {
+    /// `(send, receive)` keys for a side of `role`.
+    pub fn for_role(&self, role: Role) -> (&[u8; MAC_LEN], &[u8; MAC_LEN]) {
+        match role {
+            Role::Primary => (&self.p2s, &self.s2p),
+            Role::Secondary => (&self.s2p, &self.p2s),
+        }
+    }
+}
+
+/// Derives the session keys: HMAC under the shared key of a direction label and the transcript.
+pub fn session_keys(key: &dyn Hmac, t: &Transcript<'_>) -> Result<SessionKeys, WireError> {
+    let derive = |label: &[u8]| key.mac(&[label, t.primary_hello, t.secondary_hello]).ok_or(WireError::MacFailed);
+    Ok(SessionKeys { p2s: derive(KEY_P2S)?, s2p: derive(KEY_S2P)? })
 }
 
 #[cfg(test)]
@@ -636,7 +666,8 @@ mod tests {
             Header::decode(&h)
         };
         assert_eq!(with(0, b"XBRP"), Err(WireError::BadMagic));
-        assert_eq!(with(4, &[2]), Err(WireError::BadVersion));
+        assert_eq!(with(4, &[1]), Err(WireError::BadVersion), "protocol 1 is refused");
+        assert_eq!(with(4, &[3]), Err(WireError::BadVersion));
         assert_eq!(with(5, &[0]), Err(WireError::BadType));
         assert_eq!(with(5, &[11]), Err(WireError::BadType));
         assert_eq!(with(6, &[1, 0]), Err(WireError::BadFlags));
@@ -688,9 +719,9 @@ mod tests {
         assert_eq!(seal(&mut h, FrameType::Ping, 0, 0, &[0; 8], &RefCrc, Some(&FailingHmac)), Err(WireError::MacFailed));
         let f = frame(FrameType::Ping, 0, 0, &[0; 8], None);
         assert_eq!(receive(&f, &mut RxSeq::new(), Some(&FailingHmac)), Err(WireError::MacFailed));
-        let n = [0u8; NONCE_LEN];
-        assert_eq!(check_proof(&FailingHmac, Role::Primary, &n, &n, &[0; MAC_LEN]), Err(WireError::MacFailed));
-        assert_eq!(session_key(&FailingHmac, &n, &n), Err(WireError::MacFailed));
+        let t = Transcript { primary_hello: &[1], secondary_hello: &[2] };
+        assert_eq!(check_proof(&FailingHmac, Role::Primary, &t, &[0; MAC_LEN]), Err(WireError::MacFailed));
+        assert_eq!(session_keys(&FailingHmac, &t), Err(WireError::MacFailed));
     }
 
     #[test]
@@ -711,8 +742,16 @@ mod tests {
         Hello { role, sectors, nonce: [n; NONCE_LEN] }
     }
 
+    /// A `HELLO` frame as it crosses the wire.
+    fn hello_frame(h: &Hello, flags: u16) -> Vec<u8> {
+        let mut buf = [0u8; Hello::LEN];
+        let f = frame(FrameType::Hello, flags, 0, h.encode(&mut buf), None);
+        assert_eq!(f.len(), HELLO_FRAME_LEN);
+        f
+    }
+
     #[test]
-    fn handshake_with_the_right_key_succeeds_and_derives_one_session_key() {
+    fn handshake_with_the_right_key_succeeds_and_derives_one_key_per_direction() {
         let (kp, ks) = (HostHmac(b"secret".to_vec()), HostHmac(b"secret".to_vec()));
         let (p, s) = (hello(Role::Primary, 100, 1), hello(Role::Secondary, 100, 2));
         let mut buf = [0u8; Hello::LEN];
@@ -721,30 +760,89 @@ mod tests {
         assert_eq!(ph, p);
         check_hello(&s, true, &ph, true).unwrap();
         check_hello(&p, true, &s, true).unwrap();
-        let proof_p = auth_proof(&kp, Role::Primary, &p.nonce, &s.nonce).unwrap();
-        check_proof(&ks, Role::Primary, &p.nonce, &s.nonce, &proof_p).unwrap();
-        let proof_s = auth_proof(&ks, Role::Secondary, &s.nonce, &p.nonce).unwrap();
-        check_proof(&kp, Role::Secondary, &s.nonce, &p.nonce, &proof_s).unwrap();
-        assert_eq!(session_key(&kp, &p.nonce, &s.nonce), session_key(&ks, &p.nonce, &s.nonce));
-        assert_ne!(session_key(&kp, &p.nonce, &s.nonce), session_key(&kp, &p.nonce, &[3; NONCE_LEN]));
+        let (pf, sf) = (hello_frame(&p, HELLO_AUTH), hello_frame(&s, HELLO_AUTH));
+        let t = Transcript { primary_hello: &pf, secondary_hello: &sf };
+        let proof_p = auth_proof(&kp, Role::Primary, &t).unwrap();
+        check_proof(&ks, Role::Primary, &t, &proof_p).unwrap();
+        let proof_s = auth_proof(&ks, Role::Secondary, &t).unwrap();
+        check_proof(&kp, Role::Secondary, &t, &proof_s).unwrap();
+        let keys = session_keys(&kp, &t).unwrap();
+        assert_eq!(keys, session_keys(&ks, &t).unwrap());
+        assert_ne!(keys.p2s, keys.s2p, "one key per direction");
+        assert_eq!(keys.for_role(Role::Primary), (&keys.p2s, &keys.s2p));
+        assert_eq!(keys.for_role(Role::Secondary), (&keys.s2p, &keys.p2s));
+        let other = hello_frame(&hello(Role::Secondary, 100, 3), HELLO_AUTH);
+        assert_ne!(keys, session_keys(&kp, &Transcript { primary_hello: &pf, secondary_hello: &other }).unwrap());
+        // A frame sealed for one direction does not open in the other: it cannot be reflected.
+        let (tx_p, rx_p) = (HostHmac(keys.p2s.to_vec()), HostHmac(keys.s2p.to_vec()));
+        let f = frame(FrameType::Ping, 0, 0, &[0; 8], Some(&tx_p));
+        assert_eq!(receive(&f, &mut RxSeq::new(), Some(&tx_p)).map(|h| h.seq), Ok(0));
+        assert_eq!(receive(&f, &mut RxSeq::new(), Some(&rx_p)), Err(WireError::BadMac));
+    }
+
+    /// Issue 13, item 11: in protocol 1 the proofs covered the nonces only, so a man in the
+    /// middle could change a HELLO's flags (strip `HELLO_INCONSISTENT`: the primary would never
+    /// resync an interrupted resync) or size, and both proofs still verified. Now any change of
+    /// either HELLO frame, as each side saw it, fails the proofs.
+    #[test]
+    fn the_proofs_cover_every_byte_of_both_hellos() {
+        let k = HostHmac(b"secret".to_vec());
+        let (p, s) = (hello(Role::Primary, 100, 1), hello(Role::Secondary, 100, 2));
+        let pf = hello_frame(&p, HELLO_AUTH);
+        let sf = hello_frame(&s, HELLO_AUTH | HELLO_INCONSISTENT);
+        // The secondary's view (what it sent) and its proof.
+        let t = Transcript { primary_hello: &pf, secondary_hello: &sf };
+        let proof_s = auth_proof(&k, Role::Secondary, &t).unwrap();
+        // The primary saw a HELLO with the flag stripped (and the CRC fixed up).
+        let stripped = hello_frame(&s, HELLO_AUTH);
+        let seen = Transcript { primary_hello: &pf, secondary_hello: &stripped };
+        assert_eq!(check_proof(&k, Role::Secondary, &seen, &proof_s), Err(WireError::AuthFailed));
+        // Any bit of either frame.
+        for (which, len) in [(0, pf.len()), (1, sf.len())] {
+            for bit in 0..len * 8 {
+                let (mut a, mut b) = (pf.clone(), sf.clone());
+                let f = if which == 0 { &mut a } else { &mut b };
+                f[bit / 8] ^= 1 << (bit % 8);
+                let t2 = Transcript { primary_hello: &a, secondary_hello: &b };
+                assert_eq!(check_proof(&k, Role::Secondary, &t2, &proof_s), Err(WireError::AuthFailed), "frame {which} bit {bit}");
+            }
+        }
+        check_proof(&k, Role::Secondary, &t, &proof_s).unwrap();
     }
 
     #[test]
     fn handshake_refuses_wrong_keys_reflection_and_mismatches() {
         let (kp, wrong) = (HostHmac(b"secret".to_vec()), HostHmac(b"guess".to_vec()));
         let (p, s) = (hello(Role::Primary, 100, 1), hello(Role::Secondary, 100, 2));
-        let proof = auth_proof(&wrong, Role::Primary, &p.nonce, &s.nonce).unwrap();
-        assert_eq!(check_proof(&kp, Role::Primary, &p.nonce, &s.nonce, &proof), Err(WireError::AuthFailed));
+        let (pf, sf) = (hello_frame(&p, HELLO_AUTH), hello_frame(&s, HELLO_AUTH));
+        let t = Transcript { primary_hello: &pf, secondary_hello: &sf };
+        let proof = auth_proof(&wrong, Role::Primary, &t).unwrap();
+        assert_eq!(check_proof(&kp, Role::Primary, &t, &proof), Err(WireError::AuthFailed));
         // The secondary's own proof sent back to it as the primary's.
-        let reflected = auth_proof(&kp, Role::Secondary, &s.nonce, &p.nonce).unwrap();
-        assert_eq!(check_proof(&kp, Role::Primary, &p.nonce, &s.nonce, &reflected), Err(WireError::AuthFailed));
-        assert_eq!(check_proof(&kp, Role::Primary, &p.nonce, &s.nonce, &proof[..31]), Err(WireError::BadLength));
+        let reflected = auth_proof(&kp, Role::Secondary, &t).unwrap();
+        assert_eq!(check_proof(&kp, Role::Primary, &t, &reflected), Err(WireError::AuthFailed));
+        assert_eq!(check_proof(&kp, Role::Primary, &t, &proof[..31]), Err(WireError::BadLength));
         assert_eq!(check_hello(&p, true, &p, true), Err(WireError::BadRole));
         assert_eq!(check_hello(&p, true, &s, false), Err(WireError::AuthMismatch));
         assert_eq!(check_hello(&p, false, &hello(Role::Secondary, 99, 2), false), Err(WireError::TooSmall));
         let mut bad = [0u8; Hello::LEN];
         bad[0] = 3;
         assert_eq!(Hello::decode(&bad), Err(WireError::BadField));
+    }
+
+    #[test]
+    fn protocol_1_frames_are_refused_and_acks_may_flag_an_ignored_marker() {
+        let mut f = frame(FrameType::Ping, 0, 0, &[0; 8], None);
+        f[4] = 1;
+        let hdr: &[u8; HEADER_LEN] = f[..HEADER_LEN].try_into().unwrap();
+        assert_eq!(Header::decode(hdr), Err(WireError::BadVersion));
+        assert!(WireError::BadVersion.as_str().contains("protocol 2"), "{}", WireError::BadVersion.as_str());
+        let ack = Ack { seq: 7, durable_epoch: 1 }.encode();
+        let f = frame(FrameType::Ack, ACK_MARKER_IGNORED, 0, &ack, None);
+        assert_eq!(receive(&f, &mut RxSeq::new(), None).map(|h| h.flags), Ok(ACK_MARKER_IGNORED));
+        let mut f = f;
+        f[6] = 2;
+        assert_eq!(receive(&f, &mut RxSeq::new(), None), Err(WireError::BadFlags));
     }
 
     fn any_type() -> impl Strategy<Value = FrameType> {
