@@ -84,6 +84,11 @@ void dmcore_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
 	spin_unlock_irqrestore(lock, flags);
 }
 
+void dmcore_limits_stable_writes(struct queue_limits *lim)
+{
+	lim->features |= BLK_FEAT_STABLE_WRITES;
+}
+
 unsigned short dmcore_ioprio_default(void)
 {
 	return IOPRIO_DEFAULT;

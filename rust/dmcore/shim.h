@@ -36,6 +36,9 @@ void dmcore_spin_lock_init(spinlock_t *lock);
 unsigned long dmcore_spin_lock_irqsave(spinlock_t *lock);
 void dmcore_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
 
+/* queue limits: ask for stable pages during writes (BLK_FEAT_STABLE_WRITES) */
+void dmcore_limits_stable_writes(struct queue_limits *lim);
+
 /* I/O priority for dm-io requests (IOPRIO_DEFAULT is not a constant expression) */
 unsigned short dmcore_ioprio_default(void);
 

@@ -319,6 +319,15 @@ impl QueueLimits<'_> {
         self.l.io_opt = bytes;
     }
 
+    /// Asks for stable pages (`BLK_FEAT_STABLE_WRITES`): the page cache does not modify a page
+    /// while a write of it is in flight, so a target that reads a write's data more than once
+    /// (to send a copy, and to write it locally) sees the same bytes each time. Inherited by
+    /// the devices stacked above.
+    pub fn require_stable_writes(&mut self) {
+        // SAFETY: `l` is the queue limits device-mapper is computing, exclusively ours here.
+        unsafe { bindings::dmcore_limits_stable_writes(self.l) };
+    }
+
     /// Raises the logical (and physical) block size and `io_min` to at least `bytes`: for a
     /// target that remaps bios to a device the stacked limits do not include.
     pub fn raise_block_size(&mut self, bytes: u32) {

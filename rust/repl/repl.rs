@@ -30,7 +30,7 @@ use dmcore::device::Device;
 use dmcore::hmac::KernelHmac;
 use dmcore::keys::Secret;
 use dmcore::status::StatusWriter;
-use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, MapResult, StatusType, Stop, Target, TargetModule};
+use dmcore::target::{CtrError, CtrTarget, DeviceVisitor, MapResult, QueueLimits, StatusType, Stop, Target, TargetModule};
 use kernel::str::CString;
 use kernel::sync::Arc;
 use primary::{Primary, PerBio};
@@ -362,6 +362,14 @@ impl Target for Repl {
 
     fn iterate_devices(&self, visit: &mut DeviceVisitor<'_>) -> core::result::Result<(), Stop> {
         visit.visit(self.data(), 0, self.len)
+    }
+
+    fn io_hints(&self, limits: &mut QueueLimits<'_>) {
+        if matches!(self.engine, Engine::Primary(_)) {
+            // A write's data is read twice, into the frame sent and by the local write: the
+            // page cache must not change it in between (the two sides would differ).
+            limits.require_stable_writes();
+        }
     }
 }
 
