@@ -851,6 +851,15 @@ impl Primary {
             g.marker_unacked = None;
             g.resync_cursor = 0;
             g.resync_done_seq = None;
+            if !c.peer_inconsistent && g.resyncing {
+                // A resync of an earlier connection was cut before the secondary applied any of
+                // it (or after it applied the resync-done barrier): it is a consistent image,
+                // and says so. Not resyncing until this connection's first resync frame, so
+                // that no new write reaches it before that frame (the resync-first rule in
+                // `handle`); a stale flag let new writes through first, onto a device that
+                // calls itself consistent but lacks the dirty regions.
+                g.resyncing = false;
+            }
             if c.peer_inconsistent && !g.resyncing {
                 // The secondary's device is in the middle of a resync that this table did not
                 // run (say, the primary was reloaded meanwhile). A trusted bitmap has every

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# dm-repl: regression tests for the defects of issue 13's review that protocol 2 fixes, each of
+# which failed on the code before (docs/testing.md names them):
+#   - item 11: the handshake proofs and keys cover both HELLO frames whole: a man in the middle
+#     who strips HELLO_INCONSISTENT makes the handshake fail (before, the primary connected and
+#     never resynced the interrupted resync);
+#   - item 12: a marker that a resyncing secondary does not record is acknowledged as such
+#     (ACK_MARKER_IGNORED): the primary does not count it (`marker_ignored`), and
+#     `wbrepl checkpoint --wait` fails and says why (before, it reported success);
+#   - item 9: the primary asks for stable pages (stable_writes);
+#   - item 6: after a resync interrupted before the secondary saw it begin, a reconnection
+#     sends no write before a resync frame.
+. "$(dirname "$0")/lib.sh"
+here=$(cd "$(dirname "$0")" && pwd)
+PEER=$here/replpeer.py
+W=$WBREPL_ROOT/target/release/wbrepl
+MB=32
+PORT=7900
+
+check "review: nodes up" nodes_up
+keyctl add user wbrepl-review-key "correct horse battery staple" @us >/dev/null
+
+# inconsistent_meta DEV SECTORS: a secondary's meta_dev recording an interrupted resync
+# (SecSuper: magic, version 1, flags 0 = inconsistent, sectors, CRC-32C of bytes 0..24).
+inconsistent_meta() {
+  python3 - "$here" "$1" "$2" <<'EOF'
+import os, struct, sys
+sys.path.insert(0, sys.argv[1])
+from replfuzz import crc32c
+b = b"WBRPSMT1" + struct.pack("<IIQ", 1, 0, int(sys.argv[3]))
+blk = b + struct.pack("<I", crc32c(b)) + bytes(4096 - 28)
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_DIRECT)
+import mmap
+m = mmap.mmap(-1, 4096)
+m.write(blk)
+os.pwrite(fd, m, 0)
+os.close(fd)
+EOF
+}
+
+# --- item 11: a man in the middle strips HELLO_INCONSISTENT ---------------------------------------
+PD=$(loopdev mm-p "$MB"); SD=$(loopdev mm-s "$MB"); SM=$(loopdev mm-m 1); S=$(sectors "$PD")
+PORT=$((PORT + 1)); MITM_PORT=$((PORT + 50))
+check "mitm: a secondary's meta_dev saying a resync was interrupted" inconsistent_meta "$SM" "$S"
+check "mitm: secondary (auth)" node_exec B dmsetup create mm-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 4 meta_dev $SM auth wbrepl-review-key"
+check_match "mitm: it is inconsistent (it will say so in its HELLO)" ' data inconsistent ' "$(dmsetup status mm-s)"
+node_exec B python3 "$PEER" mitm "$NODE_B_IP" "$MITM_PORT" "$NODE_B_IP" "$PORT" 14 >"$IMG_DIR/mitm.out" 2>&1 &
+MITM=$!
+sleep 0.5
+dmesg_mark
+check "mitm: primary (auth) through the man in the middle" node_exec A dmsetup create mm-p --table "0 $S repl primary $PD $NODE_B_IP:$MITM_PORT 2 auth wbrepl-review-key"
+check_fails "mitm: the primary never connects" wait_status mm-p ' primary connected ' 10
+wait $MITM
+check_match "mitm: the attack was made (the secondary's HELLO was changed)" 'mitm: [1-9][0-9]* connections, [1-9][0-9]* HELLOs changed' "$(cat "$IMG_DIR/mitm.out")"
+check_match "mitm: ...and refused by the proofs (the secondary's log)" 'refused connection from [0-9.:]+: authentication failed' "$(dmesg_since)"
+check "mitm: primary removed" dm_remove mm-p
+dmesg_mark
+check "mitm: the same primary, straight to the secondary" node_exec A dmsetup create mm-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 auth wbrepl-review-key"
+check "mitm: ...connects and resyncs the interrupted resync" synced mm-p 120
+check_match "mitm: ...because the secondary reported it" 'reports an interrupted resync' "$(dmesg_since)"
+check_match "mitm: the secondary is consistent again" ' data consistent ' "$(dmsetup status mm-s)"
+check "mitm: identical" same_data "$PD" "$SD"
+# Item 9: a write's data is read twice by the primary (the frame sent, the local write), so it
+# asks for stable pages: the page cache does not change a page while its write is in flight.
+dmn=$(basename "$(readlink -f /dev/mapper/mm-p)")
+check_eq "stable pages: the primary's queue has stable_writes" 1 "$(cat "/sys/block/$dmn/queue/stable_writes")"
+check "mitm: remove" dm_remove mm-p mm-s
+
+# A protocol-1 peer is refused with a clear log line.
+PORT=$((PORT + 1))
+check "version: a secondary" node_exec B dmsetup create v1-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 0"
+dmesg_mark
+check "version: a protocol-1 HELLO" node_exec A python3 -c "
+import socket, struct, sys
+sys.path.insert(0, '$here')
+from replfuzz import frame, hello, HELLO
+import replfuzz
+replfuzz.VERSION = 1
+s = socket.create_connection(('$NODE_B_IP', $PORT), timeout=5)
+s.sendall(frame(HELLO, 0, 0, hello($S)))
+s.settimeout(5)
+sys.exit(0 if s.recv(100) == b'' else 1)"
+check_match "version: ...refused, saying why" 'refused connection from [0-9.:]+: unsupported protocol version \(this node speaks protocol 2' "$(dmesg_since)"
+check "version: remove" dm_remove v1-s
+
+# --- item 12: a marker the resyncing secondary does not record --------------------------------------
+# The secondary's side: a stand-in primary sends a resync write (the secondary is then
+# inconsistent), then a marker; its acknowledgement must say "ignored".
+PORT=$((PORT + 1))
+check "ignored: secondary" node_exec B dmsetup create ig-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 0"
+dmesg_mark
+check "ignored: the marker's ACK carries ACK_MARKER_IGNORED" node_exec A python3 "$PEER" fake-primary "$NODE_B_IP" "$PORT" "$S"
+st=$(dmsetup status ig-s)
+check_match "ignored: the secondary counts it, records no marker, stays inconsistent" ' data inconsistent .* markers 0 marker - .* markers_ignored 1$' "$st"
+check_match "ignored: ...and logs it" 'marker 77 ignored: a resync is under way' "$(dmesg_since)"
+check "ignored: remove" dm_remove ig-s
+# The primary's side, and the CLI: a stand-in secondary acknowledges every frame, but the marker
+# as ignored. `wbrepl checkpoint --wait` must fail and say why; marker_acked stays unset.
+PORT=$((PORT + 1))
+node_exec B python3 "$PEER" fake-secondary "$NODE_B_IP" "$PORT" "$S" 30 >"$IMG_DIR/fake-sec.out" 2>&1 &
+FAKE=$!
+sleep 0.5
+check "ignored: primary" node_exec A dmsetup create ig-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 0"
+check "ignored: connected to the stand-in secondary" connected ig-p
+check "ignored: writes are acknowledged as usual" dd if=/dev/urandom of=/dev/mapper/ig-p bs=64k count=4 oflag=direct status=none
+dmesg_mark
+out=$("$W" checkpoint ig-p --label ignored-1 --wait --timeout 20s 2>&1); rc=$?
+check_eq "ignored: wbrepl checkpoint --wait fails" 1 "$rc"
+check_match "ignored: ...saying the secondary did not record the marker" 'marker [0-9]+ was written, but the secondary did not record it: its device was not a consistent image' "$out"
+st=$(dmsetup status ig-p)
+check_match "ignored: the primary shows it as ignored, not acknowledged" ' marker_acked - markers_refused 0 marker_ignored [0-9]+$' "$st"
+check_match "ignored: ...and logs it" 'did not record marker [0-9]+: its device is not a consistent image' "$(dmesg_since)"
+check "ignored: writes still replicate" dd if=/dev/urandom of=/dev/mapper/ig-p bs=64k count=4 seek=8 oflag=direct status=none
+check "ignored: remove the primary" dm_remove ig-p
+wait $FAKE
+check_match "ignored: the stand-in got the writes and one marker" 'frames by type .*\(6, 1\)' "$(cat "$IMG_DIR/fake-sec.out")"
+
+# --- item 6: a resync interrupted before the secondary saw it begin ---------------------------------
+# The link (tests/guest/replpeer.py cut) is cut under the primary, writes make regions dirty,
+# then the reconnection is cut right as the first RESYNC_WRITE goes out (the secondary never
+# applies it, so it stays a consistent image and says so). On the next connection, new writes
+# must not reach the secondary before a resync frame: it would apply them on a device that
+# calls itself consistent but lacks earlier acknowledged writes. (Before the fix the primary
+# kept its stale "resyncing" flag and sent writes at once.)
+PD=$(loopdev st-p "$MB"); SD=$(loopdev st-s "$MB"); S=$(sectors "$PD")
+PORT=$((PORT + 1)); CUT_PORT=$((PORT + 50))
+CUT_DIR=$IMG_DIR/cut; rm -rf "$CUT_DIR"; mkdir -p "$CUT_DIR"
+check "stale: secondary" node_exec B dmsetup create st-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 0"
+node_exec B python3 "$PEER" cut "$NODE_B_IP" "$CUT_PORT" "$NODE_B_IP" "$PORT" 60 "$CUT_DIR" >"$IMG_DIR/cut.out" 2>&1 &
+CUT=$!
+sleep 0.5
+check "stale: primary, through the link to cut" node_exec A dmsetup create st-p --table "0 $S repl primary $PD $NODE_B_IP:$CUT_PORT 0"
+check "stale: connected" connected st-p
+check "stale: replicate 2 MiB" dd if=/dev/urandom of=/dev/mapper/st-p bs=1M count=2 oflag=direct status=none
+check "stale: in sync" synced st-p
+touch "$CUT_DIR/cut"
+check "stale: the link is cut" wait_status st-p ' primary connecting ' 20
+check "stale: 2 MiB written meanwhile" dd if=/dev/urandom of=/dev/mapper/st-p bs=1M count=2 seek=8 oflag=direct status=none
+check_match "stale: dirty regions" '^[1-9][0-9]*$' "$(field st-p dirty_kb)"
+# A steady stream of writes across the next two connections.
+( end=$((SECONDS + 12)); i=0; while [ $SECONDS -lt $end ]; do
+    dd if=/dev/urandom of=/dev/mapper/st-p bs=4k count=1 seek=$((4096 + i % 2048)) oflag=direct status=none; i=$((i + 1)); done ) &
+WR=$!
+touch "$CUT_DIR/go"
+wait $WR
+check "stale: in sync at last" synced st-p 90
+check_match "stale: the secondary is consistent" ' data consistent ' "$(dmsetup status st-s)"
+check "stale: identical" same_data "$PD" "$SD"
+check "stale: remove" dm_remove st-p st-s
+touch "$CUT_DIR/done"; wait $CUT
+out=$(cat "$IMG_DIR/cut.out")
+check_match "stale: the reconnection was cut at its first resync frame, and another made" 'cut: reconnection: [0-9]+ WRITE frames before the first RESYNC_WRITE \(index [0-9]+ of [1-9][0-9]* frames\)' "$out"
+check_match "stale: no write reached the secondary before a resync frame ($out)" 'cut: reconnection: 0 WRITE frames before' "$out"
+
+nodes_down
+finish
