@@ -5,6 +5,7 @@
  */
 #include <crypto/hash.h>
 #include <linux/bio.h>
+#include <linux/blkdev.h>
 #include <linux/completion.h>
 #include <linux/highmem.h>
 #include <linux/net.h>
