@@ -128,7 +128,9 @@ impl Shared {
                     bio.submit_remapped();
                     return None;
                 }
-                WriteMap::NoSpace => return Some(bio),
+                // Out of room, or the block holds MAX_VERSIONS versions (ordered mode, or a
+                // checkpoint, keeps one per epoch): wait for writeback, which `due` makes run.
+                WriteMap::NoSpace | WriteMap::TooManyVersions => return Some(bio),
                 WriteMap::Busy => {
                     drop(g);
                     sleep_ms(1);

@@ -41,8 +41,9 @@ impl Shared {
         } else if pct < u64::from(g.low) || g.low == 0 && pct == 0 {
             g.wb_active = false;
         }
-        // No free block left: writes are waiting for space, whatever the watermarks say.
-        if c.free == 0 || self.drains.load(Ordering::Relaxed) > 0 || g.mode == CacheMode::Writethrough {
+        // No free block left, or a block at its version bound: writes are waiting for
+        // writeback, whatever the watermarks say.
+        if c.free == 0 || g.ix.needs_writeback_now() || self.drains.load(Ordering::Relaxed) > 0 || g.mode == CacheMode::Writethrough {
             return Some((None, MAX_WB_BATCH));
         }
         if g.wb_active {
