@@ -23,10 +23,10 @@ impl Shared {
         }
         let (id, saved_mode) = {
             let mut g = self.inner.lock();
-            let refuse = if g.suspending {
-                Some(("the device is being suspended", EBUSY))
-            } else if !g.loaded || self.stop.load(Ordering::SeqCst) {
+            let refuse = if !g.loaded || self.stop.load(Ordering::SeqCst) {
                 Some(("the device is suspended (or was never resumed)", EBUSY))
+            } else if g.suspending {
+                Some(("the device is being suspended", EBUSY))
             } else if g.cp.is_some() {
                 Some(("another checkpoint is in progress", EBUSY))
             } else if self.failed() {
