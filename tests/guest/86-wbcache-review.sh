@@ -4,7 +4,9 @@
 #   - flush rule: a write to the origin alone that completes after one flush from above is made
 #     durable by the next one (dm-log-writes shows it followed by a FLUSH);
 #   - a checkpoint cannot start once a suspend has begun (presuspend);
-#   - `checkpoint writethrough` is refused on an ordered cache.
+#   - `checkpoint writethrough` is refused on an ordered cache;
+#   - a block holds at most 16 versions (ordered mode, a flush after every write), a crafted
+#     image naming one block everywhere is refused, a million-block cache formats and loads.
 . "$(dirname "$0")/lib.sh"
 
 LOGREPLAY=$WBREPL_ROOT/tests/logreplay.py
@@ -131,6 +133,99 @@ out=$(dmsetup message ow-wb 0 checkpoint ordered 2>&1)
 check_match "ordered: checkpoint ordered works" '^id [0-9]+ mode ordered ' "$out"
 out=$(dmsetup message ow-wb 0 checkpoint hold 2>&1)
 check_match "ordered: checkpoint hold works" '^id [0-9]+ mode hold ' "$out"
+cleanup_dm
+
+# --- item 2: a block's versions are bounded; load and format go in bounded steps -------------------
+# In ordered mode every flush closes the epoch and a rewritten block keeps one version per epoch:
+# `pwrite 4K@0; fdatasync` in a loop made one chain of half the cache, walked in end_io with
+# interrupts off. Now a block holds at most 16 versions: a write beyond waits for writeback.
+O=$(loopdev vc-origin 64); C=$(loopdev vc-cache 16)
+S=$(sectors "$O")
+N=${WBREPL_VERSION_LOOP:-3000}
+check "versions: an ordered cache" dmsetup create vc-wb --table "0 $((S - 8)) wbcache $O $C 4096 2 mode ordered"
+rewrite_loop() {
+  python3 - "$1" <<'EOF2'
+import mmap, os, sys, time
+n = int(sys.argv[1])
+fd = os.open("/dev/mapper/vc-wb", os.O_RDWR | os.O_DIRECT)
+m = mmap.mmap(-1, 4096)
+t0 = time.monotonic()
+for i in range(n):
+    m[0:8] = i.to_bytes(8, "little")
+    os.pwrite(fd, m, 0)
+    os.fdatasync(fd)
+print("%d rewrites + fdatasync in %.1f s" % (n, time.monotonic() - t0))
+os.preadv(fd, [m], 0)
+sys.exit(0 if int.from_bytes(m[0:8], "little") == n - 1 else "block 0 does not hold the last write")
+EOF2
+}
+check "versions: $N rewrites of block 0, each followed by fdatasync (a new epoch each)" rewrite_loop "$N"
+dirty=$(field vc-wb dirty)
+check "versions: block 0 holds at most 16 versions (dirty $dirty; before: about half the cache)" test "$dirty" -le 16
+check_match "versions: the epochs went by ($(field vc-wb epoch))" '^[0-9]{4,}$' "$(field vc-wb epoch)"
+dmesg_mark
+t0=$(date +%s%N)
+check "versions: reload (the new table loads the metadata)" bash -c \
+  "dmsetup reload vc-wb --table '0 $((S - 8)) wbcache $O $C 4096 2 mode ordered' && dmsetup suspend vc-wb && dmsetup resume vc-wb"
+check "versions: ...in under 10 s ($((($(date +%s%N) - t0) / 1000000)) ms)" test $((($(date +%s%N) - t0) / 1000000)) -lt 10000
+check_match "versions: ...with the dirty versions" "loaded commit [0-9]+: $dirty dirty blocks" "$(dmesg_since)"
+check "versions: the data is there" bash -c "python3 -c \"
+import os, mmap
+fd = os.open('/dev/mapper/vc-wb', os.O_RDONLY | os.O_DIRECT); m = mmap.mmap(-1, 4096); os.preadv(fd, [m], 0)
+raise SystemExit(0 if int.from_bytes(m[0:8], 'little') == $N - 1 else 1)\""
+check_eq "versions: flush" flushed "$(dmsetup message vc-wb 0 flush)"
+cleanup_dm
+
+# A crafted cache device, well checksummed, whose every entry is a dirty version of block 7: the
+# load refuses it (more than 32 versions of a block) instead of building one chain of the whole
+# cache with interrupts off (before: loaded, in O(n^2)).
+O=$(loopdev fc-origin 64); C=$(loopdev fc-cache 16)
+S=$(sectors "$O")
+check "crafted: format a cache device" bash -c "dmsetup create fc-wb --table '0 $((S - 8)) wbcache $O $C 4096 0' && dmsetup remove fc-wb"
+craft() {
+  python3 - "$1" <<'EOF2'
+import os, struct, sys
+sys.path.insert(0, os.environ["WBREPL_ROOT"] + "/tests/guest")
+from replfuzz import crc32c
+dev = sys.argv[1]
+with open(dev, "r+b", buffering=0) as f:
+    sb = bytearray(f.read(512))
+    nr = struct.unpack_from("<Q", sb, 24)[0]
+    struct.pack_into("<Q", sb, 56, 1)                       # seq 1: the entries' commit
+    struct.pack_into("<I", sb, 508, crc32c(bytes(sb[:508])))
+    f.seek(4096)                                            # copy 1 (seq & 1)
+    f.write(bytes(sb))
+    table = bytearray()
+    for i in range(nr):
+        e = struct.pack("<QQI", 7, 1, 1 + i) + bytes([1]) + bytes(7)
+        table += e + struct.pack("<I", crc32c(struct.pack("<Q", i) + e))
+    f.seek(8192)
+    f.write(bytes(table))
+    os.fsync(f.fileno())
+print("%d entries, all block 7" % nr)
+EOF2
+}
+check "crafted: every entry a dirty version of block 7" craft "$C"
+dmesg_mark
+t0=$(date +%s%N)
+check_fails "crafted: the cache is refused" dmsetup create fc-wb --table "0 $((S - 8)) wbcache $O $C 4096 0"
+check "crafted: ...at once ($((($(date +%s%N) - t0) / 1000000)) ms)" test $((($(date +%s%N) - t0) / 1000000)) -lt 10000
+check_match "crafted: ...saying why" 'cannot use the cache device: metadata entry 3[0-9]: Cache metadata has more than 32 versions of one block' "$(dmesg_since)"
+dmsetup remove fc-wb 2>/dev/null
+cleanup_dm
+
+# A cache of over a million blocks (512-byte blocks on a 600 MiB device) formats and loads: both
+# run in bounded holds of the index lock (the soft-lockup detector is on in the guest kernel).
+O=$(loopdev mb-origin 64); C=$(loopdev mb-cache 600)
+S=$(sectors "$O")
+dmesg_mark
+check "million: format" dmsetup create mb-wb --table "0 $((S - 8)) wbcache $O $C 512 0"
+blocks=$(field mb-wb blocks)
+check "million: ...over a million blocks ($blocks)" test "$blocks" -gt 1000000
+check "million: some dirty blocks" dd if=/dev/urandom of=/dev/mapper/mb-wb bs=64k count=32 oflag=direct conv=fsync status=none
+check "million: remove and load" bash -c "dmsetup remove mb-wb && dmsetup create mb-wb --table '0 $((S - 8)) wbcache $O $C 512 0'"
+check_match "million: the dirty blocks are back" 'loaded commit [0-9]+: 4096 dirty blocks' "$(dmesg_since)"
+check "million: remove" dmsetup remove mb-wb
 cleanup_dm
 
 finish
