@@ -45,6 +45,12 @@ use kernel::workqueue::{impl_has_work, new_work, Work, WorkItem};
 const FRAME_OFF: usize = DATA_OFF - WRITE_FIXED as usize;
 /// Handshake step timeout.
 const HANDSHAKE_MS: u32 = 5000;
+/// Handshakes run at once, each by its own worker accepting on the listening socket: a peer that
+/// holds a connection open without completing its handshake (for up to `HANDSHAKE_MS`) keeps one
+/// worker busy, not the listener, so a real primary still connects in time.
+const HANDSHAKERS: usize = 4;
+/// Connections the kernel queues for accepting.
+const BACKLOG: u32 = 16;
 /// Nothing received for this long (the primary pings every few seconds): the session is dead.
 const DEAD_MS: u32 = 15000;
 /// Receive buffers: writes of up to `SMALL_DATA` bytes (the 4 KiB writes of a random workload)
@@ -366,9 +372,9 @@ pub(crate) struct Secondary {
     active: Mutex<Option<Arc<Peer>>>,
     #[pin]
     listener: Mutex<Option<Arc<Socket>>>,
-    /// The connection whose handshake the listener is running.
+    /// The connections whose handshakes the workers are running (one slot per worker).
     #[pin]
-    handshaking: Mutex<Option<Arc<Socket>>>,
+    handshaking: Mutex<[Option<Arc<Socket>>; HANDSHAKERS]>,
     /// Asynchronous writes to `data`, with the frames in flight (`Pipe`).
     #[pin]
     aio: AsyncWriter<Pipe>,
@@ -398,12 +404,22 @@ pub(crate) struct Secondary {
     w_apply: Work<Secondary, 1>,
     #[pin]
     w_ack: Work<Secondary, 2>,
+    /// The other handshake workers (`w_listen` is the first).
+    #[pin]
+    w_hs1: Work<Secondary, 3>,
+    #[pin]
+    w_hs2: Work<Secondary, 4>,
+    #[pin]
+    w_hs3: Work<Secondary, 5>,
 }
 
 impl_has_work! {
     impl HasWork<Self, 0> for Secondary { self.w_listen }
     impl HasWork<Self, 1> for Secondary { self.w_apply }
     impl HasWork<Self, 2> for Secondary { self.w_ack }
+    impl HasWork<Self, 3> for Secondary { self.w_hs1 }
+    impl HasWork<Self, 4> for Secondary { self.w_hs2 }
+    impl HasWork<Self, 5> for Secondary { self.w_hs3 }
 }
 
 impl WorkItem<0> for Secondary {
@@ -424,6 +440,27 @@ impl WorkItem<2> for Secondary {
     type Pointer = Arc<Secondary>;
     fn run(this: Arc<Secondary>) {
         this.run_acker();
+    }
+}
+
+impl WorkItem<3> for Secondary {
+    type Pointer = Arc<Secondary>;
+    fn run(this: Arc<Secondary>) {
+        this.run_handshaker(1);
+    }
+}
+
+impl WorkItem<4> for Secondary {
+    type Pointer = Arc<Secondary>;
+    fn run(this: Arc<Secondary>) {
+        this.run_handshaker(2);
+    }
+}
+
+impl WorkItem<5> for Secondary {
+    type Pointer = Arc<Secondary>;
+    fn run(this: Arc<Secondary>) {
+        this.run_handshaker(3);
     }
 }
 
@@ -448,7 +485,7 @@ impl Secondary {
         }
         let ring = Ring { slots, head: 0, len: 0, writing: 0, failed: false, stray: None };
         let client = IoClient::new()?;
-        let wq_listen = WorkQueue::new(kernel::c_str!("repl_listen"), 1, true)?;
+        let wq_listen = WorkQueue::new(kernel::c_str!("repl_listen"), HANDSHAKERS as i32, false)?;
         let wq_apply = WorkQueue::new(kernel::c_str!("repl_apply"), 1, true)?;
         let wq_ack = WorkQueue::new(kernel::c_str!("repl_ack"), 1, true)?;
         Arc::pin_init(
@@ -476,7 +513,7 @@ impl Secondary {
                 pending <- new_mutex!(None),
                 active <- new_mutex!(None),
                 listener <- new_mutex!(None),
-                handshaking <- new_mutex!(None),
+                handshaking <- new_mutex!([const { None }; HANDSHAKERS]),
                 aio <- AsyncWriter::new(
                     client,
                     data,
@@ -500,6 +537,9 @@ impl Secondary {
                 w_listen <- new_work!("repl::listen"),
                 w_apply <- new_work!("repl::apply"),
                 w_ack <- new_work!("repl::ack"),
+                w_hs1 <- new_work!("repl::handshake1"),
+                w_hs2 <- new_work!("repl::handshake2"),
+                w_hs3 <- new_work!("repl::handshake3"),
             }),
             GFP_KERNEL,
         )
@@ -509,6 +549,9 @@ impl Secondary {
         let _ = this.wq_listen.enqueue::<Arc<Secondary>, 0>(this.clone());
         let _ = this.wq_apply.enqueue::<Arc<Secondary>, 1>(this.clone());
         let _ = this.wq_ack.enqueue::<Arc<Secondary>, 2>(this.clone());
+        let _ = this.wq_listen.enqueue::<Arc<Secondary>, 3>(this.clone());
+        let _ = this.wq_listen.enqueue::<Arc<Secondary>, 4>(this.clone());
+        let _ = this.wq_listen.enqueue::<Arc<Secondary>, 5>(this.clone());
     }
 
     /// Stops both workers and closes every socket; returns once the workers have returned.
@@ -517,7 +560,7 @@ impl Secondary {
         if let Some(l) = this.listener.lock().clone() {
             l.shutdown();
         }
-        if let Some(h) = this.handshaking.lock().clone() {
+        for h in this.handshaking.lock().iter().flatten() {
             h.shutdown();
         }
         if let Some(p) = this.active.lock().clone() {
@@ -646,13 +689,14 @@ impl Secondary {
         self.listener.lock().is_some()
     }
 
+    /// The first handshake worker: opens the listening socket, then accepts like the others.
     fn run_listener(&self) {
         let mut logged = false;
         let l = loop {
             if self.stop.load(Ordering::Acquire) {
                 return;
             }
-            match Socket::listen(&self.ns, self.addr, 4) {
+            match Socket::listen(&self.ns, self.addr, BACKLOG) {
                 Ok(l) => break l,
                 Err(e) => {
                     // For example the address is still held by the table being replaced.
@@ -667,16 +711,32 @@ impl Secondary {
         };
         let Ok(l) = Arc::new(l, GFP_KERNEL) else { return };
         *self.listener.lock() = Some(l.clone());
-        if self.stop.load(Ordering::Acquire) {
-            return;
-        }
+        self.accept_loop(&l, 0);
+    }
+
+    /// Handshake worker `k` (of `HANDSHAKERS`): once the listening socket is open, accepts on it.
+    fn run_handshaker(&self, k: usize) {
+        let l = loop {
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if let Some(l) = self.listener.lock().clone() {
+                break l;
+            }
+            sleep_ms(100);
+        };
+        self.accept_loop(&l, k);
+    }
+
+    /// Accepts connections and runs their handshakes, one at a time (the other workers run
+    /// theirs meanwhile); a primary that completes one becomes the session to serve.
+    fn accept_loop(&self, l: &Socket, k: usize) {
         while !self.stop.load(Ordering::Acquire) {
             let s = match l.accept(1000) {
                 Ok(s) => s,
                 Err(e) if is_timeout(&e) => continue,
                 Err(_) => {
-                    self.listen_wake.reinit();
-                    self.listen_wake.wait_timeout_ms(100);
+                    sleep_ms(100);
                     continue;
                 }
             };
@@ -684,13 +744,17 @@ impl Secondary {
             s.set_timeouts(HANDSHAKE_MS, HANDSHAKE_MS);
             let Ok(s) = Arc::new(s, GFP_KERNEL) else { continue };
             // Published, so that removing the target can cut a handshake short.
-            *self.handshaking.lock() = Some(s.clone());
+            if let Some(slot) = self.handshaking.lock().get_mut(k) {
+                *slot = Some(s.clone());
+            }
             if self.stop.load(Ordering::Acquire) {
                 s.shutdown();
             }
             let inconsistent = !self.consistent.load(Ordering::Acquire);
             let r = link::handshake(&s, wire::Role::Secondary, self.sectors, self.key.as_ref(), inconsistent, HANDSHAKE_MS);
-            *self.handshaking.lock() = None;
+            if let Some(slot) = self.handshaking.lock().get_mut(k) {
+                *slot = None;
+            }
             match r {
                 Ok(session) => {
                     s.set_timeouts(DEAD_MS, DEAD_MS);
@@ -698,9 +762,15 @@ impl Secondary {
                     // An authenticated primary replaces the current session (say, after it
                     // restarted while this side still had the old connection open). Only the
                     // session active before this one is published is shut down: the applier
-                    // may take the new one at once.
+                    // may take the new one at once. Under the `pending` lock, so that two
+                    // handshakes completing together publish one after the other.
+                    let mut pending = self.pending.lock();
                     let old = self.active.lock().clone();
-                    *self.pending.lock() = Some(p);
+                    if let Some(prev) = pending.replace(p) {
+                        // Published but not yet taken: replaced by this one.
+                        prev.sock.shutdown();
+                    }
+                    drop(pending);
                     if let Some(a) = old {
                         a.sock.shutdown();
                     }

@@ -9,7 +9,8 @@
 #     `wbrepl checkpoint --wait` fails and says why (before, it reported success);
 #   - item 9: the primary asks for stable pages (stable_writes);
 #   - item 6: after a resync interrupted before the secondary saw it begin, a reconnection
-#     sends no write before a resync frame.
+#     sends no write before a resync frame;
+#   - item 13: peers holding handshakes open do not keep a real primary from connecting.
 . "$(dirname "$0")/lib.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 PEER=$here/replpeer.py
@@ -151,6 +152,46 @@ touch "$CUT_DIR/done"; wait $CUT
 out=$(cat "$IMG_DIR/cut.out")
 check_match "stale: the reconnection was cut at its first resync frame, and another made" 'cut: reconnection: [0-9]+ WRITE frames before the first RESYNC_WRITE \(index [0-9]+ of [1-9][0-9]* frames\)' "$out"
 check_match "stale: no write reached the secondary before a resync frame ($out)" 'cut: reconnection: 0 WRITE frames before' "$out"
+
+# --- item 13: peers holding handshakes open do not keep a real primary out -------------------------
+# Three peers connect and send nothing, again and again (each holds a handshake until the
+# secondary's 5 s deadline). Before, the secondary ran one handshake at a time: a real primary
+# waited behind them past its own handshake deadline, again and again. Now several run at once.
+PD=$(loopdev hs-p "$MB"); SD=$(loopdev hs-s "$MB"); S=$(sectors "$PD")
+PORT=$((PORT + 1))
+check "handshakes: secondary" node_exec B dmsetup create hs-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 0"
+node_exec A python3 - "$NODE_B_IP" "$PORT" 20 >"$IMG_DIR/holders.out" 2>&1 <<'EOF' &
+import socket, sys, threading, time
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + secs
+held = []
+def hold():
+    while time.monotonic() < end:
+        try:
+            s = socket.create_connection((host, port), timeout=2)
+            held.append(1)
+            s.settimeout(10)
+            s.recv(1)  # nothing sent: the secondary gives up at its handshake deadline
+            s.close()
+        except OSError:
+            time.sleep(0.05)
+ts = [threading.Thread(target=hold) for _ in range(3)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+print("holders: %d connections held open" % len(held))
+EOF
+HOLD=$!
+sleep 2
+check "handshakes: a real primary, while 3 peers hold handshakes open" node_exec A dmsetup create hs-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 0"
+check "handshakes: ...connects within 10 s" connected hs-p 10
+check "handshakes: ...and replicates" dd if=/dev/urandom of=/dev/mapper/hs-p bs=64k count=16 oflag=direct status=none
+check "handshakes: in sync" synced hs-p 30
+wait $HOLD
+check_match "handshakes: the peers held connections open all along" 'holders: ([6-9]|[1-9][0-9]+) connections held open' "$(cat "$IMG_DIR/holders.out")"
+check "handshakes: identical" same_data "$PD" "$SD"
+check "handshakes: remove" dm_remove hs-p hs-s
 
 nodes_down
 finish
