@@ -1622,6 +1622,33 @@ mod tests {
         assert_eq!(ix.counts().free, 3);
     }
 
+    /// Block 5: version `a` committed; then `b`, in the next epoch, in flight at a barrier and
+    /// complete before that commit's images are written (part of it; `a` is released after the
+    /// barrier); `b` written back (the origin holds it) and committed. Returns `(a, b, the last
+    /// commit's sequence number)`.
+    fn superseded_and_written_back(
+        ix: &mut Ix,
+        disk: &mut [Entry; 4],
+        commit: &mut dyn FnMut(&mut Ix, &mut [Entry; 4]) -> u64,
+    ) -> (u32, u32, u64) {
+        let WriteMap::Slot(a) = ix.map_write(5, true) else { panic!() };
+        ix.write_done(a, true);
+        commit(ix, disk);
+        ix.close_epoch();
+        let WriteMap::Slot(b) = ix.map_write(5, true) else { panic!() };
+        let k = ix.barrier();
+        ix.write_done(b, true);
+        for i in 0..4 {
+            disk[i as usize] = ix.image(i);
+        }
+        ix.commit_done(k, true);
+        let mut out = [0u32; 4];
+        assert_eq!(ix.select_writeback(&mut out, None), 1);
+        assert_eq!(out[0], b);
+        ix.writeback_done(b, true);
+        (a, b, commit(ix, disk))
+    }
+
     /// Found by the model test: a commit that tears between the marks of an old version
     /// (superseded) and a newer one (written back) must not bring the old version back.
     #[test]
@@ -1640,24 +1667,7 @@ mod tests {
             }
             k
         };
-        let WriteMap::Slot(a) = ix.map_write(5, true) else { panic!() };
-        ix.write_done(a, true);
-        commit(&mut ix, &mut disk, &|_| true, true);
-        ix.close_epoch();
-        let WriteMap::Slot(b) = ix.map_write(5, true) else { panic!() };
-        // b is in flight at the barrier and completes before the images are written: it is
-        // part of this commit, and a is released after the barrier.
-        let k = ix.barrier();
-        ix.write_done(b, true);
-        for i in 0..4 {
-            disk[i as usize] = ix.image(i);
-        }
-        ix.commit_done(k, true);
-        let mut out = [0u32; 4];
-        assert_eq!(ix.select_writeback(&mut out, None), 1);
-        assert_eq!(out[0], b);
-        ix.writeback_done(b, true); // the origin holds b's data now
-        let sb_seq = commit(&mut ix, &mut disk, &|_| true, true);
+        let (_, b, sb_seq) = superseded_and_written_back(&mut ix, &mut disk, &mut |ix, d| commit(ix, d, &|_| true, true));
         // The commit marking a and b tears: only b's sector lands.
         commit(&mut ix, &mut disk, &|i| i == b, false);
         let mut fresh = index(4);
@@ -1888,7 +1898,7 @@ mod tests {
     fn a_tombstone_that_discarded_a_version_outlives_it() {
         let mut ix = index(4);
         let mut disk = [Entry::free(0); 4];
-        let commit = |ix: &mut Ix, disk: &mut [Entry; 4]| {
+        let mut commit = |ix: &mut Ix, disk: &mut [Entry; 4]| {
             let k = ix.barrier();
             for i in 0..4 {
                 disk[i as usize] = ix.image(i);
@@ -1896,23 +1906,7 @@ mod tests {
             ix.commit_done(k, true);
             k
         };
-        let WriteMap::Slot(a) = ix.map_write(5, true) else { panic!() };
-        ix.write_done(a, true);
-        commit(&mut ix, &mut disk);
-        ix.close_epoch();
-        // b completes after the barrier (its commit waits for it): a is released after it.
-        let WriteMap::Slot(b) = ix.map_write(5, true) else { panic!() };
-        let k = ix.barrier();
-        ix.write_done(b, true);
-        for i in 0..4 {
-            disk[i as usize] = ix.image(i);
-        }
-        ix.commit_done(k, true);
-        let mut out = [0u32; 4];
-        assert_eq!(ix.select_writeback(&mut out, None), 1);
-        assert_eq!(out[0], b);
-        ix.writeback_done(b, true); // the origin holds b
-        let sb_seq = commit(&mut ix, &mut disk);
+        let (a, b, sb_seq) = superseded_and_written_back(&mut ix, &mut disk, &mut commit);
         // The commit marking a and b tears: only b's tombstone lands. Crash.
         let _ = ix.barrier();
         disk[b as usize] = ix.image(b);
