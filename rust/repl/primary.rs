@@ -129,6 +129,20 @@ struct State {
     /// lost them from its volatile cache).
     unst_old: DirtyMap<KVVec<u64>>,
     unst_new: DirtyMap<KVVec<u64>>,
+    /// A third map, clean unless `spare_dirty`: when the barrier that makes `unst_old` durable
+    /// retires (in any context, also hard IRQ), the two are swapped (O(1)) and the sender clears
+    /// the stale one in bounded pieces. No work over the whole bitmap with interrupts off.
+    unst_spare: DirtyMap<KVVec<u64>>,
+    /// `unst_spare` holds stale regions; the sender clears its words from `spare_pos` on.
+    spare_dirty: bool,
+    spare_pos: usize,
+    /// A durability barrier retired while `unst_spare` was not clean yet: `unst_old`, durable
+    /// by now, is swapped out once it is (until then it only counts regions as not yet durable
+    /// that are: a disconnection meanwhile resyncs them for nothing).
+    durable_pending: bool,
+    /// A bitmap save is taking its snapshot (`save_meta`): nothing retires and no resync frame
+    /// is sent meanwhile, so no region moves between the maps and the window under it.
+    saving: bool,
     /// The flush barrier in flight that will make `unst_old` durable.
     flush_seq: Option<u64>,
     /// Writes were sent since the last flush barrier.
@@ -147,6 +161,10 @@ impl State {
     /// everything before it durable; the resync-done barrier ends the resync. Returns the write
     /// data bytes retired.
     fn retire(&mut self, marker_acked: &AtomicU64) -> u64 {
+        if self.saving {
+            // Retired once the snapshot is taken (`save_meta`).
+            return 0;
+        }
         let State { win, resyncing, resync_done_seq, unst_old, unst_new, flush_seq, marker_unacked, .. } = self;
         let mut bytes = 0;
         let mut durable = false;
@@ -181,28 +199,43 @@ impl State {
             }
         });
         if durable {
-            self.unst_old.clear_all();
             self.flush_seq = None;
+            if self.spare_dirty {
+                self.durable_pending = true;
+            } else {
+                self.swap_out_old();
+            }
         }
         bytes
     }
 
-    /// A flush barrier `seq` was just pushed: if none is in flight, it is the one that makes
-    /// what was applied so far durable.
+    /// `unst_old` is durable at the secondary: a clean map takes its place (O(1)); the sender
+    /// clears the old one in pieces (`Primary::clear_spare`).
+    fn swap_out_old(&mut self) {
+        core::mem::swap(&mut self.unst_old, &mut self.unst_spare);
+        self.spare_dirty = self.unst_spare.count() > 0;
+        self.spare_pos = 0;
+        self.durable_pending = false;
+    }
+
+    /// A flush barrier `seq` was just pushed: if none is in flight (and `unst_old` is empty),
+    /// it is the one that makes what was applied so far durable: `unst_new` becomes `unst_old`
+    /// by a swap (O(1), interrupts are off). Otherwise it is not tracked; a later one will be.
     fn flush_pushed(&mut self, seq: u64) {
         self.unflushed = false;
-        if self.flush_seq.is_none() {
+        if self.flush_seq.is_none() && !self.durable_pending && self.unst_old.count() == 0 {
             let State { unst_old, unst_new, .. } = self;
-            unst_old.merge(unst_new);
-            unst_new.clear_all();
+            core::mem::swap(unst_old, unst_new);
             self.flush_seq = Some(seq);
         }
     }
 
     /// The connection is gone: every frame not known durable at the secondary marks its
-    /// regions dirty. Returns the bios that were waiting for the network.
+    /// regions dirty (those in the window here; those of `unst_old` and `unst_new` are moved
+    /// by the caller in pieces, [`Primary::fold_unstable`], holding `bitmap_lock`). Returns the
+    /// bios that were waiting for the network.
     fn drain(&mut self, done: &mut BioList<PerBio>) {
-        let State { win, dirty, unst_old, unst_new, .. } = self;
+        let State { win, dirty, .. } = self;
         win.drain(|mut e| {
             if matches!(e.kind, Kind::Write | Kind::Resync) {
                 dirty.mark(e.sector, u64::from(e.sectors));
@@ -211,10 +244,9 @@ impl State {
                 done.push(b);
             }
         });
-        dirty.merge(unst_old);
-        dirty.merge(unst_new);
-        unst_old.clear_all();
-        unst_new.clear_all();
+        // `unst_old` is folded into `dirty` whatever it holds (durable or not): no swap of it
+        // while that goes on.
+        self.durable_pending = false;
         self.flush_seq = None;
         self.unflushed = false;
         self.gen = 0;
@@ -373,6 +405,7 @@ impl Primary {
         let nw = DirtyMap::<KVVec<u64>>::words_for(sectors, REGION_SHIFT);
         let unst_old = DirtyMap::new(KVVec::from_elem(0u64, nw, GFP_KERNEL)?, sectors, REGION_SHIFT).ok_or(EINVAL)?;
         let unst_new = DirtyMap::new(KVVec::from_elem(0u64, nw, GFP_KERNEL)?, sectors, REGION_SHIFT).ok_or(EINVAL)?;
+        let unst_spare = DirtyMap::new(KVVec::from_elem(0u64, nw, GFP_KERNEL)?, sectors, REGION_SHIFT).ok_or(EINVAL)?;
         let st = State {
             incoming: BioList::new(),
             win: Window::new(slots, 1),
@@ -387,6 +420,11 @@ impl Primary {
             acked_seq: 0,
             unst_old,
             unst_new,
+            unst_spare,
+            spare_dirty: false,
+            spare_pos: 0,
+            durable_pending: false,
+            saving: false,
             flush_seq: None,
             unflushed: false,
             marker_req: None,
@@ -570,6 +608,51 @@ impl Primary {
         }
     }
 
+    /// Ends a bitmap snapshot (`saving`): what was acknowledged meanwhile retires now.
+    fn end_saving(&self) {
+        let bytes = {
+            let mut g = self.st.lock();
+            g.saving = false;
+            g.retire(&self.stats.marker_acked)
+        };
+        self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
+        self.wake.complete();
+    }
+
+    /// Clears the stale spare map (see `State::unst_spare`), a bounded piece per lock hold;
+    /// then swaps out a durable `unst_old` that waited for it. Process context (the sender).
+    fn clear_spare(&self) {
+        loop {
+            let mut g = self.st.lock();
+            if !g.spare_dirty {
+                return;
+            }
+            let (from, words) = (g.spare_pos, g.unst_spare.word_count());
+            g.unst_spare.clear_words(from, BITMAP_STEP);
+            g.spare_pos = from + BITMAP_STEP;
+            if g.spare_pos >= words {
+                g.spare_dirty = false;
+                if g.durable_pending {
+                    g.swap_out_old();
+                }
+            }
+        }
+    }
+
+    /// After a disconnection drained the window (`State::drain`): every region applied but not
+    /// known durable at the secondary becomes dirty, a bounded piece per lock hold. The caller
+    /// holds `bitmap_lock`; the maps are not otherwise touched meanwhile (no connection: nothing
+    /// retires or is pushed).
+    fn fold_unstable(&self) {
+        let words = self.st.lock().dirty.word_count();
+        for piece in (0..words).step_by(BITMAP_STEP) {
+            let mut g = self.st.lock();
+            let State { dirty, unst_old, unst_new, .. } = &mut *g;
+            dirty.take_words(unst_old, piece, BITMAP_STEP);
+            dirty.take_words(unst_new, piece, BITMAP_STEP);
+        }
+    }
+
     fn save_meta(&self, meta: &Device) -> Result {
         let _b = self.bitmap_lock.lock();
         let mut buf = self.meta_buf.lock();
@@ -577,7 +660,17 @@ impl Primary {
         let bitmap = &mut buf[SUPER_BYTES..];
         bitmap.fill(0);
         let rs = 1u64 << REGION_SHIFT;
-        let words = self.st.lock().dirty.word_count();
+        // A consistent snapshot, though taken in pieces: while `saving`, no frame retires from
+        // the window (an acknowledgement between the copy of a region's word and the window
+        // scan below would otherwise move it from the window to a map already copied, and save
+        // it clean though it may not be durable at the secondary) and no resync frame is sent
+        // (which clears dirty bits and fills the window). Disconnections and new connections
+        // wait for `bitmap_lock`.
+        let words = {
+            let mut g = self.st.lock();
+            g.saving = true;
+            g.dirty.word_count()
+        };
         let mut i = 0;
         while i < words {
             // A bounded piece per lock hold (interrupts are off while it is held).
@@ -608,6 +701,7 @@ impl Primary {
                 }
             });
         }
+        self.end_saving();
         let bytes = geom.device_bytes() as usize - SUPER_BYTES;
         self.dmio.write(
             &[Region { dev: meta, sector: (SUPER_BYTES / 512) as u64, sectors: (bytes / 512) as u64 }],
@@ -838,12 +932,20 @@ impl Primary {
             if all {
                 self.mark_all_dirty();
             }
-            let mut g = self.st.lock();
-            if !g.win.is_empty() {
-                // Cannot happen (a disconnection drains before the connector may connect),
-                // but never drop frames that were not confirmed.
-                g.drain(&mut done);
+            let drained = {
+                let mut g = self.st.lock();
+                let d = !g.win.is_empty();
+                if d {
+                    // Cannot happen (a disconnection drains before the connector may connect),
+                    // but never drop frames that were not confirmed.
+                    g.drain(&mut done);
+                }
+                d
+            };
+            if drained {
+                self.fold_unstable();
             }
+            let mut g = self.st.lock();
             g.win.reset(first_seq);
             g.gen = c.gen;
             g.ahead = false;
@@ -899,9 +1001,16 @@ impl Primary {
             // Drained before `conn` is cleared: until then the connector cannot install (and
             // reset the window for) a new connection.
             let _b = self.bitmap_lock.lock();
-            let mut g = self.st.lock();
-            if g.gen == c.gen {
-                g.drain(&mut done);
+            let drained = {
+                let mut g = self.st.lock();
+                let ours = g.gen == c.gen;
+                if ours {
+                    g.drain(&mut done);
+                }
+                ours
+            };
+            if drained {
+                self.fold_unstable();
             }
         }
         {
@@ -928,6 +1037,7 @@ impl Primary {
         let mut since_resync = 0u32;
         loop {
             self.wake.reinit();
+            self.clear_spare();
             let conn = self.current().filter(|c| !c.dead.load(Ordering::Acquire));
             if let Some(c) = &conn {
                 if c.gen != gen {
@@ -1260,7 +1370,7 @@ impl Primary {
         let max_regions = u64::from(wire::MAX_DATA / 512) / rs;
         let (room, cursor) = {
             let mut g = self.st.lock();
-            if g.gen != c.gen {
+            if g.gen != c.gen || g.saving {
                 return Ok(false);
             }
             if g.ahead {
@@ -1471,6 +1581,10 @@ impl CloneDone<PerBio> for Primary {
                     }
                     let bytes = g.retire(&self.stats.marker_acked);
                     self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
+                    if g.spare_dirty {
+                        // A durable barrier retired here: the sender clears the stale map.
+                        self.wake.complete();
+                    }
                 }
             }
         }

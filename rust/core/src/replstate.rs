@@ -346,10 +346,36 @@ impl<W: DerefMut<Target = [u64]>> DirtyMap<W> {
         }
     }
 
-    /// Clears every region.
+    /// Clears every region. O(words) unless the map is clean: a caller with interrupts off uses
+    /// [`DirtyMap::clear_words`] in pieces instead.
     pub fn clear_all(&mut self) {
+        if self.count == 0 {
+            return;
+        }
         self.words.fill(0);
         self.count = 0;
+    }
+
+    /// Clears the regions of words `from..from + n` (a piece of [`DirtyMap::clear_all`]).
+    pub fn clear_words(&mut self, from: usize, n: usize) {
+        let end = from.saturating_add(n).min(self.word_count());
+        for w in self.words.get_mut(from..end).into_iter().flatten() {
+            self.count = self.count.saturating_sub(u64::from(w.count_ones()));
+            *w = 0;
+        }
+    }
+
+    /// Moves the regions of words `from..from + n` of `other` into this map (marked here,
+    /// cleared there): a piece of a merge followed by a clear of `other`.
+    pub fn take_words<V: DerefMut<Target = [u64]>>(&mut self, other: &mut DirtyMap<V>, from: usize, n: usize) {
+        let end = from.saturating_add(n).min(self.word_count()).min(other.word_count());
+        for i in from..end {
+            let w = other.word(i);
+            if w != 0 {
+                self.merge_word(i, w);
+                other.clear_words(i, 1);
+            }
+        }
     }
 
     /// Marks dirty every region dirty in `other` (same geometry; word by word).
@@ -562,4 +588,32 @@ mod tests {
             prop_assert_eq!(seen, model.into_iter().collect::<Vec<_>>());
         }
     }
+    #[test]
+    fn maps_clear_and_move_in_pieces() {
+        let sectors = 1u64 << 20;
+        let nw = DirtyMap::<Vec<u64>>::words_for(sectors, 7);
+        let mut a = DirtyMap::new(vec![0u64; nw], sectors, 7).unwrap();
+        let mut b = DirtyMap::new(vec![0u64; nw], sectors, 7).unwrap();
+        for s in [0u64, 128, 40_000, 500_000, (1 << 20) - 1] {
+            a.mark(s, 1);
+        }
+        b.mark(128, 256);
+        assert_eq!((a.count(), b.count()), (5, 2));
+        // A piece at a time, as a caller with interrupts off does.
+        for from in (0..nw).step_by(3) {
+            a.take_words(&mut b, from, 3);
+        }
+        assert_eq!((a.count(), b.count()), (6, 0));
+        assert!(a.is_dirty(1) && a.is_dirty(2) && a.is_dirty(312));
+        assert!((0..nw).all(|i| b.word(i) == 0));
+        for from in (0..nw).step_by(5) {
+            a.clear_words(from, 5);
+        }
+        assert_eq!(a.count(), 0);
+        assert!((0..nw).all(|i| a.word(i) == 0));
+        a.clear_words(nw, 10);
+        a.take_words(&mut b, nw + 1, usize::MAX);
+        assert_eq!(a.count(), 0);
+    }
+
 }
