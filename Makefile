@@ -71,15 +71,17 @@ guest-test: modules cli
 test: host-test guest-test
 
 # Longer campaigns: 200k cases of each property test (the wbindex crash model among them) and
-# 400 + 200 + 100 power-loss replay points.
+# 400 + 200 + 100 power-loss replay points, and 100 000 rewrites of one block with a flush after
+# each in ordered mode (86-wbcache-review.sh).
 test-long: export PROPTEST_CASES = 200000
 test-long: export WBREPL_PL_POINTS_BLOCK = 400
 test-long: export WBREPL_PL_POINTS_EXT4 = 100
 test-long: export WBREPL_PL_POINTS_FULL = 200
 test-long: export WBREPL_GUEST_TIMEOUT = 7200
+test-long: export WBREPL_VERSION_LOOP = 100000
 test-long:
 	cd $(ROOT) && cargo test --workspace --locked --release
-	$(MAKE) -C $(ROOT) guest-test TESTS="85-wbcache-powerloss.sh"
+	$(MAKE) -C $(ROOT) guest-test TESTS="85-wbcache-powerloss.sh 86-wbcache-review.sh"
 
 bench-wbcache: modules
 	$(ROOT)/qemu/run-guest.sh --logdir $(ROOT)/logs/bench-wbcache $(ROOT)/tests/bench/wbcache.sh

@@ -11,7 +11,8 @@
         connection 1 until DIR/cut exists; then every connection is closed at once until
         DIR/go exists; the next one is cut when the primary's first RESYNC_WRITE arrives (that
         frame is lost with the link: the secondary never sees the resync begin); later ones are
-        relayed whole, and the types of the primary's frames are recorded; ends when DIR/done
+        relayed whole, and the types of the primary's frames are recorded (DIR/recording is
+        created when that starts); ends when DIR/done
         exists (or after SECONDS). Prints "cut:
         reconnection: N WRITE frames before the first RESYNC_WRITE (index I of M frames)".
     replpeer.py fake-primary HOST PORT SECTORS
@@ -170,6 +171,7 @@ def cut(lhost, port, thost, tport, seconds, d):
             threading.Thread(target=lambda c=c, t=t: (relay_frames(c, t, lambda ty: ty != RESYNC), close(c, t)), daemon=True).start()
         else:
             act = 4
+            open(d + "/recording", "w").close()
 
             def rec(ty):
                 record.append(ty)
