@@ -3,19 +3,26 @@
 //! Devices a target maps to (`dm_get_device` / `dm_put_device`).
 
 use super::bindings;
+use super::target::Anchor;
 use core::fmt;
 use core::ptr::NonNull;
+use kernel::types::ARef;
 
 /// A device referenced by a table line, released when dropped.
 ///
+/// A `Device` may be moved anywhere (an `Arc` shared with work items, say), but the target's
+/// `dtr` waits until every `Device` of the target is dropped: keep them in the private data, or
+/// in work its `Drop` ends. Dropping one may sleep (`dm_put_device` takes the table's lock).
+///
 /// # Invariants
 ///
-/// `dev` was obtained from `dm_get_device(ti, ..)` and not yet put; `ti` is the target that
-/// got it. Devices are only created by [`super::target::CtrTarget::get_device`] and owned by
-/// the target's private data, which device-mapper drops (in `dtr`) before it frees `ti`.
+/// `dev` was obtained from `dm_get_device(ti, ..)` and not yet put, where `ti` is `anchor`'s
+/// target: the counted reference `anchor` keeps `ti` and its table from being freed (dmcore's
+/// `dtr` waits for it), so `dev` stays in the table's device list until `Drop` puts it.
+/// Devices are only created by [`super::target::CtrTarget::get_device`].
 pub struct Device {
     dev: NonNull<bindings::dm_dev>,
-    ti: NonNull<bindings::dm_target>,
+    anchor: ARef<Anchor>,
 }
 
 // SAFETY: a `dm_dev` reference may be used and released from any thread.
@@ -26,11 +33,11 @@ unsafe impl Sync for Device {}
 impl Device {
     /// # Safety
     ///
-    /// `dev` must come from a successful `dm_get_device(ti, ..)` whose reference is transferred
-    /// to the new object, and `ti` must outlive it (see the type invariants).
-    pub(crate) unsafe fn from_raw(dev: NonNull<bindings::dm_dev>, ti: NonNull<bindings::dm_target>) -> Self {
-        // INVARIANT: guaranteed by the caller.
-        Self { dev, ti }
+    /// `dev` must come from a successful `dm_get_device(ti, ..)`, where `ti` is `anchor`'s
+    /// target, whose reference is transferred to the new object.
+    pub(super) unsafe fn from_raw(dev: NonNull<bindings::dm_dev>, anchor: ARef<Anchor>) -> Self {
+        // INVARIANT: guaranteed by the caller; `anchor` keeps `ti` alive (see `Anchor`).
+        Self { dev, anchor }
     }
 
     pub(crate) fn raw(&self) -> *mut bindings::dm_dev {
@@ -83,8 +90,8 @@ impl fmt::Display for Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        // SAFETY: by the type invariants the reference is live and `ti` is the target that got
-        // it; it is put exactly once, here.
-        unsafe { bindings::dm_put_device(self.ti.as_ptr(), self.dev.as_ptr()) };
+        // SAFETY: by the type invariants the reference is live and `anchor.ti()` is the live
+        // target that got it; it is put exactly once, here, before `anchor` is released.
+        unsafe { bindings::dm_put_device(self.anchor.ti(), self.dev.as_ptr()) };
     }
 }

@@ -56,13 +56,18 @@ impl kernel::Module for DmcoreKunit {
 // `dmcore_test`: a target exercising every dmcore hook against the real device-mapper core,
 // driven by tests/guest/60-dmcore-target.sh.
 //
-//   <start> <len> dmcore_test <dev> [split <sectors>] [clone]
+//   <start> <len> dmcore_test <dev> [split <sectors>] [clone] [stash | stash_requeue]
+//                                   [late_event <ms>] [fail]
 //
 // I/O is remapped to <dev>. With `split`, `map` accepts only that many sectors of a larger bio
 // (device-mapper sends the rest as a new bio); with `clone`, writes carrying data are cloned
-// onto <dev> (Bio::submit_clone) and completed when the clone is. Status INFO counts every callback;
-// each bio carries a sequence number in its per-bio data from `map` to `end_io`, which checks
-// it. Messages:
+// onto <dev> (Bio::submit_clone) and completed when the clone is. With `late_event`, ctr gives
+// a clone of its TargetHandle to a work item on the *system* workqueue (which the target's Drop
+// does not wait for): once the target's private data is gone (or the failed ctr returned) it
+// sleeps <ms> ms, raises an event with the handle and drops it, so dmcore's dtr (or failed ctr)
+// must wait for it. With `fail`, ctr fails after building everything (the handle given away).
+// Status INFO counts every callback; each bio carries a sequence number in its per-bio data
+// from `map` to `end_io`, which checks it. Messages:
 //   fail_next <n>            end_io turns the next n successful completions into errors
 //   event                    raises a device-mapper event (`dmsetup wait` returns)
 //   connect <a.b.c.d:port> <timeout_ms>
@@ -118,6 +123,26 @@ struct Stash {
     requeue: bool,
 }
 
+/// Completes its completion when dropped: tells a `late_event` work item that the target's
+/// private data (or the failed ctr's locals) is gone.
+struct Gone(Arc<Completion>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.0.complete_all();
+    }
+}
+
+/// The `late_event` work item: outlives the target's private data by `ms` milliseconds, then
+/// raises an event with its own handle and drops it (the last reference dtr waits for).
+fn late_event(gone: Arc<Completion>, handle: TargetHandle, ms: u32) {
+    while !gone.wait_timeout_ms(10_000) {}
+    dmcore::wq::sleep_ms(ms);
+    handle.event();
+    pr_info!("dmcore_test: late event raised {ms} ms after the target's data went\n");
+    drop(handle);
+}
+
 struct TestTarget {
     dev: Device,
     len: u64,
@@ -125,6 +150,8 @@ struct TestTarget {
     cloning: Option<Cloning>,
     stash: Option<Pin<KBox<Stash>>>,
     handle: TargetHandle,
+    /// `late_event <ms>`: the delay, and the signal to its work item (dropped with the target).
+    late: Option<(u32, Gone)>,
     seq: AtomicU64,
     fail_next: AtomicU64,
     calls: Calls,
@@ -150,9 +177,14 @@ impl Target for TestTarget {
         let Some(path) = args.next() else {
             return Err(CtrError::inval(kernel::c_str!("dmcore_test takes one device")));
         };
-        let (mut split, mut clone, mut stash) = (0, false, None);
+        let (mut split, mut clone, mut stash, mut late, mut fail) = (0, false, None, None, false);
         while let Some(word) = args.next() {
             match (word, split, clone) {
+                ("late_event", _, _) if late.is_none() => match args.next().map(wbrepl_core::parse::parse_u32) {
+                    Some(Ok(ms)) => late = Some(ms),
+                    _ => return Err(CtrError::inval(kernel::c_str!("dmcore_test: invalid late_event"))),
+                },
+                ("fail", _, _) if !fail => fail = true,
                 ("stash" | "stash_requeue", _, _) if stash.is_none() => stash = Some(word == "stash_requeue"),
                 ("split", 0, _) => match args.next().map(wbrepl_core::parse::parse_u32) {
                     Some(Ok(n)) if n > 0 => split = n,
@@ -181,13 +213,30 @@ impl Target for TestTarget {
             .get_device_path(path)
             .map_err(|e| CtrError::new(kernel::c_str!("dmcore_test: device lookup failed"), e))?;
         ti.set_num_flush_bios(1);
+        let handle = ti.handle();
+        let late = match late {
+            Some(ms) => {
+                let gone = Arc::pin_init(Completion::new(), GFP_KERNEL).map_err(|_| nomem)?;
+                let (g, h) = (gone.clone(), handle.clone());
+                kernel::workqueue::system()
+                    .try_spawn(GFP_KERNEL, move || late_event(g, h, ms))
+                    .map_err(|_| nomem)?;
+                Some((ms, Gone(gone)))
+            }
+            None => None,
+        };
+        if fail {
+            // `late` (and with it the signal to the work item) is dropped on the way out.
+            return Err(CtrError::inval(kernel::c_str!("dmcore_test: failing as asked")));
+        }
         let me = Self {
             dev,
             len: ti.len(),
             split,
             cloning,
             stash,
-            handle: ti.handle(),
+            handle,
+            late,
             seq: AtomicU64::new(0),
             fail_next: AtomicU64::new(0),
             calls: Calls::default(),
@@ -279,6 +328,9 @@ impl Target for TestTarget {
                 }
                 if let Some(st) = &self.stash {
                     let _ = write!(out, " {}", if st.requeue { "stash_requeue" } else { "stash" });
+                }
+                if let Some((ms, _)) = &self.late {
+                    let _ = write!(out, " late_event {ms}");
                 }
                 Ok(())
             }

@@ -7,22 +7,32 @@
 //! The private data of a target instance is the implementing type itself. `ctr` builds it (pinned,
 //! so it may hold locks and work items), every other callback gets `&Self`, and `dtr` drops it.
 //! Device-mapper calls `map` and `end_io` concurrently on many CPUs, hence `Self: Send + Sync`.
+//!
+//! A [`Device`] or a [`TargetHandle`] refers to its `dm_target`, which device-mapper frees once
+//! `dtr` returns. Each holds a counted reference on the target's [`Anchor`], which dmcore
+//! allocates before `ctr`: `dtr` drops the private data and then waits until no reference is
+//! left (warning while it waits), so a reference kept elsewhere (a work item on a system
+//! workqueue, a leaked `Arc`) delays `dtr` and never touches a freed target. A failed `ctr` does
+//! the same before it returns.
 
 use super::args::Args;
 use super::bindings::{self, ffi};
 use super::bio::{BlkStatus, Bio, MapContext, PerBio};
 use super::device::Device;
 use super::status::StatusWriter;
+use super::wq::Completion;
 // The including crate provides `wbrepl_core` next to `dmcore` (see the module roots).
 use crate::wbrepl_core::error as wbrepl_core_error;
 use core::marker::PhantomData;
 use core::pin::Pin;
 use core::ptr::NonNull;
+use core::sync::atomic::{fence, AtomicUsize, Ordering};
 use kernel::alloc::KBox;
 use kernel::error::{code::*, Error, Result};
 use kernel::prelude::*;
 use kernel::str::CStr;
-use kernel::types::Opaque;
+use kernel::time::Ktime;
+use kernel::types::{ARef, AlwaysRefCounted, Opaque};
 use kernel::ThisModule;
 
 /// A constructor failure: the `ti->error` text device-mapper logs and the errno it returns.
@@ -180,8 +190,10 @@ pub trait Target: Sized + Send + Sync + 'static {
 /// # Invariants
 ///
 /// `ti` is the `dm_target` being constructed; it is valid and exclusively ours for `'a`.
+/// `anchor` is the anchor of `ti` (its `ti` field is `ti`), live for `'a`.
 pub struct CtrTarget<'a> {
     ti: NonNull<bindings::dm_target>,
+    anchor: &'a Anchor,
     _p: PhantomData<&'a mut bindings::dm_target>,
 }
 
@@ -206,9 +218,9 @@ impl CtrTarget<'_> {
         };
         kernel::error::to_result(r)?;
         let dev = NonNull::new(dev).ok_or(ENODEV)?;
-        // SAFETY: `dev` comes from a successful `dm_get_device(ti, ..)`; `ti` outlives the
-        // private data that will own the `Device` (dropped in `dtr`).
-        Ok(unsafe { Device::from_raw(dev, self.ti) })
+        // SAFETY: `dev` comes from a successful `dm_get_device(ti, ..)`, and the reference on
+        // `ti`'s anchor keeps `ti` alive as long as the `Device` (see `Anchor`).
+        Ok(unsafe { Device::from_raw(dev, ARef::from(self.anchor)) })
     }
 
     /// Opens a device named by a table word (a path or `major:minor`).
@@ -250,34 +262,141 @@ impl CtrTarget<'_> {
         kernel::error::to_result(unsafe { bindings::dm_set_target_max_io_len(self.ti(), u64::from(sectors)) })
     }
 
-    /// A handle for raising events later.
+    /// A handle for raising events later. It may be cloned and kept anywhere: `dtr` waits for
+    /// every handle (and every [`Device`]) to be dropped before it returns, so keep them in the
+    /// private data or in work its `Drop` ends, or `dtr` waits (and says so in the kernel log).
     pub fn handle(&self) -> TargetHandle {
-        // INVARIANT: see `TargetHandle`.
-        TargetHandle { ti: self.ti }
+        // INVARIANT: a new counted reference on `ti`'s anchor.
+        TargetHandle { anchor: ARef::from(self.anchor) }
     }
+}
+
+/// The per-instance object that [`Device`]s and [`TargetHandle`]s hold counted references on
+/// (through [`ARef`]), so that `dtr` can wait for the last one before device-mapper frees the
+/// `dm_target` they use.
+///
+/// dmcore allocates it (in an `Instance`, the object `ti->private` points to) before calling
+/// [`Target::ctr`], with one reference of its own (the base). `dtr` drops the private data, then
+/// the base reference, then waits for `zero` (completed by whoever drops the last reference);
+/// a failed `ctr` does the same. Only then is it freed and control returned to device-mapper.
+///
+/// # Invariants
+///
+/// `ti` is the target this anchor belongs to: constructed (or being constructed), and not freed
+/// by device-mapper while `refs` is non-zero, because its `dtr` (or its failed `ctr`) drops the
+/// base reference last and does not return before `refs` is zero (seen at once, or through
+/// `zero`). `refs` counts the base reference plus every `ARef<Anchor>`; it reaches zero once
+/// only: after the base reference is gone no new reference can be made, since the only
+/// `&Anchor` that is not borrowed from a live `ARef` is `CtrTarget`'s, which ends with `ctr`.
+/// `zero` is completed when the drop of an `ARef` takes `refs` to zero, and not before.
+#[pin_data]
+pub(super) struct Anchor {
+    ti: NonNull<bindings::dm_target>,
+    refs: AtomicUsize,
+    #[pin]
+    zero: Completion,
+}
+
+// SAFETY: the anchor only hands `ti` to device-mapper functions that may be called from any
+// process context (`dm_put_device`, `dm_table_event`) and reads `ti->table`, which is set before
+// `ctr` and constant while `ti` lives; `refs` and `zero` are thread-safe.
+unsafe impl Send for Anchor {}
+// SAFETY: as above; `&Anchor` only allows those calls and counting.
+unsafe impl Sync for Anchor {}
+
+// SAFETY: an increment keeps the anchor alive until the matching decrement: the anchor is freed
+// only after `refs` reached zero (`wait_unused`). Every anchor is counted: it is created with
+// the base reference by `ctr_callback` and lives inside dmcore's `Instance` only.
+unsafe impl AlwaysRefCounted for Anchor {
+    fn inc_ref(&self) {
+        // A new reference is made from an existing one (or by dmcore during `ctr`, which holds
+        // the base): nothing to order. The count cannot overflow in practice (2^64 references).
+        self.refs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: the caller owns a reference, so the anchor is live until the decrement below.
+        // After it, `a` is used only by the last reference, for which the waiter keeps the
+        // anchor alive until `zero` is completed.
+        let a = unsafe { obj.as_ref() };
+        if a.refs.fetch_sub(1, Ordering::Release) == 1 {
+            // The last reference, after the base one: the waiter (in `dtr` or a failed `ctr`)
+            // frees the anchor once it sees `zero`, after `complete_all` released the
+            // completion's lock; `complete_all` is the last access.
+            fence(Ordering::Acquire);
+            a.zero.complete_all();
+        }
+    }
+}
+
+impl Anchor {
+    fn new(ti: NonNull<bindings::dm_target>) -> impl PinInit<Self> {
+        // INVARIANT: `ti` is the target being constructed; the base reference is the only one.
+        pin_init!(Self { ti, refs: AtomicUsize::new(1), zero <- Completion::new() })
+    }
+
+    /// The target, live while a reference is held (type invariant).
+    pub(super) fn ti(&self) -> *mut bindings::dm_target {
+        self.ti.as_ptr()
+    }
+
+    /// Drops the base reference and waits until no other is left: afterwards nothing refers to
+    /// the anchor or (through it) to `ti`, and the anchor may be freed. Process context only.
+    /// Logs a warning at once when a reference is left, and every few seconds while waiting.
+    fn wait_unused(&self, name: &CStr, what: &str, outlived: &str) {
+        let left = self.refs.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        if left == 0 {
+            return;
+        }
+        const WARN_EVERY_MS: u32 = 5000;
+        let start = Ktime::ktime_get();
+        pr_warn!("dmcore: {name}: {what} waits for {left} references to the target that outlive {outlived}\n");
+        while !self.zero.wait_timeout_ms(WARN_EVERY_MS) {
+            let left = self.refs.load(Ordering::Relaxed);
+            let ms = kernel::time::ktime_ms_delta(Ktime::ktime_get(), start);
+            pr_warn!("dmcore: {name}: {what} waits for {left} references to the target that outlive {outlived} ({ms} ms so far)\n");
+        }
+        let ms = kernel::time::ktime_ms_delta(Ktime::ktime_get(), start);
+        pr_info!("dmcore: {name}: {what} waited {ms} ms for the last reference to the target\n");
+    }
+}
+
+/// What `ti->private` points to: the target's private data and its anchor.
+///
+/// # Invariants
+///
+/// `target` is `Some` from before `ctr_callback` publishes the instance in `ti->private` until
+/// `dtr_callback` takes it (the only two places that change it).
+#[pin_data]
+struct Instance<T: Target> {
+    #[pin]
+    anchor: Anchor,
+    /// `None` until `ctr` succeeds, and again once `dtr` dropped it.
+    target: Option<Pin<KBox<T>>>,
 }
 
 /// A handle on a live target instance, for raising dm events (`dmsetup wait`).
 ///
+/// Cloning it takes another reference on the target; dropping it releases one. The target's
+/// `dtr` waits until every handle is dropped, so keep handles in the private data (or in work
+/// that the private data's `Drop` ends): one kept elsewhere makes `dtr` wait for it.
+///
 /// # Invariants
 ///
-/// `ti` is a constructed target whose `dtr` has not run. Targets keep handles only in their
-/// private data (or in work that the private data's `Drop` flushes), which `dtr` drops first.
-#[derive(Clone, Copy)]
+/// `anchor` is a counted reference on the anchor of a constructed (or being constructed)
+/// target, which keeps the `dm_target` and its table from being freed (see [`Anchor`]).
+#[derive(Clone)]
 pub struct TargetHandle {
-    ti: NonNull<bindings::dm_target>,
+    anchor: ARef<Anchor>,
 }
 
-// SAFETY: `dm_table_event` may be called from any process context; the handle only reads `ti`.
-unsafe impl Send for TargetHandle {}
-// SAFETY: as above.
-unsafe impl Sync for TargetHandle {}
-
 impl TargetHandle {
-    /// Raises a device-mapper event (wakes `dmsetup wait` and friends). May sleep.
+    /// Raises a device-mapper event (wakes `dmsetup wait` and friends). May sleep. Raised after
+    /// the table was unbound (while `dtr` waits for this handle), it wakes nobody.
     pub fn event(&self) {
-        // SAFETY: `ti` and its table are live (type invariant).
-        unsafe { bindings::dm_table_event((*self.ti.as_ptr()).table) };
+        // SAFETY: `ti` and its table are live while the handle holds its reference (type
+        // invariant); `dm_table_event` takes its own lock and may be called from process context.
+        unsafe { bindings::dm_table_event((*self.anchor.ti()).table) };
     }
 }
 
@@ -416,9 +535,12 @@ impl<T: Target> Drop for Registration<T> {
 /// `ti` must be a constructed target of type `T` (its `private` set by [`ctr_callback`]), and
 /// `dtr` must not run during the returned borrow.
 unsafe fn private<'a, T: Target>(ti: *mut bindings::dm_target) -> &'a T {
-    // SAFETY: `private` holds a `Pin<KBox<T>>` leaked by `ctr_callback` and reclaimed only in
+    // SAFETY: `private` holds an `Instance<T>` leaked by `ctr_callback` and reclaimed only in
     // `dtr_callback` (guaranteed by the caller not to run meanwhile).
-    unsafe { &*((*ti).private as *const T) }
+    let inst = unsafe { &*((*ti).private as *const Instance<T>) };
+    // SAFETY: a constructed target's instance holds its private data from before `private` is
+    // set until `dtr` (type invariant of `Instance`).
+    unsafe { inst.target.as_deref().unwrap_unchecked() }
 }
 
 unsafe extern "C" fn ctr_callback<T: Target>(
@@ -430,18 +552,32 @@ unsafe extern "C" fn ctr_callback<T: Target>(
     let Some(nn) = NonNull::new(ti) else { return -(bindings::EINVAL as i32) };
     // SAFETY: `ti` is valid; per-bio data must be sized before `map` can run.
     unsafe { (*ti).per_io_data_size = core::mem::size_of::<T::PerBio>() as u32 };
-    // INVARIANT: `ti` is valid and exclusively ours during this call.
-    let mut ctx = CtrTarget { ti: nn, _p: PhantomData };
+    let inst = KBox::pin_init(pin_init!(Instance::<T> { anchor <- Anchor::new(nn), target: None }), GFP_KERNEL);
+    let Ok(mut inst) = inst else {
+        // SAFETY: `ti` is valid; `error` keeps a `'static` string.
+        unsafe { (*ti).error = kernel::c_str!("Cannot allocate").as_char_ptr() as *mut ffi::c_char };
+        return ENOMEM.to_errno();
+    };
+    // INVARIANT: `ti` is valid and exclusively ours during this call; `inst.anchor` is its
+    // anchor, freed only at the end of this call (on failure) or in `dtr_callback`.
+    let mut ctx = CtrTarget { ti: nn, anchor: &inst.anchor, _p: PhantomData };
     // SAFETY: device-mapper passes `argc` valid strings that live for the whole call.
     let args = unsafe { Args::from_raw(argc, argv) };
     match T::ctr(&mut ctx, args) {
         Ok(p) => {
-            // SAFETY: ownership moves into `ti->private` until `dtr_callback`; the value stays
-            // pinned because it is only ever accessed through a shared reference.
-            unsafe { (*ti).private = KBox::into_raw(Pin::into_inner_unchecked(p)).cast() };
+            // SAFETY: `target` is not structurally pinned (it is a `Pin<KBox<T>>` of its own);
+            // the anchor is not moved.
+            unsafe { inst.as_mut().get_unchecked_mut() }.target = Some(p);
+            // SAFETY: ownership moves into `ti->private` until `dtr_callback`; the instance stays
+            // pinned because it is only ever accessed through a shared reference until then.
+            unsafe { (*ti).private = KBox::into_raw(Pin::into_inner_unchecked(inst)).cast() };
             0
         }
         Err(e) => {
+            // What `ctr` built is dropped; references it handed out elsewhere must go before
+            // device-mapper frees the table.
+            inst.anchor.wait_unused(T::NAME, "failed ctr", "it");
+            drop(inst);
             // SAFETY: `ti` is valid; `error` keeps a `'static` string.
             unsafe { (*ti).error = e.msg.as_char_ptr() as *mut ffi::c_char };
             e.err.to_errno()
@@ -451,12 +587,19 @@ unsafe extern "C" fn ctr_callback<T: Target>(
 
 unsafe extern "C" fn dtr_callback<T: Target>(ti: *mut bindings::dm_target) {
     // SAFETY: `dtr` runs once, after a successful `ctr` and after all I/O and other callbacks
-    // have finished; `private` is the pointer `ctr_callback` leaked.
-    unsafe {
-        let p = (*ti).private as *mut T;
+    // have finished; `private` is the pointer `ctr_callback` leaked, reclaimed here once; the
+    // instance was pinned there and is not moved out of its box.
+    let mut inst = unsafe {
+        let p = (*ti).private as *mut Instance<T>;
         (*ti).private = core::ptr::null_mut();
-        drop(KBox::from_raw(p));
-    }
+        Pin::new_unchecked(KBox::from_raw(p))
+    };
+    // The private data first (it drops the devices and handles it owns), then wait for the
+    // references kept elsewhere: `ti` stays valid until this returns.
+    // SAFETY: `target` is not structurally pinned; the anchor is not moved.
+    drop(unsafe { inst.as_mut().get_unchecked_mut() }.target.take());
+    inst.anchor.wait_unused(T::NAME, "dtr", "its private data");
+    drop(inst);
 }
 
 unsafe extern "C" fn map_callback<T: Target>(ti: *mut bindings::dm_target, bio: *mut bindings::bio) -> ffi::c_int {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # dmcore against the real device-mapper core, through the `dmcore_test` target of
 # dmcore_kunit.ko: the suspend/resume hooks, end_io and status rewriting, per-bio data from map
-# to end_io, and kernel TCP connects from the sender's network namespace (with timeouts).
+# to end_io, references to a target that outlive it (dtr waits for them), and kernel TCP
+# connects from the sender's network namespace (with timeouts).
 . "$(dirname "$0")/lib.sh"
 
 D=$(loopdev dev 32)
@@ -91,6 +92,39 @@ done
 dmesg_mark
 check_fails "dmcore_test: repeated option refused" dmsetup create dt_bad2 --table "0 $S dmcore_test $D clone clone"
 check_match "dmcore_test: ...with its ti->error" 'unknown or repeated option' "$(dmesg_since)"
+
+# References that outlive the target (review: TargetHandle and Device stayed valid after dtr
+# only by convention). With `late_event MS`, ctr gives a clone of its TargetHandle to a work
+# item on the system workqueue, which the target's Drop does not wait for: MS ms after the
+# private data is dropped it raises an event with the handle and drops it. dmcore's dtr must
+# wait for that last reference, and say so. Before the fix the remove returned at once and the
+# work item then used the freed dm_target and table.
+L=$(loopdev late 8)
+LS=$(sectors "$L")
+check "late_event: create" dmsetup create dt_late --table "0 $LS dmcore_test $L late_event 2000"
+check_eq "late_event: table prints it" "0 $LS dmcore_test $(devnum "$L") late_event 2000" "$(dmsetup table dt_late)"
+udevadm settle 2>/dev/null
+dmesg_mark
+t0=$(date +%s%N)
+check "late_event: remove" dmsetup remove --retry dt_late
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+log=$(dmesg_since)
+check "late_event: the remove waited for the handle (${ms} ms, at least 1800)" test "$ms" -ge 1800
+check_match "late_event: dtr said it waits" 'dmcore: dmcore_test: dtr waits for 1 references to the target that outlive its private data' "$log"
+check_match "late_event: the event was raised, then dtr returned (before the remove did)" \
+  'dmcore_test: late event raised 2000 ms after .*dmcore: dmcore_test: dtr waited [0-9]+ ms for the last reference' "$log"
+check_eq "late_event: no kernel error" "" "$(grep -E 'BUG:|WARNING:|Oops|general protection|KASAN|Call Trace:' <<<"$log")"
+# The same for a ctr that fails after giving a handle away: it returns once the handle is gone.
+dmesg_mark
+t0=$(date +%s%N)
+check_fails "late_event: a failing ctr is refused" dmsetup create dt_late_bad --table "0 $LS dmcore_test $L late_event 1000 fail"
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+log=$(dmesg_since)
+check "late_event: ...after waiting for the handle (${ms} ms, at least 900)" test "$ms" -ge 900
+check_match "late_event: the failed ctr waited for the event's handle" \
+  'dmcore: dmcore_test: failed ctr waits for 1 references.*late event raised 1000 ms after .*dmcore: dmcore_test: failed ctr waited [0-9]+ ms' "$log"
+check_match "late_event: ...with its ti->error" 'dmcore_test: failing as asked \(-22\)' "$log"
+check_eq "late_event: no kernel error after the failed ctr" "" "$(grep -E 'BUG:|WARNING:|Oops|general protection|KASAN|Call Trace:' <<<"$log")"
 
 # Kernel sockets live in the namespace of the process that sends the message.
 check "net: nodes up" nodes_up
