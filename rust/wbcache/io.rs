@@ -128,7 +128,9 @@ impl Shared {
                     bio.submit_remapped();
                     return None;
                 }
-                WriteMap::NoSpace => return Some(bio),
+                // Cached with MAX_VERSIONS versions already: waits, as for space, while
+                // writeback is due on it (`due`, `Index::needs_writeback_now`).
+                WriteMap::NoSpace | WriteMap::TooManyVersions => return Some(bio),
                 WriteMap::Busy => {
                     drop(g);
                     sleep_ms(1);

@@ -161,7 +161,10 @@ impl Shared {
             pr_err!("wbcache {}: cannot use the cache device: {}\n", self.cache, e.as_str());
             return Err(EINVAL);
         }
-        let mut rep = self.inner.lock().ix.load_begin(sb.seq);
+        // In steps of the index lock (interrupts are off while it is held): clear, take the
+        // entries one metadata run at a time, then apply tombstones and bounds.
+        let mut st = self.inner.lock().ix.load_begin(sb.seq, sb.epoch);
+        while !self.inner.lock().ix.load_begin_step(&mut st, SCAN_STEP) {}
         let mb = META_BLOCK as usize;
         let total = self.geom.meta_blocks();
         let mut first = 0;
@@ -178,7 +181,7 @@ impl Shared {
                 let off = k as usize * ENTRY_BYTES;
                 let raw = data.get(off..off + ENTRY_BYTES).ok_or(EINVAL)?;
                 let r = Entry::decode(i, raw, &KernelCrc32c)
-                    .and_then(|e| g.ix.load_entry(i as u32, e, self.origin_blocks, &mut rep));
+                    .and_then(|e| g.ix.load_entry(&mut st, i as u32, e, self.origin_blocks));
                 if let Err(e) = r {
                     drop(g);
                     pr_err!("wbcache {}: cannot use the cache device: metadata entry {}: {}\n", self.cache, i, e.as_str());
@@ -187,9 +190,10 @@ impl Shared {
             }
             first += n as u64;
         }
+        while !self.inner.lock().ix.load_finish_step(&mut st, SCAN_STEP) {}
+        let rep = st.report;
         let (dirty, epoch) = {
             let mut g = self.inner.lock();
-            g.ix.load_finish(sb.epoch, &mut rep);
             g.loaded = true;
             (g.ix.counts().dirty, g.ix.epoch())
         };
@@ -203,10 +207,8 @@ impl Shared {
     pub(super) fn format(&self, buf: &mut KVec<u8>) -> Result {
         let mb = META_BLOCK as usize;
         let total = self.geom.meta_blocks();
-        {
-            let mut g = self.inner.lock();
-            g.ix.format();
-        }
+        let mut st = self.inner.lock().ix.format_begin();
+        while !self.inner.lock().ix.format_step(&mut st, SCAN_STEP) {}
         let mut first = 0;
         while first < total {
             let n = (total - first).min(META_RUN as u64) as usize;

@@ -41,8 +41,9 @@ impl Shared {
         } else if pct < u64::from(g.low) || g.low == 0 && pct == 0 {
             g.wb_active = false;
         }
-        // No free block left: writes are waiting for space, whatever the watermarks say.
-        if c.free == 0 || self.drains.load(Ordering::Relaxed) > 0 || g.mode == CacheMode::Writethrough {
+        // No free block left: writes are waiting for space, whatever the watermarks say; or
+        // a write waits for a block's oldest version to go (it holds MAX_VERSIONS).
+        if c.free == 0 || self.drains.load(Ordering::Relaxed) > 0 || g.mode == CacheMode::Writethrough || g.ix.needs_writeback_now() {
             return Some((None, MAX_WB_BATCH));
         }
         if g.wb_active {
