@@ -42,19 +42,30 @@ impl Shared {
             } else {
                 None
             };
-            if let Some((why, e)) = refuse {
-                drop(g);
-                pr_warn!("wbcache {}: checkpoint refused: {}\n", self.cache, why);
-                return Err(e);
-            }
-            let id = g.ix.close_epoch();
+            // The marker id: the epoch closed (64 bits, so ids only grow). None only when the
+            // oldest dirty data is about 2^31 epochs old (writeback failing for days).
+            let closed = match refuse {
+                Some(r) => Err(r),
+                None => g.ix.close_epoch().ok_or((
+                    "the oldest cached data is 2^31 epochs old (is writeback failing?): no epoch closes until it is written back",
+                    EBUSY,
+                )),
+            };
+            let id = match closed {
+                Ok(id) => id,
+                Err((why, e)) => {
+                    drop(g);
+                    pr_warn!("wbcache {}: checkpoint refused: {}\n", self.cache, why);
+                    return Err(e);
+                }
+            };
             g.ix.set_wb_limit(Some(id));
             let saved_mode = g.mode;
             if req.mode == CpMode::Writethrough {
                 g.mode = CacheMode::Writethrough;
                 g.ix.set_ordered(false);
             }
-            g.cp = Some(CpState { mode: req.mode, id: u64::from(id), start_ms: start, left: 0, abort: false });
+            g.cp = Some(CpState { mode: req.mode, id, start_ms: start, left: 0, abort: false });
             (id, saved_mode)
         };
         self.drains.fetch_add(1, Ordering::AcqRel);
@@ -94,7 +105,7 @@ impl Shared {
         });
         let drain_ms = ms_now() - start;
         let result = drained.and_then(|()| {
-            self.write_marker(u64::from(id), &req.label)
+            self.write_marker(id, &req.label)
                 .map_err(|e| (CpOutcome::Failed, e, "the marker write failed (a dm-repl primary refuses markers while it is not replicating)"))
         });
         let total_ms = ms_now() - start;
@@ -108,14 +119,14 @@ impl Shared {
             g.mode = saved_mode;
             g.ix.set_ordered(saved_mode == CacheMode::Ordered);
             g.cp = None;
-            g.last_cp = Some((u64::from(id), outcome, total_ms.max(0) as u64));
+            g.last_cp = Some((id, outcome, total_ms.max(0) as u64));
         }
         self.drains.fetch_sub(1, Ordering::AcqRel);
         // Held blocks may go now.
         self.wake.complete();
         match result {
             Ok(()) => Ok(CpReport {
-                id: u64::from(id),
+                id,
                 mode: req.mode,
                 label: req.label,
                 blocks: blocks.unwrap_or(0),
@@ -144,7 +155,7 @@ impl Shared {
     }
 
     /// Data-holding versions of epochs up to `limit`, counted in steps of the index lock.
-    pub(super) fn count_upto(&self, limit: u32) -> u64 {
+    pub(super) fn count_upto(&self, limit: u64) -> u64 {
         let (mut n, mut pos) = (0, 0);
         loop {
             let g = self.inner.lock();

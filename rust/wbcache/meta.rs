@@ -125,7 +125,7 @@ impl Shared {
     /// Writes superblock copy `seq & 1` with PREFLUSH (everything before is durable first) and
     /// FUA.
     pub(super) fn write_superblock(&self, buf: &mut KVec<u8>, seq: u64) -> Result {
-        let epoch = u64::from(self.inner.lock().ix.epoch());
+        let epoch = self.inner.lock().ix.epoch();
         let out = buf.get_mut(..META_BLOCK as usize).ok_or(EINVAL)?;
         out.fill(0);
         self.superblock(seq, epoch).encode(out, &KernelCrc32c);

@@ -41,9 +41,16 @@ impl Shared {
         } else if pct < u64::from(g.low) || g.low == 0 && pct == 0 {
             g.wb_active = false;
         }
-        // No free block left, or a block at its version bound: writes are waiting for
-        // writeback, whatever the watermarks say.
-        if c.free == 0 || g.ix.needs_writeback_now() || self.drains.load(Ordering::Relaxed) > 0 || g.mode == CacheMode::Writethrough {
+        // No free block left: writes are waiting for space, whatever the watermarks say; or
+        // a write waits for a block's oldest version to go (it holds MAX_VERSIONS); or the
+        // oldest dirty data is more than 2^30 epochs old (the index keeps the low 32 bits of
+        // epochs, sound while every version is less than 2^31 old: `Index::epochs_need_writeback`).
+        if c.free == 0
+            || self.drains.load(Ordering::Relaxed) > 0
+            || g.mode == CacheMode::Writethrough
+            || g.ix.needs_writeback_now()
+            || g.ix.epochs_need_writeback()
+        {
             return Some((None, MAX_WB_BATCH));
         }
         if g.wb_active {
@@ -88,8 +95,9 @@ impl Shared {
                     let ordered = g.mode == CacheMode::Ordered;
                     if ordered && due_all && g.ix.oldest_dirty_epoch() == g.ix.epoch() && g.ix.wb_limit().is_none() {
                         // Everything dirty is in the open epoch: close it so it can go.
-                        g.ix.close_epoch();
-                        continue;
+                        if g.ix.close_epoch().is_some() {
+                            continue;
+                        }
                     }
                     // What is dirty may just need committing first (once per round).
                     if g.ix.needs_commit() && !recommitted {

@@ -6,8 +6,11 @@
 #   - a checkpoint cannot start once a suspend has begun (presuspend);
 #   - `checkpoint writethrough` is refused on an ordered cache;
 #   - a block holds at most 16 versions (ordered mode, a flush after every write), a crafted
-#     image naming one block everywhere is refused, a million-block cache formats and loads.
+#     image naming one block everywhere is refused, a million-block cache formats and loads;
+#   - epochs (marker ids) are 64-bit: past 2^32 they keep increasing, across reloads too, and a
+#     version-1 superblock (32-bit epochs) loads with 2^32 added to its epoch.
 . "$(dirname "$0")/lib.sh"
+here=$(cd "$(dirname "$0")" && pwd)
 
 LOGREPLAY=$WBREPL_ROOT/tests/logreplay.py
 
@@ -226,6 +229,79 @@ check "million: some dirty blocks" dd if=/dev/urandom of=/dev/mapper/mb-wb bs=64
 check "million: remove and load" bash -c "dmsetup remove mb-wb && dmsetup create mb-wb --table '0 $((S - 8)) wbcache $O $C 512 0'"
 check_match "million: the dirty blocks are back" 'loaded commit [0-9]+: 4096 dirty blocks' "$(dmesg_since)"
 check "million: remove" dmsetup remove mb-wb
+# --- 64-bit epochs -------------------------------------------------------------------------------
+# Marker ids are the epochs checkpoints close. They were 32-bit and wrapped to 1 after 2^32
+# closes (at 10k flushes a second in ordered mode: days), and dm-repl's acknowledged marker id (a
+# maximum) then covered every new id at once. Here a cache's superblock is rewritten to say
+# epoch 2^32 - 2: its checkpoint ids must go on past 2^32 (before: 4294967295, then 1, 2).
+O=$(loopdev ep-origin 64); C=$(loopdev ep-cache 16)
+S=$(sectors "$O")
+EPT="0 $((S - 8)) wbcache $O $C 4096 0"
+# set_sb DEV SEQ EPOCH [VERSION]: superblock copy SEQ & 1 made from copy 0 with commit sequence
+# SEQ, epoch EPOCH (u64 at byte 64) and format version VERSION (u32 at byte 8, default copy 0's),
+# CRC-32C of bytes 0..508 at 508.
+set_sb() {
+  python3 - "$here" "$@" <<'EOF'
+import mmap, os, struct, sys
+sys.path.insert(0, sys.argv[1])
+from replfuzz import crc32c
+dev, seq, epoch = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+fd = os.open(dev, os.O_RDWR | os.O_DIRECT)
+m = mmap.mmap(-1, 4096)
+os.preadv(fd, [m], 4096)
+seq1 = struct.unpack_from("<Q", m, 56)[0] if m[:8] == b"WBRCACHE" else 0
+os.preadv(fd, [m], 0)
+sb = bytearray(m[:512])
+if sb[:8] != b"WBRCACHE":
+    sys.exit("copy 0 is not a wbcache superblock")
+if max(struct.unpack_from("<Q", sb, 56)[0], seq1) >= seq:
+    sys.exit(f"the cache is past commit {seq - 1} already: copy {seq & 1} would not be the newest")
+if len(sys.argv) > 5:
+    sb[8:12] = struct.pack("<I", int(sys.argv[5]))
+sb[56:64] = struct.pack("<Q", seq)
+sb[64:72] = struct.pack("<Q", epoch)
+sb[508:512] = struct.pack("<I", crc32c(bytes(sb[:508])))
+m.seek(0)
+m.write(bytes(sb) + bytes(4096 - 512))
+os.pwritev(fd, [m], 4096 * (seq & 1))
+os.close(fd)
+print(f"copy {seq & 1}: version {struct.unpack_from('<I', sb, 8)[0]} seq {seq} epoch {epoch}")
+EOF
+}
+# sb_version DEV COPY: the format version in superblock copy COPY (read past the page cache).
+sb_version() { dd if="$1" bs=4096 skip="$2" count=1 iflag=direct status=none | od -An -tu4 -j8 -N4 | tr -d ' '; }
+# cp_id DEV LABEL: writes 64 KiB, takes a hold checkpoint, prints its id.
+cp_id() {
+  dd if=/dev/urandom of="/dev/mapper/$1" bs=4k count=16 seek=$((RANDOM % 1000)) oflag=direct status=none &&
+    dmsetup message "$1" 0 checkpoint hold "$2" | sed -n 's/^id \([0-9][0-9]*\) mode hold .*/\1/p'
+}
+check "epochs: format a cache" dmsetup create ep-wb --table "$EPT"
+check_eq "epochs: it writes format version 2" 2 "$(sb_version "$C" 0)"
+check "epochs: remove it" dm_remove ep-wb
+check "epochs: superblock copy 1 says commit 1, epoch 2^32 - 2" set_sb "$C" 1 $(((1 << 32) - 2))
+check "epochs: load it" dmsetup create ep-wb --table "$EPT"
+check_match "epochs: the current epoch is 2^32 - 1" ' epoch 4294967295 ' "$(dmsetup status ep-wb)"
+id1=$(cp_id ep-wb ep1); id2=$(cp_id ep-wb ep2); id3=$(cp_id ep-wb ep3)
+check_match "epochs: three checkpoints answered ids ($id1 $id2 $id3)" '^[0-9]+ [0-9]+ [0-9]+$' "$id1 $id2 $id3"
+check "epochs: ... strictly increasing ($id1 < $id2 < $id3)" test "${id1:-0}" -lt "${id2:-0}" -a "${id2:-0}" -lt "${id3:-0}"
+check "epochs: ... the last above 2^32 ($id3)" test "${id3:-0}" -gt $((1 << 32))
+ep=$(field ep-wb epoch)
+check "epochs: the status epoch is above 2^32 ($ep)" test "${ep:-0}" -gt $((1 << 32))
+check "epochs: reload the table (the metadata is loaded again)" bash -c "dmsetup reload ep-wb --table '$EPT' && dmsetup resume ep-wb"
+id4=$(cp_id ep-wb ep4)
+check "epochs: after the reload the next id is larger still ($id3 < $id4)" test "${id3:-0}" -lt "${id4:-0}"
+check "epochs: remove" dm_remove ep-wb
+# A superblock of format version 1 (32-bit epochs, possibly wrapped) loads with 2^32 added to its
+# epoch: every id from then on is above every one the 32-bit counter handed out.
+check "epochs: a new cache" dd if=/dev/zero of="$C" bs=4096 count=2 oflag=direct status=none
+check "epochs: ... formatted" dmsetup create ep-wb --table "$EPT"
+check "epochs: ... removed" dm_remove ep-wb
+check "epochs: superblock copy 1 as version 1: commit 1, epoch 7" set_sb "$C" 1 7 1
+check "epochs: load it" dmsetup create ep-wb --table "$EPT"
+check_match "epochs: the epoch is 2^32 + 8" ' epoch 4294967304 ' "$(dmsetup status ep-wb)"
+id5=$(cp_id ep-wb v1)
+check_eq "epochs: the first checkpoint's id is 2^32 + 8" 4294967304 "$id5"
+check_eq "epochs: its commit (copy 0) wrote format version 2" 2 "$(sb_version "$C" 0)"
 cleanup_dm
 
 finish

@@ -21,8 +21,15 @@ use crate::error::Error;
 
 /// Magic number of a dm-wbcache superblock ("WBRCACHE").
 pub const MAGIC: u64 = u64::from_le_bytes(*b"WBRCACHE");
-/// On-disk format version.
-pub const VERSION: u32 = 1;
+/// On-disk format version written: 2, epochs of 64 bits (the superblock's may be 2^32 or more).
+pub const VERSION: u32 = 2;
+/// The previous format version, read and converted at load: written when epochs were 32-bit
+/// counters (the superblock's epoch is below 2^32, and may have wrapped).
+pub const VERSION_EPOCHS32: u32 = 1;
+/// Added to the epoch of a version-1 superblock at load: every epoch (and marker id) from then
+/// on is above every one the 32-bit counter could have handed out, even after it wrapped. The
+/// low 32 bits, which entries keep, do not change.
+pub const EPOCHS32_OFFSET: u64 = 1 << 32;
 /// Bytes of a superblock image (one sector).
 pub const SB_BYTES: usize = 512;
 /// Distance between the two superblock copies, and the metadata block size.
@@ -130,7 +137,7 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
 /// | offset | size | field |
 /// |---|---|---|
 /// | 0 | 8 | magic `WBRCACHE` |
-/// | 8 | 4 | version (1) |
+/// | 8 | 4 | version (2; 1 is read and converted, see [`VERSION_EPOCHS32`]) |
 /// | 12 | 4 | flags (0) |
 /// | 16 | 4 | block size, bytes |
 /// | 20 | 4 | reserved (0) |
@@ -139,7 +146,7 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
 /// | 40 | 8 | cache device size at format, sectors |
 /// | 48 | 8 | origin (target) size, sectors |
 /// | 56 | 8 | commit sequence number |
-/// | 64 | 8 | current epoch at that commit |
+/// | 64 | 8 | current epoch at that commit (64 bits) |
 /// | 72 | 436 | zero |
 /// | 508 | 4 | CRC-32C of bytes 0..508 |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,7 +163,8 @@ pub struct Superblock {
     pub origin_sectors: u64,
     /// Commit sequence number: entries with a higher `seq` were not committed.
     pub seq: u64,
-    /// Current epoch when this commit was made.
+    /// Current epoch when this commit was made (for a version-1 superblock, the epoch stored
+    /// plus [`EPOCHS32_OFFSET`]).
     pub epoch: u64,
 }
 
@@ -194,6 +202,7 @@ impl Superblock {
 
     /// Decodes and checks one superblock sector. Geometry is checked against itself here
     /// (consistent with `cache_sectors`), and against the table by [`Superblock::check_table`].
+    /// A version-1 superblock (32-bit epochs) is converted: its epoch plus [`EPOCHS32_OFFSET`].
     pub fn decode(b: &[u8], crc: &impl Crc32c) -> Result<SbRead, Error> {
         let Some(b) = b.get(..SB_BYTES) else { return Err(err!("Superblock buffer too short")) };
         if b.iter().all(|&x| x == 0) {
@@ -202,7 +211,8 @@ impl Superblock {
         if le64(b, 0) != MAGIC {
             return Err(err!("Cache device holds no wbcache superblock (foreign data; zero its first 8 KiB to format it)"));
         }
-        if le32(b, 8) != VERSION {
+        let version = le32(b, 8);
+        if version != VERSION && version != VERSION_EPOCHS32 {
             return Err(err!("Unsupported wbcache metadata version"));
         }
         if crc.append(0, &b[..SB_BYTES - 4]) != le32(b, SB_BYTES - 4) {
@@ -211,6 +221,13 @@ impl Superblock {
         if le32(b, 12) != 0 || le32(b, 20) != 0 || b[72..SB_BYTES - 4].iter().any(|&x| x != 0) {
             return Err(err!("Superblock has unknown flags or fields"));
         }
+        let mut epoch = le64(b, 64);
+        if version == VERSION_EPOCHS32 {
+            if epoch > u64::from(u32::MAX) {
+                return Err(err!("Superblock epoch is beyond 32 bits in a version-1 superblock"));
+            }
+            epoch += EPOCHS32_OFFSET;
+        }
         let sb = Superblock {
             block_size: le32(b, 16),
             nr_blocks: le64(b, 24),
@@ -218,7 +235,7 @@ impl Superblock {
             cache_sectors: le64(b, 40),
             origin_sectors: le64(b, 48),
             seq: le64(b, 56),
-            epoch: le64(b, 64),
+            epoch,
         };
         let g = Geometry::compute(sb.cache_sectors.saturating_mul(512), sb.block_size)
             .map_err(|_| err!("Superblock geometry is invalid"))?;
@@ -284,7 +301,7 @@ pub enum EntryState {
 /// |---|---|---|
 /// | 0 | 8 | origin block number |
 /// | 8 | 8 | commit sequence number that made this version durable (0: never) |
-/// | 16 | 4 | epoch of the version |
+/// | 16 | 4 | epoch of the version: its low 32 bits (the index keeps every version less than 2^31 epochs older than the current one) |
 /// | 20 | 1 | state: 0 free, 1 dirty |
 /// | 21 | 7 | zero |
 /// | 28 | 4 | CRC-32C of (entry index as 8 bytes LE, bytes 0..28) |
@@ -294,7 +311,7 @@ pub struct Entry {
     pub block: u64,
     /// Sequence number of the commit that made the version durable.
     pub seq: u64,
-    /// Epoch of the version.
+    /// Epoch of the version: its low 32 bits (see `wbindex::EPOCH_WINDOW`).
     pub epoch: u32,
     /// Free or dirty.
     pub state: EntryState,
@@ -416,6 +433,32 @@ pub(crate) mod tests {
         assert_eq!(Superblock::decode(&b, &RefCrc), Ok(SbRead::Blank));
         sb().encode(&mut b, &RefCrc);
         assert_eq!(Superblock::decode(&b, &RefCrc), Ok(SbRead::Valid(sb())));
+    }
+
+    /// Version 1 (32-bit epochs) is read, its epoch lifted by 2^32 (above every epoch the 32-bit
+    /// counter handed out, wrapped or not); version 2 keeps 64 bits; others are refused.
+    #[test]
+    fn a_version_1_superblock_is_converted_and_64_bit_epochs_round_trip() {
+        let mut b = [0u8; SB_BYTES];
+        let mut big = sb();
+        big.epoch = (1 << 32) + 5;
+        big.encode(&mut b, &RefCrc);
+        assert_eq!(le32(&b, 8), 2);
+        assert_eq!(Superblock::decode(&b, &RefCrc), Ok(SbRead::Valid(big)));
+        let v1 = |epoch: u64, version: u32| {
+            let mut b = [0u8; SB_BYTES];
+            sb().encode(&mut b, &RefCrc);
+            put32(&mut b, 8, version);
+            put64(&mut b, 64, epoch);
+            let c = RefCrc.append(0, &b[..SB_BYTES - 4]);
+            put32(&mut b, SB_BYTES - 4, c);
+            Superblock::decode(&b, &RefCrc)
+        };
+        for e in [1u64, 3, 0xFFFF_FFFE, 0xFFFF_FFFF] {
+            assert_eq!(v1(e, 1), Ok(SbRead::Valid(Superblock { epoch: e + (1 << 32), ..sb() })));
+        }
+        assert_eq!(v1(1 << 32, 1).unwrap_err().as_str(), "Superblock epoch is beyond 32 bits in a version-1 superblock");
+        assert_eq!(v1(3, 3).unwrap_err().as_str(), "Unsupported wbcache metadata version");
     }
 
     #[test]

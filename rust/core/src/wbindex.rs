@@ -42,7 +42,13 @@
 //!   yet so: `barrier` and `commit_done` do work in proportion to the commit, the metadata
 //!   blocks it writes and the slots it frees.)
 //! - Epochs: every version carries the epoch it was written in. In ordered mode, a version of
-//!   an older epoch is kept when overwritten, and writeback goes strictly epoch by epoch.
+//!   an older epoch is kept when overwritten, and writeback goes strictly epoch by epoch. The
+//!   epoch counter is 64 bits and never wraps (closed epochs are checkpoint marker ids); a slot
+//!   and an on-disk entry keep the low 32 bits of their version's epoch, read back as the
+//!   current epoch minus their distance. That holds while every version is less than
+//!   [`EPOCH_WINDOW`] epochs old: writeback is due for versions more than
+//!   [`EPOCH_WRITEBACK_AGE`] old ([`Index::epochs_need_writeback`]), and an epoch does not close
+//!   while the oldest version would be [`EPOCH_WINDOW`] old ([`Index::close_epoch`]).
 //! - Checkpoints: with a writeback limit (epoch N), versions of epochs up to N are kept when
 //!   overwritten by a newer epoch and nothing newer than N is written back, so once every
 //!   version up to N is written back the origin holds exactly the writes of epochs up to N. A
@@ -96,6 +102,15 @@ pub const MAX_VERSIONS: usize = 16;
 /// epoch, which discards it at load; outside ordered mode only the newest version matters).
 pub const MAX_LOADED_VERSIONS: usize = 2 * MAX_VERSIONS;
 
+/// Versions are kept less than this many epochs older than the current epoch (2^31): slots and
+/// entries hold the low 32 bits of an epoch, compared by signed 32-bit distance.
+pub const EPOCH_WINDOW: u64 = 1 << 31;
+/// Writeback is due for versions more than this many epochs old (2^30, half the window), in
+/// every mode, so that they never come near [`EPOCH_WINDOW`]: at 10 000 epochs a second (a flush
+/// from above closes one in ordered mode) 2^30 epochs take 30 hours, and writing a cache back
+/// takes minutes.
+pub const EPOCH_WRITEBACK_AGE: u64 = 1 << 30;
+
 const BLOCK_MASK: u64 = MAX_ORIGIN_BLOCKS - 1;
 const FLAG_SHIFT: u32 = 48;
 
@@ -129,7 +144,7 @@ pub struct Slot {
     key: u64,
     /// Sequence number of the commit that wrote the slot's image.
     seq: u64,
-    /// Epoch of the version held.
+    /// Epoch of the version held: its low 32 bits (see [`EPOCH_WINDOW`]).
     epoch: u32,
     /// Next slot in the hash chain or in the list the slot is on.
     next: u32,
@@ -257,21 +272,31 @@ pub struct Index<S, B, M> {
     /// A committed version was rewritten in place since the last barrier: the next commit must
     /// flush the cache device even if no entry changed.
     rewrote_committed: bool,
-    epoch: u32,
+    /// The current epoch (64 bits: never wraps).
+    epoch: u64,
     ordered: bool,
     /// Checkpoint: only versions of epochs up to this one are written back, and they are kept
     /// when a newer epoch overwrites them.
-    wb_limit: Option<u32>,
+    wb_limit: Option<u64>,
     committed_seq: u64,
-    oldest_dirty_epoch: u32,
+    /// Oldest epoch holding dirty data, as of the last writeback scan, load, or write into an
+    /// empty cache: never newer than the true one.
+    oldest_dirty_epoch: u64,
     wb_cursor: u32,
     /// The last block a write was refused for ([`WriteMap::TooManyVersions`]).
     version_wait: Option<u64>,
 }
 
-/// Whether epoch `e` is `limit` or older (epoch counters wrap: compared by signed distance).
-fn epoch_upto(e: u32, limit: u32) -> bool {
-    limit.wrapping_sub(e) as i32 >= 0
+/// The epoch of a version from the low 32 bits `low` a slot keeps of it, given an epoch `now`
+/// not older than the version and less than 2^32 epochs newer (the index keeps every version
+/// within [`EPOCH_WINDOW`] of the current epoch): `now` minus their distance.
+fn widen(low: u32, now: u64) -> u64 {
+    now.saturating_sub(u64::from((now as u32).wrapping_sub(low)))
+}
+
+/// The epoch whose low 32 bits are `low` nearest to `reference` (less than 2^31 from it).
+fn nearest(low: u32, reference: u64) -> u64 {
+    reference.saturating_add_signed(i64::from(low.wrapping_sub(reference as u32) as i32))
 }
 
 fn set_bit(words: &mut [u64], i: u64) {
@@ -367,26 +392,47 @@ where
     }
 
     /// The current epoch (new writes belong to it).
-    pub fn epoch(&self) -> u32 {
+    pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
-    /// Starts a new epoch; returns the one closed.
-    pub fn close_epoch(&mut self) -> u32 {
+    /// Starts a new epoch; returns the one closed. Epochs only grow (64 bits, never wrapped),
+    /// so the epochs closed make increasing marker ids. `None`, and the epoch stays open, when
+    /// closing it would leave the oldest dirty version [`EPOCH_WINDOW`] epochs old (writeback
+    /// is due long before, at [`EPOCH_WRITEBACK_AGE`]: only a writeback failing for days gets
+    /// there), or at `u64::MAX`. A flush from above then leaves its writes in the open epoch
+    /// (ordered mode merges two epochs: the origin still only passes epoch boundaries), and a
+    /// checkpoint is refused.
+    pub fn close_epoch(&mut self) -> Option<u64> {
         let old = self.epoch;
-        self.epoch = self.epoch.wrapping_add(1).max(1);
-        old
+        if old.saturating_sub(self.oldest_dirty_epoch()) >= EPOCH_WINDOW - 1 {
+            return None;
+        }
+        self.epoch = old.checked_add(1)?;
+        Some(old)
+    }
+
+    /// Whether writeback must run for the age of the oldest dirty version: it is more than
+    /// [`EPOCH_WRITEBACK_AGE`] epochs old (as of the last scan: the caller keeps writing back
+    /// while this holds, and each scan updates it).
+    pub fn epochs_need_writeback(&self) -> bool {
+        self.epoch.saturating_sub(self.oldest_dirty_epoch()) > EPOCH_WRITEBACK_AGE
+    }
+
+    /// Whether the version of epoch `low` (low 32 bits) is of epoch `limit` or older.
+    fn epoch_upto(&self, low: u32, limit: u64) -> bool {
+        widen(low, self.epoch) <= limit
     }
 
     /// Sets or clears the checkpoint writeback limit: while set to `Some(n)`, writeback takes
     /// only versions of epochs up to `n`, and such versions are kept when a newer epoch
     /// overwrites them (so the origin can be brought to exactly the state of epochs up to `n`).
-    pub fn set_wb_limit(&mut self, limit: Option<u32>) {
+    pub fn set_wb_limit(&mut self, limit: Option<u64>) {
         self.wb_limit = limit;
     }
 
     /// The checkpoint writeback limit.
-    pub fn wb_limit(&self) -> Option<u32> {
+    pub fn wb_limit(&self) -> Option<u64> {
         self.wb_limit
     }
 
@@ -395,14 +441,14 @@ where
     /// slots when done). In steps, so a caller holding a lock with interrupts disabled can
     /// release it between them; versions of such epochs are never created once the epoch is
     /// closed, so a pass that began after closing it and counts none proves there are none.
-    pub fn count_upto(&self, limit: u32, from: u32, budget: u32) -> (u64, u32) {
+    pub fn count_upto(&self, limit: u64, from: u32, budget: u32) -> (u64, u32) {
         let end = from.saturating_add(budget).min(self.slots.len() as u32);
         let n = self
             .slots
             .get(from as usize..end as usize)
             .unwrap_or(&[])
             .iter()
-            .filter(|s| s.holds_data() && epoch_upto(s.epoch, limit))
+            .filter(|s| s.holds_data() && self.epoch_upto(s.epoch, limit))
             .count();
         (n as u64, end)
     }
@@ -424,8 +470,8 @@ where
     }
 
     /// Oldest epoch holding dirty data, as of the last writeback scan or load (the current
-    /// epoch when nothing is dirty).
-    pub fn oldest_dirty_epoch(&self) -> u32 {
+    /// epoch when nothing is dirty); never newer than the true one.
+    pub fn oldest_dirty_epoch(&self) -> u64 {
         if self.dirty == 0 {
             self.epoch
         } else {
@@ -636,7 +682,7 @@ where
     fn rewritable(&self, s: &Slot) -> bool {
         s.state() == ST_VALID
             && !s.has(F_UNDER_WB)
-            && s.epoch == self.epoch
+            && s.epoch == self.epoch as u32
             && s.writers() < WRITERS_MAX
     }
 
@@ -701,7 +747,11 @@ where
             return None;
         }
         let i = self.pop(ListId::Free)?;
-        let epoch = self.epoch;
+        let epoch = self.epoch as u32;
+        if self.dirty == 0 {
+            // Nothing older is dirty: the oldest dirty epoch is known without a scan.
+            self.oldest_dirty_epoch = self.epoch;
+        }
         if let Some(s) = self.slots.get_mut(i as usize) {
             s.key = block;
             s.set_state(ST_WRITING);
@@ -754,10 +804,10 @@ where
         // otherwise those of older epochs stay in ordered mode and, up to the limit, during a
         // checkpoint.
         let block = s.block();
-        let (ordered, limit) = (self.ordered, self.wb_limit);
+        let (ordered, limit, now) = (self.ordered, self.wb_limit, self.epoch);
         let keep = |o: &Slot| {
             o.has(F_UNDER_WB)
-                || (!wt && o.epoch != s.epoch && (ordered || limit.is_some_and(|n| epoch_upto(o.epoch, n))))
+                || (!wt && o.epoch != s.epoch && (ordered || limit.is_some_and(|n| widen(o.epoch, now) <= n)))
         };
         self.release_older(i, block, keep);
     }
@@ -965,14 +1015,16 @@ where
     pub fn scan_step(&mut self, scan: &mut WbScan, out: &mut [u32], budget: u32) -> bool {
         let nr = self.slots.len() as u32;
         if !scan.selecting {
-            // First pass: the oldest dirty epoch. Epochs are compared by signed distance from
-            // the epoch current when the scan began (a wrapped counter still orders; versions
-            // written after an epoch closed during the scan count as age 0).
+            // First pass: the oldest dirty epoch. The low 32 bits of epochs are compared by
+            // signed distance from the epoch current when the scan began (every version is
+            // within EPOCH_WINDOW of it; versions written after an epoch closed during the scan
+            // count as age 0).
             let end = scan.pos.saturating_add(budget).min(nr);
+            let reference = scan.reference as u32;
             for i in scan.pos..end {
                 if let Some(s) = self.slot(i) {
                     if s.holds_data() {
-                        let age = scan.reference.wrapping_sub(s.epoch) as i32;
+                        let age = reference.wrapping_sub(s.epoch) as i32;
                         scan.oldest_age = scan.oldest_age.max(age.max(0) as u32);
                     }
                 }
@@ -981,11 +1033,11 @@ where
             if scan.pos < nr {
                 return false;
             }
-            self.oldest_dirty_epoch = scan.reference.wrapping_sub(scan.oldest_age);
+            self.oldest_dirty_epoch = scan.reference.saturating_sub(u64::from(scan.oldest_age));
             if self.ordered && scan.oldest_age == 0 {
                 return true;
             }
-            scan.want_epoch = self.oldest_dirty_epoch;
+            scan.want_epoch = reference.wrapping_sub(scan.oldest_age);
             scan.selecting = true;
             scan.pos = 0;
             return false;
@@ -1008,7 +1060,7 @@ where
             }
             // Within the checkpoint limit in force now and the one the scan began under: a scan
             // begun during a checkpoint's drain may still run after its marker lifted the limit.
-            let beyond = |l: Option<u32>| l.is_some_and(|n| !epoch_upto(s.epoch, n));
+            let beyond = |l: Option<u64>| l.is_some_and(|n| !self.epoch_upto(s.epoch, n));
             if beyond(self.wb_limit) || beyond(scan.limit) {
                 continue;
             }
@@ -1148,7 +1200,7 @@ where
     /// true. Until then the index must not be used otherwise (it holds nothing usable).
     pub fn load_begin(&mut self, sb_seq: u64, sb_epoch: u64) -> LoadState {
         self.reset_state(sb_seq);
-        LoadState::new(false, sb_epoch.min(u64::from(u32::MAX - 1)) as u32)
+        LoadState::new(false, sb_epoch)
     }
 
     /// Clears the index for a load by at most `budget` (at least 1) slots, buckets, counters or
@@ -1196,7 +1248,9 @@ where
             s.set(F_ON_DISK, true);
             self.load_version(i, s)?;
             st.report.dirty += 1;
-            st.max_epoch = st.max_epoch.max(e.epoch);
+            // Its epoch in 64 bits: the one nearest to the superblock's (a correct writer's are
+            // not newer, and less than EPOCH_WINDOW older).
+            st.max_epoch = st.max_epoch.max(nearest(e.epoch, st.sb_epoch));
             return Ok(());
         } else if e.seq != 0 {
             self.load_tombstone(i, s);
@@ -1281,7 +1335,9 @@ where
     /// the newest [`MAX_VERSIONS`] are kept (see [`MAX_LOADED_VERSIONS`] for why the others are
     /// released versions). Discarded versions are marked free by the first commit; a tombstone
     /// that discarded one is kept from reuse until that commit completes (until then it alone
-    /// keeps them from coming back). The new epoch follows the newest one loaded.
+    /// keeps them from coming back). The new epoch follows the newest one loaded: the
+    /// superblock's, or that of a committed version (its low 32 bits read as the epoch nearest
+    /// the superblock's), in 64 bits.
     pub fn load_finish_step(&mut self, st: &mut LoadState, budget: u32) -> bool {
         if st.phase == LoadPhase::Clear {
             // Not cleared yet (a caller's mistake): clear, then finish with nothing loaded.
@@ -1291,7 +1347,7 @@ where
         if st.phase == LoadPhase::Entries {
             st.phase = LoadPhase::Finish;
             st.pos = 0;
-            st.new_epoch = st.max_epoch.wrapping_add(1).max(1);
+            st.new_epoch = st.max_epoch.saturating_add(1);
             self.dirty = st.report.dirty;
         }
         if st.phase != LoadPhase::Finish {
@@ -1308,7 +1364,7 @@ where
         }
         // New writes after a restart start a new epoch.
         self.epoch = st.new_epoch;
-        self.oldest_dirty_epoch = st.new_epoch.wrapping_sub(st.oldest_age);
+        self.oldest_dirty_epoch = st.new_epoch.saturating_sub(u64::from(st.oldest_age));
         st.phase = LoadPhase::Done;
         true
     }
@@ -1381,7 +1437,7 @@ where
                     *k = c.epoch;
                 }
                 nk += 1;
-                st.oldest_age = st.oldest_age.max(st.new_epoch.wrapping_sub(c.epoch));
+                st.oldest_age = st.oldest_age.max((st.new_epoch as u32).wrapping_sub(c.epoch));
             }
             prev = cur;
             cur = next;
@@ -1405,8 +1461,11 @@ where
         self.versions(block).count()
     }
 
+    /// Whether `a` is newer than `b` (of one block): by commit sequence number, then by epoch
+    /// (two versions committed together are less than [`EPOCH_WINDOW`] apart: compared by
+    /// signed distance of their low 32 bits).
     fn newer(a: &Slot, b: &Slot) -> bool {
-        (a.seq, a.epoch) > (b.seq, b.epoch)
+        a.seq > b.seq || (a.seq == b.seq && a.epoch.wrapping_sub(b.epoch) as i32 > 0)
     }
 }
 
@@ -1468,15 +1527,18 @@ pub fn merge_copies(jobs: &mut [(u64, u64, u64)], max_sectors: u64) -> usize {
 /// epoch), and every candidate is checked when it is taken.
 #[derive(Clone, Copy, Debug)]
 pub struct WbScan {
-    reference: u32,
+    /// The current epoch when the scan began.
+    reference: u64,
+    /// Age of the oldest dirty version found, relative to `reference`.
     oldest_age: u32,
     pos: u32,
     selecting: bool,
+    /// Low 32 bits of the epoch taken in ordered mode.
     want_epoch: u32,
     start: u32,
     max_seq: Option<u64>,
     /// The checkpoint writeback limit when the scan began (it stays in force for the scan).
-    limit: Option<u32>,
+    limit: Option<u64>,
     /// Candidates found so far.
     pub found: usize,
 }
@@ -1502,10 +1564,12 @@ pub struct LoadState {
     /// Position in the phase.
     pos: u64,
     format: bool,
+    /// The superblock's epoch.
+    sb_epoch: u64,
     /// Newest epoch seen (the superblock's, or of a version loaded).
-    max_epoch: u32,
+    max_epoch: u64,
     /// The epoch new writes will start (known once every entry is loaded).
-    new_epoch: u32,
+    new_epoch: u64,
     /// Age of the oldest version kept, relative to `new_epoch`.
     oldest_age: u32,
     /// What the load found so far (complete when it is done).
@@ -1513,8 +1577,17 @@ pub struct LoadState {
 }
 
 impl LoadState {
-    fn new(format: bool, max_epoch: u32) -> Self {
-        Self { phase: LoadPhase::Clear, pos: 0, format, max_epoch, new_epoch: 1, oldest_age: 0, report: LoadReport::default() }
+    fn new(format: bool, sb_epoch: u64) -> Self {
+        Self {
+            phase: LoadPhase::Clear,
+            pos: 0,
+            format,
+            sb_epoch,
+            max_epoch: sb_epoch,
+            new_epoch: 1,
+            oldest_age: 0,
+            report: LoadReport::default(),
+        }
     }
 
     /// Whether the format or load is complete.
@@ -1687,7 +1760,7 @@ mod tests {
             let WriteMap::Slot(i) = ix.map_write(b, true) else { panic!() };
             ix.write_done(i, true);
         }
-        let id = ix.close_epoch();
+        let id = ix.close_epoch().unwrap();
         ix.set_wb_limit(Some(id));
         for b in 10..14 {
             let WriteMap::Slot(i) = ix.map_write(b, true) else { panic!() };
@@ -1707,7 +1780,7 @@ mod tests {
         while !ix.scan_step(&mut scan, &mut out, 2) {}
         let taken: Vec<Entry> = out[..scan.found].iter().map(|&i| ix.image(i)).collect();
         assert_eq!(taken.len(), 4, "{taken:?}");
-        assert!(taken.iter().all(|e| e.epoch == id), "versions of a later epoch taken: {taken:?}");
+        assert!(taken.iter().all(|e| u64::from(e.epoch) == id), "versions of a later epoch taken: {taken:?}");
         // A scan begun afterwards takes them.
         let mut scan = ix.scan_begin(None);
         while !ix.scan_step(&mut scan, &mut out, 2) {}
@@ -1716,7 +1789,7 @@ mod tests {
         let mut ix = index(8);
         let WriteMap::Slot(i) = ix.map_write(1, true) else { panic!() };
         ix.write_done(i, true);
-        let id = ix.close_epoch();
+        let id = ix.close_epoch().unwrap();
         let WriteMap::Slot(j) = ix.map_write(2, true) else { panic!() };
         ix.write_done(j, true);
         let k = ix.barrier();
@@ -2280,7 +2353,7 @@ mod tests {
         let mut out = [0u32; 8];
         let mut refused = 0;
         for _ in 0..100 {
-            let id = ix.close_epoch();
+            let id = ix.close_epoch().unwrap();
             ix.set_wb_limit(Some(id));
             match ix.map_write(9, true) {
                 WriteMap::Slot(i) => ix.write_done(i, true),
@@ -2327,7 +2400,7 @@ mod tests {
         ix.commit_done(k, true);
         let mut out = [0u32; 8];
         assert_eq!(ix.select_writeback(&mut out, None), 0, "the current epoch is open");
-        assert_eq!(ix.close_epoch(), 1);
+        assert_eq!(ix.close_epoch(), Some(1));
         let WriteMap::Slot(b) = ix.map_write(5, true) else { panic!() };
         ix.write_done(b, true);
         assert_eq!(ix.counts().dirty, 3, "the epoch-1 version of block 5 is kept");
@@ -2348,6 +2421,193 @@ mod tests {
         assert_eq!(ix.oldest_dirty_epoch(), 1, "as of the last scan");
         assert_eq!(ix.select_writeback(&mut out, None), 1);
         assert_eq!(ix.oldest_dirty_epoch(), 2);
+    }
+
+    /// An index as loaded from a superblock of epoch `sb_epoch` with nothing cached (the new
+    /// epoch is the next one).
+    fn index_at(nr: u64, sb_epoch: u64, ordered: bool) -> Ix {
+        let mut ix = index(nr);
+        ix.set_ordered(ordered);
+        ix.load(0, sb_epoch, 1 << 40, |_| Ok(Entry::free(0))).unwrap();
+        assert_eq!(ix.epoch(), sb_epoch + 1);
+        ix
+    }
+
+    fn write_block(ix: &mut Ix, block: u64) -> u32 {
+        let WriteMap::Slot(i) = ix.map_write(block, true) else { panic!("block {block}") };
+        ix.write_done(i, true);
+        i
+    }
+
+    fn commit_all(ix: &mut Ix, disk: &mut [Entry]) -> u64 {
+        let k = ix.barrier();
+        for (i, d) in disk.iter_mut().enumerate() {
+            *d = ix.image(i as u32);
+        }
+        ix.commit_done(k, true);
+        k
+    }
+
+    /// Found by review: epochs were 32-bit and wrapped (to 1) after 2^32 closes, so marker ids
+    /// (the epochs closed) started again from 1, and dm-repl's acknowledged marker id (a
+    /// maximum) covered the new ones at once. Epochs are 64-bit now: from 2^32 - 2 they go on
+    /// past 2^32 (the old code gave 2^32 - 1, then 1, 2, ...; its load also clamped a
+    /// superblock's epoch to 2^32 - 2). Versions on both sides of 2^32 are written back epoch by
+    /// epoch in ordered mode, and checkpoint limits across 2^32 count and keep the right ones.
+    #[test]
+    fn epochs_and_marker_ids_go_on_past_2_pow_32() {
+        const B: u64 = 1 << 32;
+        let mut ix = index_at(64, B - 3, true);
+        let mut ids = vec![];
+        // Block 0 rewritten in every epoch, block 10 + k written in epoch k.
+        for k in 0..6u64 {
+            write_block(&mut ix, 0);
+            write_block(&mut ix, 10 + k);
+            ids.push(ix.close_epoch().unwrap());
+        }
+        assert_eq!(ids, (B - 2..B + 4).collect::<Vec<_>>(), "ids increase past 2^32");
+        assert_eq!(ix.epoch(), B + 4);
+        assert_eq!(ix.chain_len(0), 6, "ordered mode keeps one version per epoch");
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        // Ordered writeback: one epoch per scan, oldest first, across 2^32.
+        let mut out = [0u32; 64];
+        for &id in &ids {
+            let n = ix.select_writeback(&mut out, None);
+            assert_eq!(ix.oldest_dirty_epoch(), id);
+            let mut got: Vec<u64> = out[..n].iter().map(|&i| ix.block_of(i)).collect();
+            got.sort();
+            assert_eq!(got, vec![0, 10 + (id - (B - 2))], "epoch {id}");
+            assert!(out[..n].iter().all(|&i| u64::from(ix.image(i).epoch) == id & 0xFFFF_FFFF));
+            for &i in &out[..n] {
+                ix.writeback_done(i, true);
+            }
+        }
+        assert_eq!(ix.counts().dirty, 0);
+        assert_eq!(ix.oldest_dirty_epoch(), B + 4);
+
+        // A checkpoint limit across 2^32, not in ordered mode: versions up to the limit are
+        // counted and kept when a newer epoch overwrites them; newer ones are not written back.
+        let mut ix = index_at(64, B - 3, false);
+        write_block(&mut ix, 1); // epoch 2^32 - 2
+        ix.close_epoch().unwrap();
+        write_block(&mut ix, 2); // epoch 2^32 - 1
+        ix.close_epoch().unwrap();
+        write_block(&mut ix, 3); // epoch 2^32
+        let id = ix.close_epoch().unwrap();
+        assert_eq!(id, B);
+        ix.set_wb_limit(Some(id));
+        write_block(&mut ix, 1); // epoch 2^32 + 1 over 2^32 - 2: kept
+        write_block(&mut ix, 4);
+        assert_eq!(ix.chain_len(1), 2);
+        let count = |ix: &Ix, limit: u64| ix.count_upto(limit, 0, 64).0;
+        assert_eq!(count(&ix, id), 3);
+        assert_eq!(count(&ix, B - 1), 2);
+        assert_eq!(count(&ix, B + 1), 5);
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        let n = ix.select_writeback(&mut out, None);
+        let mut got: Vec<u64> = out[..n].iter().map(|&i| ix.block_of(i)).collect();
+        got.sort();
+        assert_eq!(got, vec![1, 2, 3], "epochs up to 2^32 only, the oldest version of block 1");
+        for &i in &out[..n] {
+            ix.writeback_done(i, true);
+        }
+        assert_eq!(count(&ix, id), 0);
+        ix.set_wb_limit(None);
+        assert_eq!(ix.select_writeback(&mut out, None), 2);
+    }
+
+    /// A crash with versions of one block in epochs 2^32 - 1 and 2^32 committed together: the
+    /// load orders them by epoch across 2^32 and the next epoch is above every id handed out.
+    /// (The old code compared the raw 32-bit epochs of versions committed together, taking the
+    /// one of epoch 0xFFFF_FFFF for the newer: reads returned the older data; and its next epoch
+    /// followed the largest raw epoch, 0xFFFF_FFFF, wrapping to 1: an id handed out before.)
+    #[test]
+    fn a_load_reconstructs_64_bit_epochs_across_2_pow_32() {
+        const B: u64 = 1 << 32;
+        let mut ix = index_at(16, B - 2, true);
+        let mut disk = vec![Entry::free(0); 16];
+        let old = write_block(&mut ix, 7); // epoch 2^32 - 1
+        write_block(&mut ix, 8);
+        let mut handed_out = vec![ix.close_epoch().unwrap()];
+        let new = write_block(&mut ix, 7); // epoch 2^32
+        handed_out.push(ix.close_epoch().unwrap());
+        write_block(&mut ix, 9); // epoch 2^32 + 1
+        assert_eq!(handed_out, vec![B - 1, B]);
+        let sb_seq = commit_all(&mut ix, &mut disk);
+        let sb_epoch = ix.epoch();
+        assert_eq!(sb_epoch, B + 1);
+        assert_eq!((disk[old as usize].seq, disk[new as usize].seq), (sb_seq, sb_seq), "committed together");
+        assert_eq!((disk[old as usize].epoch, disk[new as usize].epoch), (0xFFFF_FFFF, 0));
+        for budget in [1, 3, 1000] {
+            let mut ix = index(16);
+            ix.set_ordered(true);
+            let (rep, _) = load_in_steps(&mut ix, &disk, sb_seq, sb_epoch, budget);
+            assert_eq!(rep.unwrap().dirty, 4);
+            assert_eq!(ix.epoch(), B + 2, "the next epoch follows the superblock's");
+            assert_eq!(ix.lookup_read(7), Some(new), "the version of epoch 2^32 is the newer");
+            assert_eq!(ix.versions(7).collect::<Vec<_>>(), vec![new, old]);
+            assert_eq!(ix.oldest_dirty_epoch(), B - 1);
+            let id = ix.close_epoch().unwrap();
+            assert!(handed_out.iter().all(|&h| id > h), "id {id} after {handed_out:?}");
+            let mut out = [0u32; 16];
+            let n = ix.select_writeback(&mut out, None);
+            let mut got: Vec<u32> = out[..n].to_vec();
+            got.sort();
+            assert_eq!(got.len(), 2);
+            assert!(got.contains(&old) && !got.contains(&new), "epoch 2^32 - 1 first: {got:?}");
+        }
+        // The newest entry, not only the superblock, sets the next epoch: a superblock behind
+        // its entries (not written by this code, but loadable) still gives a newer epoch.
+        let mut ix = index(16);
+        ix.load(sb_seq, B - 5, 1 << 40, |i| Ok(disk[i as usize])).unwrap();
+        assert_eq!(ix.epoch(), B + 2, "entry of epoch 2^32 + 1 read as the epoch nearest 2^32 - 5");
+        // A superblock of the 32-bit format converts with 2^32 added (wbformat): its entries'
+        // low 32 bits read the same against it.
+        let mut ix = index(16);
+        ix.load(sb_seq, B + 3, 1 << 40, |i| Ok(disk[i as usize])).unwrap();
+        assert_eq!(ix.epoch(), B + 4);
+        assert_eq!(ix.oldest_dirty_epoch(), B - 1);
+    }
+
+    /// Slots keep the low 32 bits of epochs, so every version must stay less than 2^31 epochs
+    /// old: past 2^30 writeback is due in every mode, and an epoch does not close once the
+    /// oldest version would be 2^31 old (a flush from above leaves its writes in the open epoch,
+    /// a checkpoint is refused) until it is written back.
+    #[test]
+    fn the_oldest_version_stays_within_2_pow_31_epochs() {
+        const B: u64 = 1 << 32;
+        let now = 3 * B + 17;
+        let mut ix = index(8);
+        let e = |epoch: u64| Entry { block: 4, seq: 1, epoch: epoch as u32, state: EntryState::Dirty };
+        let young = now + 1 - EPOCH_WRITEBACK_AGE;
+        ix.load(1, now, 1 << 40, |i| Ok(if i == 0 { e(young) } else { Entry::free(0) })).unwrap();
+        assert_eq!(ix.oldest_dirty_epoch(), young);
+        assert!(!ix.epochs_need_writeback(), "exactly 2^30 old: not yet");
+        ix.close_epoch().unwrap();
+        assert!(ix.epochs_need_writeback());
+        let old = now + 3 - EPOCH_WINDOW;
+        let mut ix = index(8);
+        ix.load(1, now, 1 << 40, |i| Ok(if i == 0 { e(old) } else { Entry::free(0) })).unwrap();
+        assert_eq!(ix.oldest_dirty_epoch(), old, "its 64-bit epoch, from 2^31 - 2 epochs back");
+        assert!(ix.epochs_need_writeback());
+        assert_eq!(ix.close_epoch(), Some(now + 1), "age 2^31 - 2: one more close");
+        assert_eq!(ix.close_epoch(), None, "age 2^31 - 1: no more");
+        assert_eq!(ix.epoch(), now + 2);
+        let mut out = [0u32; 8];
+        assert_eq!(ix.select_writeback(&mut out, None), 1);
+        ix.writeback_done(out[0], true);
+        assert!(!ix.epochs_need_writeback());
+        assert_eq!(ix.close_epoch(), Some(now + 2));
+        // A write into an empty cache knows its oldest epoch without a scan.
+        write_block(&mut ix, 5);
+        assert_eq!(ix.oldest_dirty_epoch(), now + 3);
+        // u64::MAX is never passed.
+        let mut ix = index_at(8, u64::MAX - 2, false);
+        assert_eq!(ix.close_epoch(), Some(u64::MAX - 1));
+        assert_eq!(ix.close_epoch(), None);
+        assert_eq!(ix.epoch(), u64::MAX);
     }
 
     #[test]
@@ -2440,6 +2700,12 @@ mod tests {
         ]
     }
 
+    /// The epoch a run starts at: 1 (a new cache) in half the runs, otherwise just below 2^32,
+    /// so that the run's epochs (and marker ids) cross it.
+    fn start_epoch() -> impl Strategy<Value = u64> {
+        prop_oneof![Just(1u64), (1u64 << 32) - 16..(1u64 << 32) + 1]
+    }
+
     const NR: u64 = 40; // three 16-entry sectors: commits can tear between them
     const SECTOR_ENTRIES: u64 = 16;
 
@@ -2468,7 +2734,7 @@ mod tests {
         /// A checkpoint in progress: its epoch, write-through mode, and what the origin must
         /// hold at its marker (every write mapped before it closed the epoch; in write-through
         /// mode updated by the writes through since).
-        cp: Option<(u32, bool, BTreeMap<u64, u64>)>,
+        cp: Option<(u64, bool, BTreeMap<u64, u64>)>,
         checkpoints: u32,
         /// Writes refused at the version bound.
         bound_hits: u32,
@@ -2476,12 +2742,22 @@ mod tests {
         over_bound_loads: u32,
         /// At a crash: per slot, the block and epoch of the committed version it held.
         live: Vec<Option<(u64, u32)>>,
+        /// The last epoch closed (since the last crash: then the largest marker id).
+        last_closed: u64,
+        /// The largest marker id written (a checkpoint that completed).
+        max_marker: u64,
     }
 
     impl Model {
-        fn new(ordered: bool) -> Self {
+        /// A model whose index starts at epoch `start` (1: formatted; otherwise loaded from an
+        /// empty cache whose superblock says `start - 1`).
+        fn new(ordered: bool, start: u64) -> Self {
             let mut ix = index(NR);
             ix.set_ordered(ordered);
+            if start > 1 {
+                ix.load(0, start - 1, 1 << 20, |_| Ok(Entry::free(0))).unwrap();
+                assert_eq!(ix.epoch(), start);
+            }
             Self {
                 ix,
                 ordered,
@@ -2495,7 +2771,7 @@ mod tests {
                 images_written: false,
                 disk: vec![Entry::free(0); NR as usize],
                 disk_seq: 0,
-                disk_epoch: 1,
+                disk_epoch: start.max(2) - 1,
                 wb: vec![],
                 ids_of: BTreeMap::new(),
                 pending_images: vec![],
@@ -2505,7 +2781,17 @@ mod tests {
                 bound_hits: 0,
                 over_bound_loads: 0,
                 live: vec![],
+                last_closed: 0,
+                max_marker: 0,
             }
+        }
+
+        /// Closes the epoch: ids only grow, also across 2^32 and across crashes.
+        fn close_epoch(&mut self) -> Option<u64> {
+            let n = self.ix.close_epoch()?;
+            assert!(n > self.last_closed, "epoch {n} closed after {}", self.last_closed);
+            self.last_closed = n;
+            Some(n)
         }
 
         fn read(&self, b: u64) -> u64 {
@@ -2658,7 +2944,7 @@ mod tests {
                         self.disk[i as usize] = e;
                     }
                     self.disk_seq = k;
-                    self.disk_epoch = u64::from(self.ix.epoch());
+                    self.disk_epoch = self.ix.epoch();
                     self.ix.commit_done(k, true);
                     for (b, id) in snap {
                         let d = self.durable.entry(b).or_insert(0);
@@ -2687,19 +2973,26 @@ mod tests {
                 Op::CloseEpoch => {
                     // Also during a checkpoint (a flush from above in ordered mode): the new
                     // epochs are newer than the checkpoint's.
-                    self.ix.close_epoch();
+                    self.close_epoch();
                 }
                 Op::Checkpoint(wt) => {
                     if self.cp.is_some() {
                         return;
                     }
-                    let n = self.ix.close_epoch();
+                    let Some(n) = self.close_epoch() else { return };
                     self.ix.set_wb_limit(Some(n));
                     if *wt {
                         // The target runs the checkpoint in write-through mode (not ordered).
                         self.ix.set_ordered(false);
                     }
                     self.cp = Some((n, *wt, self.mapped.clone()));
+                    // The target commits the new epoch before the drain, so that marker ids
+                    // never repeat after a crash (after any commit in progress).
+                    if self.at_barrier.is_none() {
+                        self.step(&Op::Barrier);
+                    }
+                    self.step(&Op::WriteImages(vec![true; 8]));
+                    self.step(&Op::Sb);
                 }
                 Op::CheckpointAbort => {
                     if self.cp.take().is_some() {
@@ -2724,6 +3017,8 @@ mod tests {
                         let got = self.origin.get(&b).copied().unwrap_or(0);
                         assert_eq!(got, want.get(&b).copied().unwrap_or(0), "block {b} at the marker of epoch {n}");
                     }
+                    assert!(self.disk_epoch > *n, "marker {n} written, the superblock says epoch {}", self.disk_epoch);
+                    self.max_marker = self.max_marker.max(*n);
                     self.checkpoints += 1;
                     self.ix.set_wb_limit(None);
                     self.ix.set_ordered(self.ordered);
@@ -2739,7 +3034,7 @@ mod tests {
                         self.complete(w);
                     }
                     if self.ordered {
-                        self.ix.close_epoch();
+                        self.close_epoch();
                     }
                     // The flush commits (after any commit in progress).
                     if self.at_barrier.is_none() {
@@ -2761,7 +3056,7 @@ mod tests {
             if let Some((n, true, want)) = &mut self.cp {
                 // A write of the checkpoint's write-through phase (a newer epoch): it reached
                 // the origin too before completing.
-                if self.ix.slots[i as usize].epoch != *n && self.ix.slots[i as usize].has(F_WT) {
+                if self.ix.slots[i as usize].epoch != *n as u32 && self.ix.slots[i as usize].has(F_WT) {
                     self.origin.insert(b, id);
                     want.insert(b, id);
                 }
@@ -2808,6 +3103,10 @@ mod tests {
             // crash (compared below with a load into a new one).
             let (rep, _) = load_in_steps(&mut fresh, &disk, self.disk_seq, self.disk_epoch, budget);
             let rep = rep.unwrap();
+            // Marker ids never repeat: the next epoch is above every one written.
+            assert!(fresh.epoch() > self.max_marker, "epoch {} after marker {}", fresh.epoch(), self.max_marker);
+            assert!(fresh.epoch() > self.disk_epoch);
+            self.last_closed = self.max_marker;
             let committed = disk.iter().filter(|e| e.state == EntryState::Dirty && e.seq <= self.disk_seq).count() as u64;
             assert_eq!(rep.dirty + rep.ignored, disk.iter().filter(|e| e.state == EntryState::Dirty).count() as u64);
             assert_eq!(rep.dirty, committed);
@@ -2866,7 +3165,7 @@ mod tests {
         let (mut runs_refused, mut loads_over) = (0, 0);
         for _ in 0..200 {
             let ops = proptest::collection::vec(hot_op(), 300).new_tree(&mut runner).unwrap().current();
-            let mut m = Model::new(true);
+            let mut m = Model::new(true, 1);
             for o in &ops {
                 m.step(o);
             }
@@ -2878,6 +3177,29 @@ mod tests {
         assert!(loads_over >= 10, "{loads_over} loads beyond MAX_VERSIONS");
     }
 
+    /// Runs of the model started below 2^32 cross it: markers with ids above 2^32, and crashes
+    /// whose load reads back versions from both sides.
+    #[test]
+    fn the_crash_model_crosses_2_pow_32() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+        let mut runner = TestRunner::deterministic();
+        let (mut crossed, mut markers_above) = (0, 0);
+        for k in 0..200 {
+            let (ordered, ops) = model_run().new_tree(&mut runner).unwrap().current();
+            let mut m = Model::new(ordered, (1 << 32) - 16 + k % 17);
+            for o in &ops {
+                m.step(o);
+            }
+            m.crash(5);
+            crossed += u32::from(m.ix.epoch() > 1 << 32);
+            markers_above += u32::from(m.max_marker >= 1 << 32);
+        }
+        // 104 and 6 (TestRunner::deterministic).
+        assert!(crossed >= 80, "{crossed} of 200 runs crossed 2^32");
+        assert!(markers_above >= 3, "{markers_above} of 200 runs wrote a marker above 2^32");
+    }
+
     proptest! {
         // 2000 cases in `make test`; `make test-long` sets PROPTEST_CASES higher.
         #![proptest_config(ProptestConfig {
@@ -2886,8 +3208,8 @@ mod tests {
         })]
 
         #[test]
-        fn index_matches_the_model_and_survives_crashes((ordered, ops) in model_run(), budget in 1u32..64) {
-            let mut m = Model::new(ordered);
+        fn index_matches_the_model_and_survives_crashes((ordered, ops) in model_run(), budget in 1u32..64, start in start_epoch()) {
+            let mut m = Model::new(ordered, start);
             for o in &ops {
                 m.step(o);
             }
