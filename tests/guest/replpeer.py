@@ -32,17 +32,11 @@ import sys
 import threading
 import time
 
-from replfuzz import ACK, HDR, HELLO, MARKER, RESYNC, WRITE, crc32c, frame, hello, recv_all, write_payload
+from replfuzz import ACK, HDR, HELLO, MARKER, RESYNC, WRITE, frame, hello, recv_all, write_payload
 
 HELLO_INCONSISTENT = 2
 ACK_MARKER_IGNORED = 1
 HELLO_FRAME = HDR + 48
-
-
-def fix_crc(f):
-    """Recomputes the CRC of a frame without a MAC (CRC over the header with CRC and MAC zero)."""
-    zeroed = f[:20] + bytes(36) + f[HDR:]
-    return f[:20] + struct.pack("<I", crc32c(zeroed)) + f[24:]
 
 
 def read_frame(s):
@@ -66,7 +60,8 @@ def mitm(lhost, port, thost, tport, seconds):
                 if len(buf) == HELLO_FRAME and buf[5] == HELLO:
                     flags = struct.unpack_from("<H", buf, 6)[0]
                     if flags & HELLO_INCONSISTENT:
-                        buf = fix_crc(buf[:6] + struct.pack("<H", flags & ~HELLO_INCONSISTENT) + buf[8:])
+                        # Sealed anew (replfuzz.frame computes the CRC) with the flag cleared.
+                        buf = frame(HELLO, flags & ~HELLO_INCONSISTENT, 0, buf[HDR:])
                         with lock:
                             stats["changed"] += 1
                 dst.sendall(buf)

@@ -393,7 +393,7 @@ fn marker_repl(dm: &Dm, r: &ReplLayer, args: &CheckpointArgs) -> Result<CpResult
 
 /// The last marker the repl primary's secondary acknowledged, and the last one it said it did
 /// not record (`marker_ignored`; absent from older kernels), from its status.
-fn marker_acked(dm: &Dm, repl: &str) -> Result<(Option<u64>, Option<u64>)> {
+fn marker_progress(dm: &Dm, repl: &str) -> Result<(Option<u64>, Option<u64>)> {
     let f = status_fields(&dm.status_info(repl)?, stack::REPL_INFO_POSITIONAL);
     let acked = opt_num(&f, "marker_acked").ok_or_else(|| {
         Error::op(format!(
@@ -412,7 +412,7 @@ fn wait_acked(dm: &Dm, repl: &str, id: u64, timeout: Duration) -> Result<u64> {
     ));
     let stop = interrupt_flag();
     let r = loop {
-        let (acked, ignored) = marker_acked(dm, repl)?;
+        let (acked, ignored) = marker_progress(dm, repl)?;
         if ignored.is_some_and(|i| i >= id) {
             break Err(Error::op(format!(
                 "marker {id} was written, but the secondary did not record it: its device was not a consistent image (a resync was under way), so no image of it exists; wait until {repl} shows peer_data consistent (wbrepl status) and take the checkpoint again"
