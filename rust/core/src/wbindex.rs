@@ -143,8 +143,10 @@ const ST_MARKING: u16 = 4;
 const ST_TOMB: u16 = 5;
 /// While loading: the slot's entry is not loaded yet.
 const ST_UNLOADED: u16 = 6;
-// Bit 3 is free. Whether the slot's on-disk image is a dirty entry (committed, or in the
-// commit being made) follows from its sequence number: see `Index::on_disk`.
+/// The slot's first write, still in flight, covers the whole block (not a read-modify-write
+/// building it): another whole-block write may go into it in place. (Whether the slot's
+/// on-disk image is a dirty entry follows from its sequence number: see `Index::on_disk`.)
+const F_FULL: u16 = 1 << 3;
 /// A writeback copy of the slot is in flight.
 const F_UNDER_WB: u16 = 1 << 4;
 /// A write-through (to this slot and to the origin) is in flight: older versions of the block
@@ -720,7 +722,7 @@ where
     pub fn map_write(&mut self, block: u64, full: bool) -> WriteMap {
         let newest = self.versions(block).next();
         if let (Some(n), Some(s)) = (newest, newest.and_then(|n| self.slot(n)).copied()) {
-            if self.rewritable(&s) {
+            if self.rewritable(&s, full) {
                 self.rewrite(n);
                 return WriteMap::Slot(n);
             }
@@ -739,7 +741,7 @@ where
         if !full {
             return WriteMap::NeedsCopy(self.lookup_read(block));
         }
-        match self.alloc(block) {
+        match self.alloc_full(block) {
             Some(i) => WriteMap::Slot(i),
             None => WriteMap::NoSpace,
         }
@@ -756,7 +758,8 @@ where
     }
 
     /// Whether a write that cannot rewrite the newest version `s` of its block in place (a
-    /// write into it is still in flight, or too many are) must wait for it ([`WriteMap::Busy`])
+    /// read-modify-write building it is still in flight, or too many writes into it are) must
+    /// wait for it ([`WriteMap::Busy`])
     /// rather than make a new version: `s` is of the open epoch and not being written back. A
     /// second version of one epoch would be wrong twice over. Made before a commit includes
     /// `s`, it would get the same commit sequence number and epoch as `s`: a load could not
@@ -781,13 +784,17 @@ where
         self.version_wait.is_some_and(|b| self.versions(b).nth(MAX_VERSIONS / 2).is_some())
     }
 
-    /// Whether a version may be rewritten in place: only over complete data (a first write
-    /// still in flight, or a read-modify-write building the slot, must not be overwritten or
-    /// merged with), never over a block under writeback, only in the open epoch. A committed
+    /// Whether a version may be rewritten in place by a write of the whole block (`full`) or
+    /// of part of it: a partial write only over complete data (a first write still in flight,
+    /// or a read-modify-write building the slot, must not be merged with: a read after the
+    /// partial write completed would not see it); a whole-block write also over a first
+    /// whole-block write still in flight (the slot ends with one of the two, or a mix of their
+    /// sectors, as a disk does with two writes in flight together; the first to complete makes
+    /// it readable). Never over a block under writeback, only in the open epoch. A committed
     /// version may be rewritten: its entry stays valid, and the next commit flushes the cache
     /// device (see [`Index::needs_commit`]).
-    fn rewritable(&self, s: &Slot) -> bool {
-        s.state() == ST_VALID
+    fn rewritable(&self, s: &Slot, full: bool) -> bool {
+        (s.state() == ST_VALID || (full && s.state() == ST_WRITING && s.has(F_FULL)))
             && !s.has(F_UNDER_WB)
             && s.epoch == self.epoch as u32
             && s.writers() < WRITERS_MAX
@@ -834,7 +841,7 @@ where
     fn map_write_into(&mut self, block: u64, want: u32) -> bool {
         let newest = self.versions(block).next();
         if let (Some(n), Some(s)) = (newest, newest.and_then(|n| self.slot(n)).copied()) {
-            if self.rewritable(&s) {
+            if self.rewritable(&s, true) {
                 if n != want {
                     return false;
                 }
@@ -842,7 +849,16 @@ where
                 return true;
             }
         }
-        self.free.head == want && self.alloc(block) == Some(want)
+        self.free.head == want && self.alloc_full(block) == Some(want)
+    }
+
+    /// [`Index::alloc`] for a write of the whole block.
+    fn alloc_full(&mut self, block: u64) -> Option<u32> {
+        let i = self.alloc(block)?;
+        if let Some(m) = self.slots.get_mut(i as usize) {
+            m.set(F_FULL, true);
+        }
+        Some(i)
     }
 
     /// Allocates a new version of `block` (state: writing). Older versions stay until the
@@ -910,6 +926,7 @@ where
         }
         if let Some(m) = self.slots.get_mut(i as usize) {
             m.set_state(ST_VALID);
+            m.set(F_FULL, false);
         }
         // Release older versions: all of them after a write-through (the origin has this one);
         // otherwise those of older epochs stay in ordered mode and, up to the limit, during a
@@ -2226,14 +2243,12 @@ mod tests {
                     other => panic!("{other:?}"),
                 },
             };
-            // The second write: a new version, or it waits for the first.
-            let w2 = loop {
-                match ix.map_write(5, true) {
-                    WriteMap::Slot(b) => break b,
-                    WriteMap::Busy => ix.write_done(w1, true),
-                    other => panic!("{other:?}"),
-                }
+            // The second write: into the first, in place (the old code made a second version).
+            let w2 = match ix.map_write(5, true) {
+                WriteMap::Slot(b) => b,
+                other => panic!("{other:?}"),
             };
+            assert_eq!(w2, w1);
             // A flush arrives while both are in flight: its commit waits for them, and the
             // later one completes first.
             let mut k = ix.barrier();
@@ -2418,6 +2433,47 @@ mod tests {
         }
     }
 
+    /// Found by the crash model once it let writes of one block overlap: in ordered mode, a
+    /// version superseded within its epoch by a second version (made while it was in flight)
+    /// was marked free, and its tombstone discarded at load the version of the older epoch that
+    /// ordered mode keeps (the origin could no longer be brought to that epoch's boundary).
+    #[test]
+    fn a_version_superseded_within_its_epoch_keeps_the_older_epochs() {
+        let mut ix = index(8);
+        ix.set_ordered(true);
+        let mut disk = [Entry::free(0); 8];
+        let mut commit = |ix: &mut Ix, disk: &mut [Entry; 8], k: Option<u64>| {
+            let k = k.unwrap_or_else(|| ix.barrier());
+            for i in 0..8 {
+                disk[i as usize] = ix.image(i);
+            }
+            ix.commit_done(k, true);
+            k
+        };
+        let WriteMap::Slot(a) = ix.map_write(5, true) else { panic!() };
+        ix.write_done(a, true);
+        commit(&mut ix, &mut disk, None);
+        let old_epoch = ix.close_epoch().unwrap();
+        let WriteMap::Slot(b) = ix.map_write(5, true) else { panic!() };
+        let k = ix.barrier();
+        let c = match ix.map_write(5, true) {
+            WriteMap::Slot(c) => c,
+            other => panic!("{other:?}"),
+        };
+        ix.write_done(c, true);
+        ix.write_done(b, true);
+        let mut k = Some(k);
+        for _ in 0..3 {
+            let seq = commit(&mut ix, &mut disk, k.take());
+            let mut fresh = index(8);
+            fresh.set_ordered(true);
+            fresh.load(seq, ix.epoch(), 100, |i| Ok(disk[i as usize])).unwrap();
+            let epochs: Vec<u64> = fresh.versions(5).map(|v| u64::from(fresh.slots[v as usize].epoch)).collect();
+            assert!(epochs.contains(&old_epoch), "epoch {old_epoch} lost after commit {seq}: {epochs:?} {disk:?}");
+            assert_eq!(fresh.lookup_read(5), Some(c));
+        }
+    }
+
     /// The worst a correct writer leaves: a block's MAX_VERSIONS versions all written back (not
     /// yet marked free) and MAX_VERSIONS newer ones, in one commit. It loads (the newest
     /// MAX_VERSIONS), and the first commit after the load marks the others.
@@ -2468,24 +2524,28 @@ mod tests {
         assert_eq!(ix.map_write(1, false), WriteMap::Busy, "no merging with data in flight");
         assert_eq!(
             ix.map_write(1, true),
-            WriteMap::Busy,
-            "no second version of the same commit and epoch (a load could not tell them apart)"
+            WriteMap::Slot(a),
+            "a second whole-block write goes into the first in flight, not into a second version of the \
+             same commit and epoch (a load could not tell them apart)"
         );
-        assert_eq!(ix.alloc(1), None);
+        assert_eq!(ix.lookup_read(1), None, "nothing readable before a write completes");
         ix.write_done(a, true);
+        assert_eq!(ix.lookup_read(1), Some(a), "readable once one completed");
         assert_eq!(ix.map_write(1, false), WriteMap::Slot(a));
-        assert_eq!(ix.map_write(1, true), WriteMap::Slot(a));
         ix.write_done(a, true);
         ix.write_done(a, true);
         let k = ix.barrier();
         ix.commit_done(k, true);
         assert_eq!(ix.map_write(2, false), WriteMap::NeedsCopy(None));
-        // A write in flight at a barrier is in that commit; a second write still waits for it
-        // (a second version of the epoch), but not one in the next epoch, whose version the
+        // A read-modify-write building a slot is neither merged with nor overwritten: a write of
+        // its epoch waits for it (`Busy`), one of the next epoch gets a new version, which the
         // next commit includes (a larger sequence number).
-        let WriteMap::Slot(c) = ix.map_write(3, true) else { panic!() };
+        let WriteMap::NeedsCopy(None) = ix.map_write(3, false) else { panic!() };
+        let c = ix.alloc(3).unwrap();
         let k = ix.barrier();
         assert_eq!(ix.map_write(3, true), WriteMap::Busy);
+        assert_eq!(ix.map_write(3, false), WriteMap::Busy);
+        assert_eq!(ix.alloc(3), None);
         ix.close_epoch();
         let WriteMap::Slot(d) = ix.map_write(3, true) else { panic!() };
         assert_ne!(c, d, "a write in flight is never overwritten in place");
@@ -2748,8 +2808,8 @@ mod tests {
         assert_eq!(rounds, MAX_VERSIONS / 2);
     }
 
-    /// Writes in flight count towards the bound too (each full write over a version still
-    /// being written, of an older epoch, needs a new slot), and their completion lifts it.
+    /// Writes in flight count towards the bound too (each write over a version still being
+    /// written, of an older epoch, needs a new slot), and their completion lifts it.
     #[test]
     fn writes_in_flight_to_one_block_are_bounded() {
         let mut ix = index(64);
@@ -2762,7 +2822,7 @@ mod tests {
                 }
             })
             .collect();
-        assert_eq!(ix.map_write(3, true), WriteMap::Busy, "the newest is of this epoch, in no commit yet");
+        assert_eq!(ix.map_write(3, true), WriteMap::Slot(slots[MAX_VERSIONS - 1]), "into the newest, in place");
         ix.close_epoch();
         assert_eq!(ix.map_write(3, true), WriteMap::TooManyVersions);
         assert_eq!(ix.map_write_run(2, 4), RunMap { map: WriteMap::Slot(MAX_VERSIONS as u32), blocks: 1, hits: 0 }, "a run stops before it");
@@ -2771,6 +2831,7 @@ mod tests {
         for &i in slots.iter().rev() {
             ix.write_done(i, true);
         }
+        ix.write_done(slots[MAX_VERSIONS - 1], true);
         assert_eq!(ix.chain_len(3), 1, "the newest completed write released the others");
         assert!(!ix.needs_writeback_now());
         assert!(matches!(ix.map_write(3, true), WriteMap::Slot(_)));
@@ -3527,7 +3588,7 @@ mod tests {
         /// the slot would hold whichever lands last, which the model does not follow.
         fn rewrite_in_flight(&self, b: u64) -> bool {
             let Some(n) = self.ix.versions(b).next() else { return false };
-            self.ix.slots[n as usize].state() == ST_VALID && self.inflight.iter().any(|w| w.0 == n)
+            self.ix.slots[n as usize].epoch == self.ix.epoch() as u32 && self.inflight.iter().any(|w| w.0 == n)
         }
 
         fn complete(&mut self, (i, b, id, before_barrier): (u32, u64, u64, bool)) {
