@@ -6,8 +6,10 @@
 use super::*;
 
 impl Shared {
-    /// Makes everything completed so far durable (see `Index::barrier`). With `force`, commits
-    /// even when nothing changed.
+    /// Makes everything completed so far durable (see `Index::barrier_begin`). With `force`,
+    /// commits even when nothing changed. Every hold of the index lock does bounded work: the
+    /// barrier itself is O(1), and the slots it marks free, the search for the metadata blocks
+    /// to write, their images and the slots freed at the end go in steps.
     pub(super) fn commit(&self, force: bool) -> Result {
         let mut buf = self.commit_buf.lock();
         if self.failed() {
@@ -18,11 +20,12 @@ impl Shared {
             if !force && !g.ix.needs_commit() {
                 return Ok(());
             }
-            let k = g.ix.barrier();
+            let k = g.ix.barrier_begin();
             let old = g.gen;
             g.gen ^= 1;
             (k, old)
         };
+        while !self.inner.lock().ix.barrier_step(SCAN_STEP) {}
         loop {
             self.inflight_done.reinit();
             if self.inflight.get(old).is_none_or(|c| c.load(Ordering::Acquire) == 0) {
@@ -33,7 +36,7 @@ impl Shared {
         let r = self.write_meta_blocks(&mut buf).and_then(|_| self.write_superblock(&mut buf, k));
         {
             let mut g = self.inner.lock();
-            g.ix.commit_done(k, r.is_ok());
+            g.ix.commit_end(k, r.is_ok());
             if r.is_ok() {
                 let n = g.age_next;
                 if let Some(a) = g.ages.get_mut(n % AGE_MARKS) {
@@ -42,6 +45,7 @@ impl Shared {
                 g.age_next = n.wrapping_add(1);
             }
         }
+        while !self.inner.lock().ix.commit_end_step(SCAN_STEP) {}
         match r {
             Ok(()) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -85,17 +89,30 @@ impl Shared {
         Region { dev: &self.cache, sector: (META_START + first * META_BLOCK) / 512, sectors: count as u64 * (META_BLOCK / 512) }
     }
 
+    /// The next metadata block (≥ `from`) the commit in progress writes, looked for in bounded
+    /// holds of the index lock.
+    fn next_commit_block(&self, from: u64) -> Option<u64> {
+        let mut from = from;
+        loop {
+            match self.inner.lock().ix.find_commit_block(from, SCAN_STEP) {
+                CommitBlock::Write(b) => return Some(b),
+                CommitBlock::Continue(f) => from = f,
+                CommitBlock::Done => return None,
+            }
+        }
+    }
+
     /// Writes every metadata block of the commit in progress, in runs of contiguous blocks.
     pub(super) fn write_meta_blocks(&self, buf: &mut KVec<u8>) -> Result {
         let mb = META_BLOCK as usize;
         let mut from = 0;
         loop {
-            let Some(first) = self.inner.lock().ix.next_commit_block(from) else { break };
+            let Some(first) = self.next_commit_block(from) else { break };
             let mut n = 0;
             // One metadata block per hold of the index lock (interrupts are off meanwhile).
             while n < META_RUN {
                 let g = self.inner.lock();
-                if g.ix.next_commit_block(first + n as u64) != Some(first + n as u64) {
+                if g.ix.find_commit_block(first + n as u64, 1) != CommitBlock::Write(first + n as u64) {
                     break;
                 }
                 if let Some(out) = buf.get_mut(n * mb..(n + 1) * mb) {

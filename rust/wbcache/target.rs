@@ -64,6 +64,10 @@ impl Target for Wbcache {
         let mode = t.opts.mode();
         let mut ix = ix;
         ix.set_ordered(mode == CacheMode::Ordered);
+        // A secret hash key per table: no one can choose blocks that share a bucket.
+        let mut key = [0u8; 8];
+        dmcore::keys::random_bytes(&mut key);
+        ix.set_hash_key(u64::from_ne_bytes(key)).map_err(CtrError::from)?;
         let inner = Inner {
             ix,
             gen: 0,

@@ -52,7 +52,7 @@ use wbrepl_core::parse::parse_u32;
 use wbrepl_core::wire::LABEL_LEN;
 use wbrepl_core::table::{CacheMode, WbcacheOptions, WbcacheTable};
 use wbrepl_core::wbformat::{choose_superblock, Entry, Geometry, SbRead, Superblock, ENTRIES_PER_META_BLOCK, ENTRY_BYTES, META_BLOCK, META_START};
-use wbrepl_core::wbindex::{merge_copies, Index, Slot, WriteMap, MAX_CACHE_BLOCKS, MAX_ORIGIN_BLOCKS};
+use wbrepl_core::wbindex::{merge_copies, CommitBlock, Index, Slot, WriteMap, MAX_CACHE_BLOCKS, MAX_ORIGIN_BLOCKS};
 
 module! {
     type: WbcacheModule,

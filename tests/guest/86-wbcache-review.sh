@@ -8,7 +8,9 @@
 #   - a block holds at most 16 versions (ordered mode, a flush after every write), a crafted
 #     image naming one block everywhere is refused, a million-block cache formats and loads;
 #   - epochs (marker ids) are 64-bit: past 2^32 they keep increasing, across reloads too, and a
-#     version-1 superblock (32-bit epochs) loads with 2^32 added to its epoch.
+#     version-1 superblock (32-bit epochs) loads with 2^32 added to its epoch;
+#   - whole-block writes of one block in flight together share one version (before: one
+#     version each, which a crash could confuse).
 . "$(dirname "$0")/lib.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -177,6 +179,46 @@ import os, mmap
 fd = os.open('/dev/mapper/vc-wb', os.O_RDONLY | os.O_DIRECT); m = mmap.mmap(-1, 4096); os.preadv(fd, [m], 0)
 raise SystemExit(0 if int.from_bytes(m[0:8], 'little') == $N - 1 else 1)\""
 check_eq "versions: flush" flushed "$(dmsetup message vc-wb 0 flush)"
+cleanup_dm
+
+# --- concurrent whole-block writes of one block (review of stop 19) -------------------------------
+# 32 writes of block 0 in flight together (fio, libaio, QD32, the cache device's writes delayed
+# 100 ms so they overlap): they go into one cache block in place. Before, each write over the
+# first still in flight got a second version of the same epoch (up to 16, then the rest waited
+# on the slow path); released at completion, they showed as `releasing`. Those versions could
+# carry the same commit sequence number and epoch, and after a crash the older's tombstone
+# discarded the newer (host tests concurrent_full_writes_of_a_block_survive_a_crash_as_the_later_one
+# and a_version_superseded_within_its_epoch_keeps_the_older_epochs).
+O=$(loopdev cw-origin 16); C=$(loopdev cw-cache 16)
+S=$(sectors "$O"); CS=$(sectors "$C")
+check "concurrent: the cache device behind dm-delay (writes 100 ms)" dmsetup create cw-cdly --table "0 $CS delay $C 0 0 $C 0 100"
+CWT="0 $((S - 8)) wbcache $O /dev/mapper/cw-cdly 4096 4 high_watermark 90 low_watermark 80"
+check "concurrent: a writeback cache over it" dmsetup create cw-wb --table "$CWT"
+check "concurrent: 256 writes of block 0, 32 in flight at a time" fio --name=cw --filename=/dev/mapper/cw-wb \
+  --rw=write --bs=4k --size=4k --io_size=1M --iodepth=32 --iodepth_batch_submit=32 --ioengine=libaio --direct=1 \
+  --output-format=terse
+st=$(dmsetup status cw-wb)
+check_eq "concurrent: one version of block 0 ($st)" 1 "$(field cw-wb dirty)"
+check_eq "concurrent: none released (before: a version per write over one in flight)" 0 "$(field cw-wb releasing)"
+check_eq "concurrent: 256 write hits or misses, all whole blocks" 256 $(( $(field cw-wb write_hits) + $(field cw-wb write_misses) ))
+# Partial writes over it meanwhile wait for the whole-block writes in flight (the slow path).
+check "concurrent: whole-block and 512-byte writes of block 0 together" fio --output-format=terse \
+  --name=full --filename=/dev/mapper/cw-wb --rw=write --bs=4k --size=4k --io_size=256k --iodepth=16 --ioengine=libaio --direct=1 \
+  --name=part --filename=/dev/mapper/cw-wb --rw=randwrite --bs=512 --size=4k --io_size=64k --iodepth=8 --ioengine=libaio --direct=1
+check_eq "concurrent: still one version of block 0" 1 "$(field cw-wb dirty)"
+check "concurrent: a known block written after them all" bash -c "python3 -c \"
+import os, mmap
+fd = os.open('/dev/mapper/cw-wb', os.O_RDWR | os.O_DIRECT); m = mmap.mmap(-1, 4096); m.write(b'L' * 4096)
+os.pwrite(fd, m, 0); os.fsync(fd)\""
+check "concurrent: reload (the new table loads the metadata)" bash -c \
+  "dmsetup reload cw-wb --table '$CWT' && dmsetup suspend cw-wb && dmsetup resume cw-wb"
+check_eq "concurrent: ... one dirty block" 1 "$(field cw-wb dirty)"
+check "concurrent: it reads the last write" bash -c "python3 -c \"
+import os, mmap
+fd = os.open('/dev/mapper/cw-wb', os.O_RDONLY | os.O_DIRECT); m = mmap.mmap(-1, 4096); os.preadv(fd, [m], 0)
+raise SystemExit(0 if m[:] == b'L' * 4096 else 1)\""
+check_eq "concurrent: flush" flushed "$(dmsetup message cw-wb 0 flush)"
+check "concurrent: the origin holds it" bash -c "cmp <(dd if=$O iflag=direct bs=4k count=1 status=none) <(printf 'L%.0s' \$(seq 4096))"
 cleanup_dm
 
 # A crafted cache device, well checksummed, whose every entry is a dirty version of block 7: the
