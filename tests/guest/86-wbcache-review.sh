@@ -173,7 +173,12 @@ t0=$(date +%s%N)
 check "versions: reload (the new table loads the metadata)" bash -c \
   "dmsetup reload vc-wb --table '0 $((S - 8)) wbcache $O $C 4096 2 mode ordered' && dmsetup suspend vc-wb && dmsetup resume vc-wb"
 check "versions: ...in under 10 s ($((($(date +%s%N) - t0) / 1000000)) ms)" test $((($(date +%s%N) - t0) / 1000000)) -lt 10000
-check_match "versions: ...with the dirty versions" "loaded commit [0-9]+: $dirty dirty blocks" "$(dmesg_since)"
+# Writeback may go on until the suspend (the block is above half the bound): the load finds at
+# most what the status showed, at least one, and the status then says what it loaded.
+loaded=$(dmesg_since | sed -n 's/.*loaded commit [0-9]*: \([0-9]*\) dirty blocks.*/\1/p' | tail -1)
+check "versions: ...with the dirty versions (loaded ${loaded:-none}, $dirty before the suspend)" \
+  test "${loaded:-0}" -ge 1 -a "${loaded:-0}" -le "$dirty"
+check_eq "versions: ...as the status says" "${loaded:-none}" "$(field vc-wb dirty)"
 check "versions: the data is there" bash -c "python3 -c \"
 import os, mmap
 fd = os.open('/dev/mapper/vc-wb', os.O_RDONLY | os.O_DIRECT); m = mmap.mmap(-1, 4096); os.preadv(fd, [m], 0)
@@ -194,17 +199,30 @@ S=$(sectors "$O"); CS=$(sectors "$C")
 check "concurrent: the cache device behind dm-delay (writes 100 ms)" dmsetup create cw-cdly --table "0 $CS delay $C 0 0 $C 0 100"
 CWT="0 $((S - 8)) wbcache $O /dev/mapper/cw-cdly 4096 4 high_watermark 90 low_watermark 80"
 check "concurrent: a writeback cache over it" dmsetup create cw-wb --table "$CWT"
-check "concurrent: 256 writes of block 0, 32 in flight at a time" fio --name=cw --filename=/dev/mapper/cw-wb \
-  --rw=write --bs=4k --size=4k --io_size=1M --iodepth=32 --iodepth_batch_submit=32 --ioengine=libaio --direct=1 \
-  --output-format=terse
+# (fio's sequential writes wait for an overlapping one in flight; random ones with no random map
+# do not.)
+cw_fio() {
+  local t0=$(date +%s%N)
+  fio --name=cw --filename=/dev/mapper/cw-wb --rw=randwrite --norandommap --bs=4k --size=4k --io_size=1M \
+    --iodepth=32 --ioengine=libaio --direct=1 --output-format=terse >/dev/null || return 1
+  local ms=$((($(date +%s%N) - t0) / 1000000))
+  echo "256 writes in $ms ms"
+  # One after another they would take 25.6 s.
+  [ "$ms" -lt 15000 ] || { echo "they did not overlap"; return 1; }
+}
+check "concurrent: 256 writes of block 0, 32 in flight at a time" cw_fio
 st=$(dmsetup status cw-wb)
 check_eq "concurrent: one version of block 0 ($st)" 1 "$(field cw-wb dirty)"
-check_eq "concurrent: none released (before: a version per write over one in flight)" 0 "$(field cw-wb releasing)"
-check_eq "concurrent: 256 write hits or misses, all whole blocks" 256 $(( $(field cw-wb write_hits) + $(field cw-wb write_misses) ))
+check_eq "concurrent: none waited on the slow path (before: a version per write over one in flight, up to 16, then waits)" \
+  0 "$(field cw-wb slow_writes)"
+check_eq "concurrent: none released" 0 "$(field cw-wb releasing)"
+check_eq "concurrent: all 256 mapped on the fast path (write hits + misses)" 256 $(( $(field cw-wb write_hits) + $(field cw-wb write_misses) ))
 # Partial writes over it meanwhile wait for the whole-block writes in flight (the slow path).
 check "concurrent: whole-block and 512-byte writes of block 0 together" fio --output-format=terse \
-  --name=full --filename=/dev/mapper/cw-wb --rw=write --bs=4k --size=4k --io_size=256k --iodepth=16 --ioengine=libaio --direct=1 \
-  --name=part --filename=/dev/mapper/cw-wb --rw=randwrite --bs=512 --size=4k --io_size=64k --iodepth=8 --ioengine=libaio --direct=1
+  --name=full --filename=/dev/mapper/cw-wb --rw=randwrite --norandommap --bs=4k --size=4k --io_size=256k --iodepth=16 \
+  --ioengine=libaio --direct=1 \
+  --name=part --filename=/dev/mapper/cw-wb --rw=randwrite --norandommap --bs=512 --size=4k --io_size=64k --iodepth=8 \
+  --ioengine=libaio --direct=1
 check_eq "concurrent: still one version of block 0" 1 "$(field cw-wb dirty)"
 check "concurrent: a known block written after them all" bash -c "python3 -c \"
 import os, mmap
