@@ -1034,7 +1034,13 @@ impl Primary {
             let seq = g.book.win().next_seq();
             // (Every barrier sent here flushes: `Book::push` tracks it as a flush barrier.)
             let e = Entry { seq, kind, sector, sectors, sent_ms: ms_now(), local_done: true, net_done: true, ..Entry::default_of() };
-            if !g.book.push(e) {
+            let pushed = if ty == FrameType::Barrier && flags & wire::BARRIER_RESYNC_DONE != 0 {
+                // Recorded before the frame is sent: its acknowledgement may come at once.
+                g.book.push_resync_done(e)
+            } else {
+                g.book.push(e)
+            };
+            if !pushed {
                 return Err(LinkError::Io(ENOSPC));
             }
             if ty == FrameType::Marker {
@@ -1220,8 +1226,9 @@ impl Primary {
                 if g.book.resync_done_due() {
                     drop(g);
                     // Every resync write is before this barrier: once it is applied, the
-                    // secondary is consistent again.
-                    let seq = self.send_counted(
+                    // secondary is consistent again (`send_counted` records it as the
+                    // resync-done barrier as it pushes it).
+                    self.send_counted(
                         c,
                         FrameType::Barrier,
                         wire::BARRIER_FLUSH | wire::BARRIER_RESYNC_DONE,
@@ -1230,7 +1237,6 @@ impl Primary {
                         0,
                         &0u64.to_le_bytes(),
                     )?;
-                    self.st.lock().book.resync_done_sent(seq);
                     return Ok(true);
                 }
                 return Ok(false);

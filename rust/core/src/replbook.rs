@@ -226,10 +226,17 @@ impl<T, S: DerefMut<Target = [Entry<T>]>, W: DerefMut<Target = [u64]>> Book<T, S
         true
     }
 
-    /// The barrier that ends the resync was pushed as frame `seq` ([`Book::push`]): once it
-    /// retires, the secondary is consistent.
-    pub fn resync_done_sent(&mut self, seq: u64) {
+    /// Pushes the barrier that ends the resync (a flush barrier, as [`Book::push`]): once it
+    /// retires, the secondary is consistent. Recorded as it is pushed, before the frame is
+    /// sent: its acknowledgement may come at once (recorded after the send, a barrier that
+    /// retired in between left the resync flag set for good).
+    pub fn push_resync_done(&mut self, e: Entry<T>) -> bool {
+        let seq = e.seq;
+        if e.kind != Kind::Barrier || !self.push(e) {
+            return false;
+        }
         self.resync_done_seq = Some(seq);
+        true
     }
 
     /// A flush barrier `seq` was just pushed: if none is in flight (and `unst_old` is empty), it
@@ -540,8 +547,7 @@ mod tests {
             assert!(b.resyncing() && b.may_send_write());
             if cut_after_done {
                 assert!(b.resync_done_due());
-                assert!(b.push(entry(3, Kind::Barrier, 0)));
-                b.resync_done_sent(3);
+                assert!(b.push_resync_done(entry(3, Kind::Barrier, 0)));
             }
             disconnect(&mut b); // nothing acknowledged: region 3 is dirty again
             assert!(b.dirty().is_dirty(3));
@@ -557,6 +563,23 @@ mod tests {
             assert_eq!(b.connect(2, true), Some(true));
             assert!(b.resyncing() && b.may_send_write());
         }
+    }
+
+    #[test]
+    fn a_resync_ends_when_its_done_barrier_retires_however_soon() {
+        // The acknowledgement of the resync-done barrier can be handled (in interrupt context or
+        // by the receiver) before the sender goes on after sending it.
+        let mut b = small_book();
+        b.connect(2, false);
+        b.dirty_mut().mark(5 << SHIFT, 1);
+        assert!(b.push_resync(entry(2, Kind::Resync, 5)));
+        assert!(b.resync_done_due());
+        assert!(b.push_resync_done(entry(3, Kind::Barrier, 0)));
+        assert!(!b.resync_done_due(), "pushed once");
+        assert!(b.ack(3, false, |_| {}));
+        b.retire();
+        assert!(!b.resyncing(), "the secondary is consistent again: the resync is over");
+        assert!(b.may_send_write() && !b.resync_done_due());
     }
 
     #[test]
@@ -699,6 +722,10 @@ mod tests {
         sent: BTreeMap<u64, Kind>,
         applied: u64,
         inconsistent: bool,
+        /// The last resync-done barrier of this connection, and whether a resync frame went
+        /// out after it.
+        done_seq: Option<u64>,
+        resync_after_done: bool,
         // Findings.
         /// Most bitmap accesses seen per call, by operation.
         most: BTreeMap<&'static str, u64>,
@@ -730,6 +757,8 @@ mod tests {
                 sent: BTreeMap::new(),
                 applied: 0,
                 inconsistent: false,
+                done_seq: None,
+                resync_after_done: false,
                 most: BTreeMap::new(),
                 over: Vec::new(),
                 // The pieces' work (a fold step touches two maps, three accesses per word) and
@@ -800,6 +829,14 @@ mod tests {
             for r in self.not_durable() {
                 if !(self.book.covered(r) || win.contains(&r)) {
                     return Err(std::format!("{when}: region {r} is not known durable at the secondary, but neither in a map nor in the window"));
+                }
+            }
+            // Once the resync-done barrier retired (and no resync frame went out since), the
+            // resync is over.
+            if let Some(d) = self.done_seq {
+                let retired = self.book.win().front().map_or(true, |e| e.seq > d);
+                if self.connected && retired && !self.resync_after_done && self.book.resyncing() {
+                    return Err(std::format!("{when}: the resync-done barrier {d} retired, but the primary is still resyncing"));
                 }
             }
             if !folding {
@@ -949,9 +986,10 @@ mod tests {
                 if self.book.resync_done_due() {
                     let seq = self.book.win().next_seq();
                     let e = Entry { seq, kind: Kind::Barrier, local_done: true, net_done: true, ..Entry::default_of() };
-                    assert!(self.m("push", |b| b.push(e)));
-                    self.m("resync_done_sent", |b| b.resync_done_sent(seq));
+                    assert!(self.m("push_resync_done", |b| b.push_resync_done(e)));
                     self.flushes.push(seq);
+                    self.done_seq = Some(seq);
+                    self.resync_after_done = false;
                     self.sent.insert(seq, Kind::Barrier);
                 }
                 return;
@@ -975,6 +1013,7 @@ mod tests {
                 }
                 self.peer_knows = true;
                 self.sent.insert(seq, Kind::Resync);
+                self.resync_after_done = true;
             }
         }
 
@@ -1074,6 +1113,7 @@ mod tests {
                         self.acked = 1;
                         self.applied = 1;
                         self.sent.clear();
+                        self.done_seq = None;
                         self.peer_knows = inconsistent;
                     }
                 }
