@@ -88,8 +88,9 @@ fn regions_of<T>(e: &Entry<T>, shift: u32) -> Option<(u64, u64)> {
 }
 
 impl<T, S: DerefMut<Target = [Entry<T>]>, W: DerefMut<Target = [u64]>> Book<T, S, W> {
-    /// A book over a window of `slots` (first frame `first_seq`), the dirty map and three clean
-    /// maps of the same geometry for the unstable regions. `None` if the geometries differ.
+    /// A book over a window of `slots` (first frame `first_seq`), the dirty map and three maps
+    /// of the same geometry for the unstable regions (clean, but in tests that start from a
+    /// filled one). `None` if the geometries differ.
     pub fn new(slots: S, first_seq: u64, dirty: DirtyMap<W>, unst_old: DirtyMap<W>, unst_new: DirtyMap<W>, unst_spare: DirtyMap<W>) -> Option<Self> {
         let same = |m: &DirtyMap<W>| m.regions() == dirty.regions() && m.region_shift() == dirty.region_shift();
         if !(same(&unst_old) && same(&unst_new) && same(&unst_spare)) {
