@@ -28,7 +28,8 @@ use crate::link::{self, LinkError};
 use crate::wbrepl_core::parse::SocketAddrV4;
 use crate::wbrepl_core::marker::{MarkerRecord, RECORD_LEN};
 use crate::wbrepl_core::replmeta::{MetaSuper, SUPER_BYTES};
-use crate::wbrepl_core::replstate::{DirtyMap, Entry, Kind, RunSearch, Window};
+use crate::wbrepl_core::replbook::Book;
+use crate::wbrepl_core::replstate::{DirtyMap, Entry, Kind, RunSearch};
 use crate::wbrepl_core::wire::{self, FrameType, RxSeq, WRITE_FIXED};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::new_mutex;
@@ -58,12 +59,14 @@ const BACKOFF_MIN_MS: u32 = 100;
 const BACKOFF_MAX_MS: u32 = 5000;
 /// Bitmap words copied per hold of the state lock when the bitmap is loaded or saved.
 const BITMAP_STEP: usize = 512;
+/// Window frames a bitmap save scans per hold of the state lock.
+const WINDOW_STEP: usize = 256;
 /// Bitmap words looked at per hold of the state lock when the resync looks for dirty regions.
 const SEARCH_WORDS: usize = 1024;
 /// Window slots writes leave free, for control frames (pings, barriers, markers, close).
 const RESERVED_SLOTS: usize = 8;
 /// A flush barrier goes out at most this often when writes were sent since the last one, so
-/// that what the secondary applied becomes durable there (see `State::unst_old`).
+/// that what the secondary applied becomes durable there (see `Book`, rust/core/src/replbook.rs).
 const FLUSH_EVERY_MS: u64 = 1000;
 /// The window full for this long: the primary goes ahead (see `wait_room`).
 const CONGESTED_MS: u64 = 10000;
@@ -106,16 +109,13 @@ struct Conn {
 /// State shared with bio completions (interrupt context): under an IRQ-safe lock.
 struct State {
     incoming: BioList<PerBio>,
-    win: Window<PBio, KVVec<Entry<PBio>>>,
-    dirty: DirtyMap<KVVec<u64>>,
+    /// The window, the dirty map and the maps of regions not yet durable at the secondary: the
+    /// bookkeeping of `rust/core/src/replbook.rs` (host-tested there), bounded work per call.
+    book: Book<PBio, KVVec<Entry<PBio>>, KVVec<u64>>,
     /// Current connection generation (0: disconnected).
     gen: u32,
     /// Ahead of the secondary on this connection (see `wait_room`).
     ahead: bool,
-    /// A resync has started and its end is not acknowledged: the secondary is inconsistent.
-    resyncing: bool,
-    /// Sequence number of the `BARRIER` that ends the resync, once sent.
-    resync_done_seq: Option<u64>,
     /// Next region the resync looks at.
     resync_cursor: u64,
     /// Regions the current resync has sent.
@@ -123,132 +123,28 @@ struct State {
     /// Dirty regions when the current resync started.
     resync_total: u64,
     acked_seq: u64,
-    /// Regions of frames the secondary acknowledged (applied) but has not yet made durable:
-    /// `unst_old` those sent before the durability barrier `flush_seq`, `unst_new` the later
-    /// ones. A disconnection turns both into dirty regions (a crash of the secondary may have
-    /// lost them from its volatile cache).
-    unst_old: DirtyMap<KVVec<u64>>,
-    unst_new: DirtyMap<KVVec<u64>>,
-    /// A third map, clean unless `spare_dirty`: when the barrier that makes `unst_old` durable
-    /// retires (in any context, also hard IRQ), the two are swapped (O(1)) and the sender clears
-    /// the stale one in bounded pieces. No work over the whole bitmap with interrupts off.
-    unst_spare: DirtyMap<KVVec<u64>>,
-    /// `unst_spare` holds stale regions; the sender clears its words from `spare_pos` on.
-    spare_dirty: bool,
-    spare_pos: usize,
-    /// A durability barrier retired while `unst_spare` was not clean yet: `unst_old`, durable
-    /// by now, is swapped out once it is (until then it only counts regions as not yet durable
-    /// that are: a disconnection meanwhile resyncs them for nothing).
-    durable_pending: bool,
-    /// A bitmap save is taking its snapshot (`save_meta`): nothing retires and no resync frame
-    /// is sent meanwhile, so no region moves between the maps and the window under it.
-    saving: bool,
-    /// The flush barrier in flight that will make `unst_old` durable.
-    flush_seq: Option<u64>,
-    /// Writes were sent since the last flush barrier.
-    unflushed: bool,
     /// A `marker <label>` message waiting for the sender.
     marker_req: Option<wire::Marker>,
-    /// The last marker sent and not yet acknowledged: its frame's sequence number and id.
-    marker_unacked: Option<(u64, u64)>,
     /// Its outcome: 0 sent, or a negative errno.
     marker_result: i32,
 }
 
 impl State {
-    /// Retires what can be retired from the window's front (acknowledged, local write done):
-    /// the regions of writes become "applied, not yet durable"; a retired flush barrier makes
-    /// everything before it durable; the resync-done barrier ends the resync. Returns the write
-    /// data bytes retired.
+    /// Retires what can be retired from the window's front (`Book::retire`); a marker it
+    /// retires counts as acknowledged. Returns the write data bytes retired.
     fn retire(&mut self, marker_acked: &AtomicU64) -> u64 {
-        if self.saving {
-            // Retired once the snapshot is taken (`save_meta`).
-            return 0;
+        let r = self.book.retire();
+        if let Some(id) = r.marker {
+            marker_acked.fetch_max(id, Ordering::Relaxed);
         }
-        let State { win, resyncing, resync_done_seq, unst_old, unst_new, flush_seq, marker_unacked, .. } = self;
-        let mut bytes = 0;
-        let mut durable = false;
-        win.retire(|e| {
-            if let Some((seq, id)) = *marker_unacked {
-                if e.seq >= seq {
-                    marker_acked.fetch_max(id, Ordering::Relaxed);
-                    *marker_unacked = None;
-                }
-            }
-            match e.kind {
-                Kind::Write | Kind::Resync => {
-                    if flush_seq.is_some_and(|b| e.seq < b) {
-                        unst_old.mark(e.sector, u64::from(e.sectors));
-                    } else {
-                        unst_new.mark(e.sector, u64::from(e.sectors));
-                    }
-                    if e.kind == Kind::Write {
-                        bytes += u64::from(e.sectors) * 512;
-                    }
-                }
-                Kind::Barrier => {
-                    if Some(e.seq) == *resync_done_seq {
-                        *resyncing = false;
-                        *resync_done_seq = None;
-                    }
-                    if Some(e.seq) == *flush_seq {
-                        durable = true;
-                    }
-                }
-                Kind::Other => {}
-            }
-        });
-        if durable {
-            self.flush_seq = None;
-            if self.spare_dirty {
-                self.durable_pending = true;
-            } else {
-                self.swap_out_old();
-            }
-        }
-        bytes
+        r.bytes
     }
 
-    /// `unst_old` is durable at the secondary: a clean map takes its place (O(1)); the sender
-    /// clears the old one in pieces (`Primary::clear_spare`).
-    fn swap_out_old(&mut self) {
-        core::mem::swap(&mut self.unst_old, &mut self.unst_spare);
-        self.spare_dirty = self.unst_spare.count() > 0;
-        self.spare_pos = 0;
-        self.durable_pending = false;
-    }
-
-    /// A flush barrier `seq` was just pushed: if none is in flight (and `unst_old` is empty),
-    /// it is the one that makes what was applied so far durable: `unst_new` becomes `unst_old`
-    /// by a swap (O(1), interrupts are off). Otherwise it is not tracked; a later one will be.
-    fn flush_pushed(&mut self, seq: u64) {
-        self.unflushed = false;
-        if self.flush_seq.is_none() && !self.durable_pending && self.unst_old.count() == 0 {
-            let State { unst_old, unst_new, .. } = self;
-            core::mem::swap(unst_old, unst_new);
-            self.flush_seq = Some(seq);
-        }
-    }
-
-    /// The connection is gone: every frame not known durable at the secondary marks its
-    /// regions dirty (those in the window here; those of `unst_old` and `unst_new` are moved
-    /// by the caller in pieces, [`Primary::fold_unstable`], holding `bitmap_lock`). Returns the
-    /// bios that were waiting for the network.
+    /// The connection is gone: every frame in the window marks its regions dirty (the unstable
+    /// maps are then folded in by the caller, [`Primary::fold_unstable`], holding
+    /// `bitmap_lock`); the bios that were waiting for the network go to `done`.
     fn drain(&mut self, done: &mut BioList<PerBio>) {
-        let State { win, dirty, .. } = self;
-        win.drain(|mut e| {
-            if matches!(e.kind, Kind::Write | Kind::Resync) {
-                dirty.mark(e.sector, u64::from(e.sectors));
-            }
-            if let Some(b) = e.held.take() {
-                done.push(b);
-            }
-        });
-        // `unst_old` is folded into `dirty` whatever it holds (durable or not): no swap of it
-        // while that goes on.
-        self.durable_pending = false;
-        self.flush_seq = None;
-        self.unflushed = false;
+        self.book.drain(|b| done.push(b));
         self.gen = 0;
         self.ahead = false;
     }
@@ -400,35 +296,23 @@ impl Primary {
         for _ in 0..frames {
             slots.push(Entry::default_of(), GFP_KERNEL)?;
         }
-        let words = KVVec::from_elem(0u64, DirtyMap::<KVVec<u64>>::words_for(sectors, REGION_SHIFT), GFP_KERNEL)?;
-        let dirty = DirtyMap::new(words, sectors, REGION_SHIFT).ok_or(EINVAL)?;
         let nw = DirtyMap::<KVVec<u64>>::words_for(sectors, REGION_SHIFT);
-        let unst_old = DirtyMap::new(KVVec::from_elem(0u64, nw, GFP_KERNEL)?, sectors, REGION_SHIFT).ok_or(EINVAL)?;
-        let unst_new = DirtyMap::new(KVVec::from_elem(0u64, nw, GFP_KERNEL)?, sectors, REGION_SHIFT).ok_or(EINVAL)?;
-        let unst_spare = DirtyMap::new(KVVec::from_elem(0u64, nw, GFP_KERNEL)?, sectors, REGION_SHIFT).ok_or(EINVAL)?;
+        let map = || -> Result<DirtyMap<KVVec<u64>>> {
+            DirtyMap::new(KVVec::from_elem(0u64, nw, GFP_KERNEL)?, sectors, REGION_SHIFT).ok_or(EINVAL)
+        };
+        // The dirty map, and those of regions applied but not yet durable (see `Book`).
+        let (dirty, unst_old, unst_new, unst_spare) = (map()?, map()?, map()?, map()?);
+        let book = Book::new(slots, 1, dirty, unst_old, unst_new, unst_spare).ok_or(EINVAL)?;
         let st = State {
             incoming: BioList::new(),
-            win: Window::new(slots, 1),
-            dirty,
+            book,
             gen: 0,
             ahead: false,
-            resyncing: false,
-            resync_done_seq: None,
             resync_cursor: 0,
             resync_sent: 0,
             resync_total: 0,
             acked_seq: 0,
-            unst_old,
-            unst_new,
-            unst_spare,
-            spare_dirty: false,
-            spare_pos: 0,
-            durable_pending: false,
-            saving: false,
-            flush_seq: None,
-            unflushed: false,
             marker_req: None,
-            marker_unacked: None,
             marker_result: 0,
         };
         let buf = KVVec::from_elem(0u8, DATA_OFF + wire::MAX_DATA as usize, GFP_KERNEL)?;
@@ -556,17 +440,17 @@ impl Primary {
                     let bytes = geom.device_bytes() as usize - SUPER_BYTES;
                     let region = Region { dev: meta, sector: (SUPER_BYTES / 512) as u64, sectors: (bytes / 512) as u64 };
                     self.dmio.read(region, &mut buf[SUPER_BYTES..])?;
-                    let words = self.st.lock().dirty.word_count();
+                    let words = self.st.lock().book.dirty().word_count();
                     for piece in (0..words).step_by(BITMAP_STEP) {
                         // A bounded piece per lock hold (interrupts are off while it is held).
                         let mut g = self.st.lock();
                         for i in piece..(piece + BITMAP_STEP).min(words) {
                             let at = SUPER_BYTES + i * 8;
                             let w = buf.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
-                            g.dirty.merge_word(i, w);
+                            g.book.dirty_mut().merge_word(i, w);
                         }
                     }
-                    let n = self.st.lock().dirty.count();
+                    let n = self.st.lock().book.dirty().count();
                     self.bitmap_trusted.store(true, Ordering::Release);
                     pr_info!("repl {}: loaded the dirty bitmap: {} KiB to resync\n", meta, n << (REGION_SHIFT - 1));
                 }
@@ -588,7 +472,7 @@ impl Primary {
         let Some(meta) = &self.meta else {
             let (dirty, inflight) = {
                 let g = self.st.lock();
-                (g.dirty.count() + g.unst_old.count() + g.unst_new.count(), g.win.len())
+                (g.book.unconfirmed_regions(), g.book.win().len())
             };
             if dirty > 0 || inflight > 0 {
                 pr_warn!(
@@ -608,49 +492,32 @@ impl Primary {
         }
     }
 
-    /// Ends a bitmap snapshot (`saving`): what was acknowledged meanwhile retires now.
+    /// Ends a bitmap snapshot (`Book::save_end`): what was acknowledged meanwhile retires now.
     fn end_saving(&self) {
         let bytes = {
             let mut g = self.st.lock();
-            g.saving = false;
-            g.retire(&self.stats.marker_acked)
+            let r = g.book.save_end();
+            if let Some(id) = r.marker {
+                self.stats.marker_acked.fetch_max(id, Ordering::Relaxed);
+            }
+            r.bytes
         };
         self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
         self.wake.complete();
     }
 
-    /// Clears the stale spare map (see `State::unst_spare`), a bounded piece per lock hold;
-    /// then swaps out a durable `unst_old` that waited for it. Process context (the sender).
+    /// Clears the stale spare map (`Book::clear_spare_step`), a bounded piece per lock hold;
+    /// then a durable map that waited for it is swapped out. Process context (the sender).
     fn clear_spare(&self) {
-        loop {
-            let mut g = self.st.lock();
-            if !g.spare_dirty {
-                return;
-            }
-            let (from, words) = (g.spare_pos, g.unst_spare.word_count());
-            g.unst_spare.clear_words(from, BITMAP_STEP);
-            g.spare_pos = from + BITMAP_STEP;
-            if g.spare_pos >= words {
-                g.spare_dirty = false;
-                if g.durable_pending {
-                    g.swap_out_old();
-                }
-            }
-        }
+        while self.st.lock().book.clear_spare_step(BITMAP_STEP) {}
     }
 
     /// After a disconnection drained the window (`State::drain`): every region applied but not
-    /// known durable at the secondary becomes dirty, a bounded piece per lock hold. The caller
-    /// holds `bitmap_lock`; the maps are not otherwise touched meanwhile (no connection: nothing
-    /// retires or is pushed).
+    /// known durable at the secondary becomes dirty (`Book::fold_step`), a bounded piece per
+    /// lock hold. The caller holds `bitmap_lock`; the maps are not otherwise touched meanwhile
+    /// (no connection: nothing retires or is pushed).
     fn fold_unstable(&self) {
-        let words = self.st.lock().dirty.word_count();
-        for piece in (0..words).step_by(BITMAP_STEP) {
-            let mut g = self.st.lock();
-            let State { dirty, unst_old, unst_new, .. } = &mut *g;
-            dirty.take_words(unst_old, piece, BITMAP_STEP);
-            dirty.take_words(unst_new, piece, BITMAP_STEP);
-        }
+        while self.st.lock().book.fold_step(BITMAP_STEP) {}
     }
 
     fn save_meta(&self, meta: &Device) -> Result {
@@ -659,48 +526,27 @@ impl Primary {
         let geom = MetaSuper { clean: true, sectors: self.sectors, region_shift: REGION_SHIFT };
         let bitmap = &mut buf[SUPER_BYTES..];
         bitmap.fill(0);
-        let rs = 1u64 << REGION_SHIFT;
-        // A consistent snapshot, though taken in pieces: while `saving`, no frame retires from
-        // the window (an acknowledgement between the copy of a region's word and the window
-        // scan below would otherwise move it from the window to a map already copied, and save
-        // it clean though it may not be durable at the secondary) and no resync frame is sent
-        // (which clears dirty bits and fills the window). Disconnections and new connections
-        // wait for `bitmap_lock`.
-        let words = {
-            let mut g = self.st.lock();
-            g.saving = true;
-            g.dirty.word_count()
-        };
-        let mut i = 0;
-        while i < words {
-            // A bounded piece per lock hold (interrupts are off while it is held).
-            let g = self.st.lock();
-            for j in i..(i + BITMAP_STEP).min(words) {
-                let at = j * 8;
-                if let Some(b) = bitmap.get_mut(at..at + 8) {
-                    // Applied but not yet durable at the secondary counts as dirty.
-                    let w = g.dirty.word(j) | g.unst_old.word(j) | g.unst_new.word(j);
-                    b.copy_from_slice(&w.to_le_bytes());
-                }
+        // A consistent snapshot, though taken in pieces (`Book::save_begin`): while it is taken,
+        // no frame retires from the window (an acknowledgement between the copy of a region's
+        // word and the window scan below would otherwise move it from the window to a map
+        // already copied, and save it clean though it may not be durable at the secondary) and
+        // no resync frame is pushed (which clears dirty bits and fills the window).
+        // Disconnections and new connections wait for `bitmap_lock`.
+        self.st.lock().book.save_begin();
+        // Bounded pieces per lock hold (interrupts are off while it is held): the words, then
+        // the frames in flight, which are not known durable either.
+        while self.st.lock().book.save_words(BITMAP_STEP, |j, w| {
+            if let Some(b) = bitmap.get_mut(j * 8..j * 8 + 8) {
+                b.copy_from_slice(&w.to_le_bytes());
             }
-            i += BITMAP_STEP;
-        }
-        {
-            let g = self.st.lock();
-            g.win.for_each(|e| {
-                if matches!(e.kind, Kind::Write | Kind::Resync) && e.sectors > 0 {
-                    let first = e.sector / rs;
-                    let last = (e.sector + u64::from(e.sectors) - 1) / rs;
-                    for r in first..=last {
-                        let at = (r / 64) as usize * 8;
-                        if let Some(b) = bitmap.get_mut(at..at + 8) {
-                            let w = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) | (1 << (r % 64));
-                            b.copy_from_slice(&w.to_le_bytes());
-                        }
-                    }
-                }
-            });
-        }
+        }) {}
+        while self.st.lock().book.save_window(WINDOW_STEP, |r| {
+            let at = (r / 64) as usize * 8;
+            if let Some(b) = bitmap.get_mut(at..at + 8) {
+                let w = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) | (1 << (r % 64));
+                b.copy_from_slice(&w.to_le_bytes());
+            }
+        }) {}
         self.end_saving();
         let bytes = geom.device_bytes() as usize - SUPER_BYTES;
         self.dmio.write(
@@ -741,7 +587,7 @@ impl Primary {
             if g.gen == 0 {
                 return Err(enotconn());
             }
-            if g.ahead || g.resyncing || g.dirty.count() > 0 {
+            if g.ahead || g.book.resyncing() || g.book.dirty().count() > 0 {
                 // The secondary is behind or inconsistent: a marker now would not mark a
                 // consistent point.
                 return Err(EBUSY);
@@ -799,18 +645,18 @@ impl Primary {
     /// Marks every region dirty, in bounded pieces of the state lock (interrupts are off while
     /// it is held). Pieces are safe: marking more than needed only resyncs more.
     fn mark_all_dirty(&self) {
-        let words = self.st.lock().dirty.word_count();
+        let words = self.st.lock().book.dirty().word_count();
         for piece in (0..words).step_by(BITMAP_STEP) {
-            self.st.lock().dirty.mark_words(piece, BITMAP_STEP);
+            self.st.lock().book.dirty_mut().mark_words(piece, BITMAP_STEP);
         }
     }
 
     pub(crate) fn snapshot(&self) -> Snapshot {
         let now = ms_now();
         let g = self.st.lock();
-        let peer_data = if g.resyncing {
+        let peer_data = if g.book.resyncing() {
             "inconsistent"
-        } else if g.dirty.count() > 0 {
+        } else if g.book.dirty().count() > 0 {
             "behind"
         } else {
             "consistent"
@@ -818,11 +664,11 @@ impl Primary {
         Snapshot {
             connected: g.gen != 0,
             ahead: g.gen != 0 && g.ahead,
-            inflight: g.win.len(),
-            inflight_bytes: g.win.bytes(),
-            lag_ms: g.win.front().map_or(0, |e| now.saturating_sub(e.sent_ms)),
-            dirty_regions: g.dirty.count(),
-            resync: g.resyncing.then_some((g.resync_sent, g.resync_total.max(g.resync_sent))),
+            inflight: g.book.win().len(),
+            inflight_bytes: g.book.win().bytes(),
+            lag_ms: g.book.win().front().map_or(0, |e| now.saturating_sub(e.sent_ms)),
+            dirty_regions: g.book.dirty().count(),
+            resync: g.book.resyncing().then_some((g.resync_sent, g.resync_total.max(g.resync_sent))),
             peer_data,
         }
     }
@@ -924,17 +770,18 @@ impl Primary {
         let first_seq = c.first_seq;
         let Ok(c) = Arc::new(c, GFP_KERNEL) else { return false };
         let mut done = BioList::new();
+        let mut installed = true;
         {
             let _b = self.bitmap_lock.lock();
             // A secondary in the middle of a resync, and no bitmap that says what differs: all
             // of it (marked in pieces, before the state is switched below).
-            let all = c.peer_inconsistent && !self.bitmap_trusted.load(Ordering::Acquire) && !self.st.lock().resyncing;
+            let all = c.peer_inconsistent && !self.bitmap_trusted.load(Ordering::Acquire) && !self.st.lock().book.resyncing();
             if all {
                 self.mark_all_dirty();
             }
             let drained = {
                 let mut g = self.st.lock();
-                let d = !g.win.is_empty();
+                let d = !g.book.win().is_empty();
                 if d {
                     // Cannot happen (a disconnection drains before the connector may connect),
                     // but never drop frames that were not confirmed.
@@ -946,40 +793,37 @@ impl Primary {
                 self.fold_unstable();
             }
             let mut g = self.st.lock();
-            g.win.reset(first_seq);
-            g.gen = c.gen;
-            g.ahead = false;
-            g.acked_seq = first_seq - 1;
-            g.marker_unacked = None;
-            g.resync_cursor = 0;
-            g.resync_done_seq = None;
-            if !c.peer_inconsistent && g.resyncing {
-                // A resync of an earlier connection was cut before the secondary applied any of
-                // it (or after it applied the resync-done barrier): it is a consistent image,
-                // and says so. Not resyncing until this connection's first resync frame, so
-                // that no new write reaches it before that frame (the resync-first rule in
-                // `handle`); a stale flag let new writes through first, onto a device that
-                // calls itself consistent but lacks the dirty regions.
-                g.resyncing = false;
-            }
-            if c.peer_inconsistent && !g.resyncing {
-                // The secondary's device is in the middle of a resync that this table did not
-                // run (say, the primary was reloaded meanwhile). A trusted bitmap has every
-                // region that may differ dirty (marked above otherwise). The resync ends with
-                // the resync-done barrier.
-                g.resyncing = true;
-                g.resync_total = g.dirty.count();
-                g.resync_sent = 0;
-                pr_info!(
-                    "repl: {} reports an interrupted resync: resyncing {}\n",
-                    self.addr,
-                    if all { "the whole device" } else { "the dirty regions" }
-                );
+            // A secondary that reports itself consistent clears a stale resync flag: no new
+            // write reaches it before this connection's first resync frame (issue 13, item 6);
+            // one that reports an interrupted resync this table did not run is resynced (a
+            // trusted bitmap has every region that may differ dirty, marked above otherwise),
+            // ending with the resync-done barrier. See `Book::connect`.
+            match g.book.connect(first_seq, c.peer_inconsistent) {
+                None => installed = false,
+                Some(started) => {
+                    g.gen = c.gen;
+                    g.ahead = false;
+                    g.acked_seq = first_seq - 1;
+                    g.resync_cursor = 0;
+                    if started {
+                        g.resync_total = g.book.dirty().count();
+                        g.resync_sent = 0;
+                        pr_info!(
+                            "repl: {} reports an interrupted resync: resyncing {}\n",
+                            self.addr,
+                            if all { "the whole device" } else { "the dirty regions" }
+                        );
+                    }
+                }
             }
         }
         while let Some(b) = done.pop() {
             let st = BlkStatus::from_raw(b.data().status);
             self.end_sent(b, st);
+        }
+        if !installed {
+            // Cannot happen (the window was drained and folded above).
+            return false;
         }
         *self.conn.lock() = Some(c.clone());
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -1044,8 +888,8 @@ impl Primary {
                     // A new connection: a pending resync is counted anew.
                     gen = c.gen;
                     let mut g = self.st.lock();
-                    if g.dirty.count() > 0 && !g.resyncing {
-                        g.resync_total = g.dirty.count();
+                    if g.book.dirty().count() > 0 && !g.book.resyncing() {
+                        g.resync_total = g.book.dirty().count();
                         g.resync_sent = 0;
                     }
                 }
@@ -1094,7 +938,7 @@ impl Primary {
                     // the peer is alive, and the receiver times out if they stop.
                     let (idle, unflushed) = {
                         let g = self.st.lock();
-                        (g.win.is_empty(), g.unflushed)
+                        (g.book.win().is_empty(), g.book.unflushed())
                     };
                     if idle && ms_now().saturating_sub(last_tx) >= PING_MS {
                         if let Err(e) = self.send_counted(&c, FrameType::Ping, 0, Kind::Other, 0, 0, &0u64.to_le_bytes()) {
@@ -1114,7 +958,7 @@ impl Primary {
     fn maybe_flush(&self, c: &Conn, last: &mut u64) {
         let due = {
             let g = self.st.lock();
-            g.gen == c.gen && g.unflushed && g.flush_seq.is_none() && g.win.len() + 1 < g.win.capacity()
+            g.gen == c.gen && g.book.flush_due() && g.book.win().len() + 1 < g.book.win().capacity()
         };
         if !due || ms_now().saturating_sub(*last) < FLUSH_EVERY_MS {
             return;
@@ -1143,7 +987,7 @@ impl Primary {
                     return false;
                 }
                 if g.ahead {
-                    if !g.win.is_empty() {
+                    if !g.book.win().is_empty() {
                         return false;
                     }
                     g.ahead = false;
@@ -1151,7 +995,7 @@ impl Primary {
                     pr_info!("repl: {} caught up; replicating writes again, resyncing the rest\n", self.addr);
                     continue;
                 }
-                if g.win.fits(bytes, self.max_bytes) && g.win.len() + RESERVED_SLOTS < g.win.capacity() {
+                if g.book.win().fits(bytes, self.max_bytes) && g.book.win().len() + RESERVED_SLOTS < g.book.win().capacity() {
                     return true;
                 }
                 if ms_now().saturating_sub(start) >= CONGESTED_MS {
@@ -1187,18 +1031,22 @@ impl Primary {
             if g.gen != c.gen {
                 return Err(LinkError::Io(econnreset()));
             }
-            let seq = g.win.next_seq();
+            let seq = g.book.win().next_seq();
+            // (Every barrier sent here flushes: `Book::push` tracks it as a flush barrier.)
             let e = Entry { seq, kind, sector, sectors, sent_ms: ms_now(), local_done: true, net_done: true, ..Entry::default_of() };
-            if !g.win.push(e) {
+            let pushed = if ty == FrameType::Barrier && flags & wire::BARRIER_RESYNC_DONE != 0 {
+                // Recorded before the frame is sent: its acknowledgement may come at once.
+                g.book.push_resync_done(e)
+            } else {
+                g.book.push(e)
+            };
+            if !pushed {
                 return Err(LinkError::Io(ENOSPC));
-            }
-            if ty == FrameType::Barrier && flags & wire::BARRIER_FLUSH != 0 {
-                g.flush_pushed(seq);
             }
             if ty == FrameType::Marker {
                 // Before the frame is sent: its acknowledgement may come at once.
                 if let Ok(m) = wire::Marker::decode(payload) {
-                    g.marker_unacked = Some((seq, m.id));
+                    g.book.set_marker_unacked(Some((seq, m.id)));
                 }
             }
             seq
@@ -1271,7 +1119,7 @@ impl Primary {
                 Some("not connected to the secondary")
             } else if g.ahead {
                 Some("going ahead of a congested secondary")
-            } else if g.resyncing || g.dirty.count() > 0 {
+            } else if g.book.resyncing() || g.book.dirty().count() > 0 {
                 Some("the secondary is behind or resyncing")
             } else {
                 None
@@ -1281,26 +1129,21 @@ impl Primary {
                 self.refuse_marker(bio, id, why);
                 return;
             }
-            if g.gen != c.gen || (g.dirty.count() > 0 && !g.resyncing) {
+            if g.gen != c.gen || !g.book.may_send_write() {
                 // Lost the connection meanwhile; or regions are dirty and the resync has not
                 // started: the secondary still holds a consistent older image, and a write
                 // applied now (before the resync marks it inconsistent) would break that.
                 // Such writes stay local and dirty until the first resync frame is out.
                 None
             } else {
-                let seq = g.win.next_seq();
+                let seq = g.book.win().next_seq();
                 let kind = if is_write { Kind::Write } else { Kind::Barrier };
                 let e = Entry { seq, kind, sector, sectors, sent_ms: ms_now(), ..Entry::default_of() };
-                let pushed = g.win.push(e);
+                let pushed = g.book.push(e);
                 if pushed {
-                    if is_write {
-                        g.unflushed = true;
-                    } else {
-                        g.flush_pushed(seq);
-                    }
                     if let Some(id) = marker {
                         // Before the frame is sent: its acknowledgement may come at once.
-                        g.marker_unacked = Some((seq, id));
+                        g.book.set_marker_unacked(Some((seq, id)));
                     }
                 }
                 pushed.then_some(seq)
@@ -1336,7 +1179,7 @@ impl Primary {
     fn submit_local(&self, this: &Arc<Self>, mut bio: PBio, is_write: bool) {
         let sector = bio.target_sector();
         if is_write {
-            self.st.lock().dirty.mark(sector, u64::from(bio.sectors()));
+            self.st.lock().book.dirty_mut().mark(sector, u64::from(bio.sectors()));
         }
         *bio.data_mut() = PerBio::default();
         self.local_inflight.fetch_add(1, Ordering::AcqRel);
@@ -1349,7 +1192,7 @@ impl Primary {
         if g.gen != gen {
             return;
         }
-        let Some(e) = g.win.get_mut(seq) else { return };
+        let Some(e) = g.book.entry_mut(seq) else { return };
         e.net_done = true;
         let held = e.held.take();
         // (An acknowledgement may have come before this: the entry may retire now.)
@@ -1370,21 +1213,22 @@ impl Primary {
         let max_regions = u64::from(wire::MAX_DATA / 512) / rs;
         let (room, cursor) = {
             let mut g = self.st.lock();
-            if g.gen != c.gen || g.saving {
+            if g.gen != c.gen || g.book.saving() {
                 return Ok(false);
             }
             if g.ahead {
-                if !g.win.is_empty() {
+                if !g.book.win().is_empty() {
                     return Ok(false);
                 }
                 g.ahead = false;
             }
-            if g.dirty.count() == 0 {
-                if g.resyncing && g.resync_done_seq.is_none() {
+            if g.book.dirty().count() == 0 {
+                if g.book.resync_done_due() {
                     drop(g);
                     // Every resync write is before this barrier: once it is applied, the
-                    // secondary is consistent again.
-                    let seq = self.send_counted(
+                    // secondary is consistent again (`send_counted` records it as the
+                    // resync-done barrier as it pushes it).
+                    self.send_counted(
                         c,
                         FrameType::Barrier,
                         wire::BARRIER_FLUSH | wire::BARRIER_RESYNC_DONE,
@@ -1393,19 +1237,18 @@ impl Primary {
                         0,
                         &0u64.to_le_bytes(),
                     )?;
-                    self.st.lock().resync_done_seq = Some(seq);
                     return Ok(true);
                 }
                 return Ok(false);
             }
             // Sized to the room left in the window, so that the resync always progresses.
-            if g.win.len() + RESERVED_SLOTS >= g.win.capacity() {
+            if g.book.win().len() + RESERVED_SLOTS >= g.book.win().capacity() {
                 return Ok(false);
             }
-            let room = if g.win.is_empty() {
+            let room = if g.book.win().is_empty() {
                 max_regions
             } else {
-                (self.max_bytes.saturating_sub(g.win.bytes()) / (rs * 512)).min(max_regions)
+                (self.max_bytes.saturating_sub(g.book.win().bytes()) / (rs * 512)).min(max_regions)
             };
             if room == 0 {
                 return Ok(false);
@@ -1420,7 +1263,7 @@ impl Primary {
             if g.gen != c.gen {
                 return Ok(false);
             }
-            match g.dirty.find_run(from, room, SEARCH_WORDS) {
+            match g.book.dirty().find_run(from, room, SEARCH_WORDS) {
                 RunSearch::Found(first, n) => break (first, n),
                 RunSearch::From(next) => from = next,
                 RunSearch::End if !wrapped && cursor > 0 => {
@@ -1453,14 +1296,7 @@ impl Primary {
             if g.gen != c.gen {
                 return Ok(false);
             }
-            // Cleared when sent: an unacknowledged resync write marks its regions dirty again
-            // if the connection drops.
-            g.dirty.clear(first, n);
-            g.resync_cursor = first + n;
-            g.resyncing = true;
-            g.resync_done_seq = None;
-            g.resync_sent += n;
-            let seq = g.win.next_seq();
+            let seq = g.book.win().next_seq();
             let e = Entry {
                 seq,
                 kind: Kind::Resync,
@@ -1471,10 +1307,14 @@ impl Primary {
                 net_done: true,
                 ..Entry::default_of()
             };
-            if !g.win.push(e) {
-                g.dirty.mark(sector, sectors);
+            // Its regions are clean when it is pushed (an unacknowledged resync write marks them
+            // dirty again if the connection drops), and a resync is under way. Refused while a
+            // bitmap save takes its snapshot: the data read is dropped, the regions stay dirty.
+            if !g.book.push_resync(e) {
                 return Ok(false);
             }
+            g.resync_cursor = first + n;
+            g.resync_sent += n;
             seq
         };
         link::send_frame(&c.sock, FrameType::ResyncWrite, 0, seq, &buf[FRAME_OFF..end], c.tx_mac.as_ref())?;
@@ -1525,14 +1365,14 @@ impl Primary {
                 return Ok(());
             }
             let before = g.acked_seq;
-            if !g.win.ack(seq, self.sync, |b| done.push(b)) {
+            if !g.book.ack(seq, self.sync, |b| done.push(b)) {
                 return Err(LinkError::Wire(wire::WireError::BadField));
             }
             if ignored {
                 // Before the retirement below, which would count it.
-                match g.marker_unacked {
+                match g.book.marker_unacked() {
                     Some((s, id)) if s == seq => {
-                        g.marker_unacked = None;
+                        g.book.set_marker_unacked(None);
                         self.stats.marker_ignored.fetch_max(id, Ordering::Relaxed);
                         ignored_id = Some(id);
                     }
@@ -1570,7 +1410,7 @@ impl CloneDone<PerBio> for Primary {
         if d.gen != 0 {
             let mut g = self.st.lock();
             if g.gen == d.gen {
-                if let Some(e) = g.win.get_mut(d.seq) {
+                if let Some(e) = g.book.entry_mut(d.seq) {
                     e.local_done = true;
                     if !e.net_done {
                         parent.data_mut().status = status.to_raw();
@@ -1581,7 +1421,7 @@ impl CloneDone<PerBio> for Primary {
                     }
                     let bytes = g.retire(&self.stats.marker_acked);
                     self.stats.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
-                    if g.spare_dirty {
+                    if g.book.spare_dirty() {
                         // A durable barrier retired here: the sender clears the stale map.
                         self.wake.complete();
                     }

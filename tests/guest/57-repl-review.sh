@@ -9,7 +9,7 @@
 #     `wbrepl checkpoint --wait` fails and says why (before, it reported success);
 #   - item 9: the primary asks for stable pages (stable_writes);
 #   - item 6: after a resync interrupted before the secondary saw it begin, a reconnection
-#     sends no write before a resync frame;
+#     sends no write before a resync frame, even with writes queued when it is installed;
 #   - item 13: peers holding handshakes open do not keep a real primary from connecting.
 . "$(dirname "$0")/lib.sh"
 here=$(cd "$(dirname "$0")" && pwd)
@@ -122,39 +122,61 @@ check_match "ignored: the stand-in got the writes and one marker" 'frames by typ
 # applies it, so it stays a consistent image and says so). On the next connection, new writes
 # must not reach the secondary before a resync frame: it would apply them on a device that
 # calls itself consistent but lacks earlier acknowledged writes. (Before the fix the primary
-# kept its stale "resyncing" flag and sent writes at once.)
+# kept its stale "resyncing" flag and sent writes first.)
+# The bug needs writes queued at the primary when the next connection is installed; an idle
+# sender resyncs first anyway. So the sender is kept busy across the reconnection: the primary's
+# data device is a dm-linear device, suspended once the cut link has stalled the sender (the
+# proxy reads nothing after the first RESYNC_WRITE until told to drain); once drained, the
+# sender's next resync step waits for its local writes, which wait for the resume, while fio's
+# writes queue up behind it. The proxy closes that connection when the primary has gone quiet,
+# the primary reconnects, and only then is the data device resumed: the sender comes back to a
+# new connection with writes queued.
 PD=$(loopdev st-p "$MB"); SD=$(loopdev st-s "$MB"); S=$(sectors "$PD")
 PORT=$((PORT + 1)); CUT_PORT=$((PORT + 50))
 CUT_DIR=$IMG_DIR/cut; rm -rf "$CUT_DIR"; mkdir -p "$CUT_DIR"
+check "stale: the primary's data device, dm-linear (to suspend it)" dmsetup create st-pd --table "0 $S linear $PD 0"
 check "stale: secondary" node_exec B dmsetup create st-s --table "0 $S repl secondary $SD $NODE_B_IP:$PORT 0"
-node_exec B python3 "$PEER" cut "$NODE_B_IP" "$CUT_PORT" "$NODE_B_IP" "$PORT" 120 "$CUT_DIR" >"$IMG_DIR/cut.out" 2>&1 &
+node_exec B python3 "$PEER" cut "$NODE_B_IP" "$CUT_PORT" "$NODE_B_IP" "$PORT" 150 "$CUT_DIR" >"$IMG_DIR/cut.out" 2>&1 &
 CUT=$!
 sleep 0.5
-check "stale: primary, through the link to cut" node_exec A dmsetup create st-p --table "0 $S repl primary $PD $NODE_B_IP:$CUT_PORT 0"
+# A window larger than the device: the sender blocks on the link or on its data device, never on
+# the window.
+check "stale: primary, through the link to cut" node_exec A dmsetup create st-p --table "0 $S repl primary /dev/mapper/st-pd $NODE_B_IP:$CUT_PORT 2 max_inflight_kb 262144"
 check "stale: connected" connected st-p
 check "stale: replicate 2 MiB" dd if=/dev/urandom of=/dev/mapper/st-p bs=1M count=2 oflag=direct status=none
 check "stale: in sync" synced st-p
 touch "$CUT_DIR/cut"
 check "stale: the link is cut" wait_status st-p ' primary connecting ' 20
 check "stale: 2 MiB written meanwhile" dd if=/dev/urandom of=/dev/mapper/st-p bs=1M count=2 seek=8 oflag=direct status=none
+# Every region dirty: the resync outlasts what the TCP buffers take in before the sender blocks.
+check "stale: a full resync asked for" dmsetup message st-p 0 resync
 check_match "stale: dirty regions" '^[1-9][0-9]*$' "$(field st-p dirty_kb)"
 # A steady stream of writes (always some queued at the primary) across the next two
-# connections, until 3 s into the third one (at most 60 s).
-fio --name=stream --filename=/dev/mapper/st-p --rw=randwrite --bs=4k --iodepth=8 --ioengine=libaio \
-  --direct=1 --offset=16M --size=8M --time_based --runtime=60 --output=/dev/null &
+# connections, until 3 s into the third one (at most 90 s).
+fio --name=stream --filename=/dev/mapper/st-p --rw=randwrite --bs=4k --iodepth=32 --ioengine=libaio \
+  --direct=1 --offset=16M --size=8M --time_based --runtime=90 --output=/dev/null &
 WR=$!
 touch "$CUT_DIR/go"
-for i in $(seq 600); do [ -e "$CUT_DIR/recording" ] && break; sleep 0.1; done
+wait_file() { local i; for i in $(seq $(($2 * 10))); do [ -e "$1" ] && return 0; sleep 0.1; done; return 1; }
+check "stale: the reconnection stalls at its first resync frame" wait_file "$CUT_DIR/stalled" 30
+sleep 1
+check "stale: the primary's data device suspended (its writes wait)" dmsetup suspend st-pd
+touch "$CUT_DIR/drain"
+check "stale: the primary went quiet and the proxy closed the connection" wait_file "$CUT_DIR/closed" 20
+check "stale: the primary reconnects (its sender still waits for its data device)" wait_file "$CUT_DIR/recording" 30
+check "stale: ...connected" connected st-p 10
+check "stale: the data device resumed" dmsetup resume st-pd
 sleep 3
 kill -INT $WR 2>/dev/null; wait $WR
 check "stale: in sync at last" synced st-p 90
 check_match "stale: the secondary is consistent" ' data consistent ' "$(dmsetup status st-s)"
 check "stale: identical" same_data "$PD" "$SD"
-check "stale: remove" dm_remove st-p st-s
+check "stale: remove" dm_remove st-p st-s st-pd
 touch "$CUT_DIR/done"; wait $CUT
 out=$(cat "$IMG_DIR/cut.out")
-check_match "stale: the reconnection was cut at its first resync frame, and another made" 'cut: reconnection: [0-9]+ WRITE frames before the first RESYNC_WRITE \(index [0-9]+ of [1-9][0-9]* frames\)' "$out"
-check_match "stale: writes flowed on the reconnection ($out)" 'index [0-9]+ of ([2-9][0-9]|[1-9][0-9]{2,}) frames' "$out"
+check_match "stale: the sender was blocked (the link stalled, drained, then quiet)" 'cut: stalled at the first RESYNC_WRITE; [0-9]+ bytes drained, then quiet' "$out"
+check_match "stale: the reconnection was recorded ($out)" 'cut: reconnection: [0-9]+ WRITE frames before the first RESYNC_WRITE \(index [0-9]+ of [1-9][0-9]* frames\)' "$out"
+check_match "stale: writes flowed on the reconnection" 'index [0-9]+ of ([2-9][0-9]|[1-9][0-9]{2,}) frames' "$out"
 check_match "stale: ...and none reached the secondary before a resync frame" 'cut: reconnection: 0 WRITE frames before' "$out"
 
 # --- item 13: peers holding handshakes open do not keep a real primary out -------------------------

@@ -7,14 +7,18 @@
         not cover the HELLO flags, so the primary never learnt of an interrupted resync. Prints
         "mitm: N connections, M HELLOs changed, K bytes relayed after the handshake".
     replpeer.py cut LISTEN_HOST PORT TARGET_HOST TARGET_PORT SECONDS DIR
-        Relays connections to the target in three acts, for the stale-resync test (item 6):
+        Relays connections to the target in four acts, for the stale-resync test (item 6):
         connection 1 until DIR/cut exists; then every connection is closed at once until
-        DIR/go exists; the next one is cut when the primary's first RESYNC_WRITE arrives (that
-        frame is lost with the link: the secondary never sees the resync begin); later ones are
-        relayed whole, and the types of the primary's frames are recorded (DIR/recording is
-        created when that starts); ends when DIR/done
-        exists (or after SECONDS). Prints "cut:
-        reconnection: N WRITE frames before the first RESYNC_WRITE (index I of M frames)".
+        DIR/go exists; the next one is relayed until the primary's first RESYNC_WRITE, which
+        is dropped with everything after it (the secondary never sees the resync begin): the
+        link stalls there (nothing is read from the primary, whose sender blocks once the TCP
+        buffers are full; DIR/stalled is created) until DIR/drain exists, then what the primary
+        sends is read and dropped until it has sent nothing for 2 s, and the connection is
+        closed (DIR/closed); later ones are relayed whole, and the types of the primary's frames
+        are recorded (DIR/recording is created when that starts); ends when DIR/done exists (or
+        after SECONDS). Prints "cut: stalled at the first RESYNC_WRITE; N bytes drained, then
+        quiet" and "cut: reconnection: N WRITE frames before the first RESYNC_WRITE (index I of
+        M frames); the first: TYPE ..." (the types up to that RESYNC_WRITE, at most 40).
     replpeer.py fake-primary HOST PORT SECTORS
         A primary without auth: a RESYNC_WRITE (the secondary is then inconsistent), then a
         MARKER. The marker's ACK must carry ACK_MARKER_IGNORED (exit 0), not count as recorded.
@@ -115,6 +119,43 @@ def relay_frames(src, dst, on_frame):
         dst.sendall(h + p)
 
 
+def stall_at_resync(c, t, d, stats):
+    """Act 3 of `cut`: relays the primary's frames until its first RESYNC_WRITE (dropped, with
+    everything after it), stalls until DIR/drain, drains until the primary is quiet, closes."""
+    seen = []
+
+    def until_resync(ty):
+        if ty == RESYNC:
+            seen.append(ty)
+            return False
+        return True
+    try:
+        relay_frames(c, t, until_resync)
+    except OSError:
+        pass
+    if seen:
+        open(d + "/stalled", "w").close()
+        while not (os.path.exists(d + "/drain") or os.path.exists(d + "/done")):
+            time.sleep(0.05)
+        n = 0
+        c.settimeout(2)
+        try:
+            while True:
+                b = c.recv(1 << 20)
+                if not b:
+                    break
+                n += len(b)
+        except OSError:  # socket.timeout: quiet for 2 s
+            pass
+        stats["drained"] = n
+    for x in (c, t):
+        try:
+            x.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    open(d + "/closed", "w").close()
+
+
 def cut(lhost, port, thost, tport, seconds, d):
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -124,6 +165,7 @@ def cut(lhost, port, thost, tport, seconds, d):
     act = 1
     record = []
     threads = []
+    stats = {}
 
     def close(*socks):
         for x in socks:
@@ -163,7 +205,7 @@ def cut(lhost, port, thost, tport, seconds, d):
             threading.Thread(target=lambda c=c, t=t: (relay_frames(c, t, lambda ty: True), close(c, t)), daemon=True).start()
         elif act == 2:
             act = 3
-            threading.Thread(target=lambda c=c, t=t: (relay_frames(c, t, lambda ty: ty != RESYNC), close(c, t)), daemon=True).start()
+            threading.Thread(target=stall_at_resync, args=(c, t, d, stats), daemon=True).start()
         else:
             act = 4
             open(d + "/recording", "w").close()
@@ -172,10 +214,13 @@ def cut(lhost, port, thost, tport, seconds, d):
                 record.append(ty)
                 return True
             threading.Thread(target=lambda c=c, t=t: (relay_frames(c, t, rec), close(c, t)), daemon=True).start()
+    if "drained" in stats:
+        print("cut: stalled at the first RESYNC_WRITE; %d bytes drained, then quiet" % stats["drained"])
     first = record.index(RESYNC) if RESYNC in record else len(record)
     before = sum(1 for ty in record[:first] if ty == WRITE)
-    print("cut: reconnection: %d WRITE frames before the first RESYNC_WRITE (index %d of %d frames)"
-          % (before, first, len(record)))
+    names = {HELLO: "HELLO", 2: "AUTH", WRITE: "WRITE", RESYNC: "RESYNC_WRITE", 4: "BARRIER", MARKER: "MARKER", 7: "PING", 10: "CLOSE"}
+    print("cut: reconnection: %d WRITE frames before the first RESYNC_WRITE (index %d of %d frames); the first: %s"
+          % (before, first, len(record), " ".join(names.get(ty, str(ty)) for ty in record[:first + 1][:40])))
 
 
 def marker_payload(mid, label):

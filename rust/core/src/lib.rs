@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod marker;
 pub mod parse;
 pub mod replmeta;
+pub mod replbook;
 pub mod replstate;
 pub mod table;
 pub mod wbformat;

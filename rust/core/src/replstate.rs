@@ -200,6 +200,18 @@ impl<T, S: DerefMut<Target = [Entry<T>]>> Window<T, S> {
         }
     }
 
+    /// Visits the entries at positions `from..from + n` counted from the oldest (fewer at the
+    /// end of the window); returns how many it visited.
+    pub fn for_each_range(&self, from: usize, n: usize, mut f: impl FnMut(&Entry<T>)) -> usize {
+        let end = from.saturating_add(n).min(self.len);
+        for i in from..end {
+            if let Some(e) = self.slots.get(self.wrap(self.head + i)) {
+                f(e);
+            }
+        }
+        end.saturating_sub(from)
+    }
+
     /// Takes every entry out, oldest first (a disconnection), leaving the window empty with
     /// the next sequence number unchanged.
     pub fn drain(&mut self, mut f: impl FnMut(Entry<T>)) {
@@ -234,6 +246,11 @@ impl<T> Entry<T> {
 
 /// Regions of the device that may differ from the secondary: one bit per region of
 /// `1 << region_shift` sectors.
+///
+/// Every word is reached through one `Deref`/`DerefMut` of the storage (`get`/`get_mut` of one
+/// index), never a slice-wide operation (`fill`, iterators, ranges): so a storage that counts its
+/// dereferences counts the words an operation touches, which is how the tests of
+/// `crate::replbook` bound the work done with interrupts off.
 pub struct DirtyMap<W: DerefMut<Target = [u64]>> {
     words: W,
     regions: u64,
@@ -250,17 +267,30 @@ impl<W: DerefMut<Target = [u64]>> DirtyMap<W> {
 
     /// A clean map over `words` (at least [`DirtyMap::words_for`] of them).
     pub fn new(mut words: W, sectors: u64, region_shift: u32) -> Option<Self> {
-        let regions = sectors.div_ceil(1u64 << region_shift);
-        if words.len() < regions.div_ceil(64) as usize || region_shift > 40 {
+        if region_shift > 40 {
             return None;
         }
-        words.fill(0);
+        let regions = sectors.div_ceil(1u64 << region_shift);
+        let n = words.len();
+        if n < regions.div_ceil(64) as usize {
+            return None;
+        }
+        for i in 0..n {
+            if let Some(w) = words.get_mut(i) {
+                *w = 0;
+            }
+        }
         Some(Self { words, regions, region_shift, count: 0 })
     }
 
     /// Sectors per region.
     pub fn region_sectors(&self) -> u64 {
         1u64 << self.region_shift
+    }
+
+    /// Sectors per region, as a power of two.
+    pub fn region_shift(&self) -> u32 {
+        self.region_shift
     }
 
     /// Regions in the map.
@@ -317,14 +347,27 @@ impl<W: DerefMut<Target = [u64]>> DirtyMap<W> {
         self.regions.div_ceil(64) as usize
     }
 
+    /// The bits of word `i` that stand for regions (all of them but in the last word; none past it).
+    fn valid_bits(&self, i: usize) -> u64 {
+        let base = (i as u64).saturating_mul(64);
+        if base >= self.regions {
+            0
+        } else if self.regions - base >= 64 {
+            !0
+        } else {
+            (1u64 << (self.regions - base)) - 1
+        }
+    }
+
     /// ORs `w` into word `i` (bits beyond the last region are ignored).
     pub fn merge_word(&mut self, i: usize, w: u64) {
-        let base = i as u64 * 64;
-        let mut m = w;
-        while m != 0 {
-            let b = u64::from(m.trailing_zeros());
-            m &= m - 1;
-            self.set(base + b, true);
+        let m = w & self.valid_bits(i);
+        if m == 0 {
+            return;
+        }
+        if let Some(x) = self.words.get_mut(i) {
+            self.count += u64::from((m & !*x).count_ones());
+            *x |= m;
         }
     }
 
@@ -337,8 +380,7 @@ impl<W: DerefMut<Target = [u64]>> DirtyMap<W> {
     /// a lock with interrupts off can release it between them).
     pub fn mark_words(&mut self, from: usize, n: usize) {
         for i in from..from.saturating_add(n).min(self.word_count()) {
-            let valid = self.regions - i as u64 * 64;
-            let full = if valid >= 64 { !0 } else { (1u64 << valid) - 1 };
+            let full = self.valid_bits(i);
             if let Some(w) = self.words.get_mut(i) {
                 self.count += u64::from((full & !*w).count_ones());
                 *w = full;
@@ -352,16 +394,22 @@ impl<W: DerefMut<Target = [u64]>> DirtyMap<W> {
         if self.count == 0 {
             return;
         }
-        self.words.fill(0);
+        for i in 0..self.word_count() {
+            if let Some(w) = self.words.get_mut(i) {
+                *w = 0;
+            }
+        }
         self.count = 0;
     }
 
     /// Clears the regions of words `from..from + n` (a piece of [`DirtyMap::clear_all`]).
     pub fn clear_words(&mut self, from: usize, n: usize) {
         let end = from.saturating_add(n).min(self.word_count());
-        for w in self.words.get_mut(from..end).into_iter().flatten() {
-            self.count = self.count.saturating_sub(u64::from(w.count_ones()));
-            *w = 0;
+        for i in from..end {
+            if let Some(w) = self.words.get_mut(i) {
+                self.count = self.count.saturating_sub(u64::from(w.count_ones()));
+                *w = 0;
+            }
         }
     }
 
