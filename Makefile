@@ -29,7 +29,7 @@ endif
 KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=$(KRUSTC) BINDGEN=$(KBINDGEN) RUST_LIB_SRC=$(KRUST_LIB_SRC)
 export KDIR
 
-.PHONY: all setup kernel modules modules-clean cli host-test guest-test test test-long bench-wbcache bench-repl bench-checkpoint demo clean
+.PHONY: all setup kernel modules modules-clean cli host-test guest-test test ci-env test-long bench-wbcache bench-repl bench-checkpoint demo clean
 
 all: modules
 
@@ -55,6 +55,7 @@ host-test: setup
 	python3 $(ROOT)/tests/ktap.py --self-test
 	python3 $(ROOT)/tests/logreplay_selftest.py
 	python3 $(ROOT)/tests/guest/cpload.py self-test
+	python3 $(ROOT)/tests/harness_selftest.py
 
 # The in-tree DRBD 8.4 warns once per boot under CONFIG_DEBUG_ATOMIC_SLEEP (its worker takes a
 # mutex in maybe_send_barrier() after prepare_to_wait() in wait_for_work()): not our code, so
@@ -69,6 +70,12 @@ guest-test: modules cli
 
 # What CI runs (.ci/run): everything, host and guest.
 test: host-test guest-test
+
+# `.ci/run --print-env`: what make sees, after .ci/run has cleared its environment, of the
+# variables that choose or size the tests (tests/harness_selftest.py checks it is nothing).
+ci-env:
+	@echo "make sees TESTS='$(TESTS)' PROPTEST_CASES='$(PROPTEST_CASES)' MAKEFLAGS='$(MAKEFLAGS)'"
+	@echo "make exports: $$(env | grep -oE '^(TESTS|WBREPL_[A-Z0-9_]*|PROPTEST_[A-Z0-9_]*)=' | tr '\n' ' ')(end)"
 
 # Longer campaigns: 200k cases of each property test (the wbindex crash model among them) and
 # 400 + 200 + 100 power-loss replay points, and 100 000 rewrites of one block with a flush after

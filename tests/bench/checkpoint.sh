@@ -28,7 +28,8 @@
 # 4. Marker to image: for every checkpoint, the time from the checkpoint message returning (the
 #    marker is durable at the primary) to `wbrepl secondary run` reporting the image.
 # The table shows every round; RATIO lines are ratios of the medians over the rounds. The drain
-# RATIO line is the worst case (largest drain/bound) over the sizes and patterns.
+# RATIO line is the worst case (largest drain/bound) over the sizes and patterns. A drain with
+# no bound (nothing drained, or no origin bandwidth measured) ends the benchmark with an error.
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${WBREPL_ROOT:?run me through qemu/run-guest.sh}"
@@ -210,7 +211,18 @@ for r in $(seq "$ROUNDS"); do
     dirty=$(field bc-w dirty)
     a=$(checkpoint hold) || die "checkpoint failed: $(dmsetup status bc-w)"
     blocks=$(answer "$a" blocks); drain=$(answer "$a" drain_ms)
-    bound=$(python3 -c "print('%.0f' % ($blocks * 4096 / ($bw * 1e6) * 1000))")
+    # A bound of zero (nothing drained, or no bandwidth measured) is an error: its ratio would
+    # read as the best drain of all.
+    [ "${blocks:-0}" -gt 0 ] 2>/dev/null || die "$c: the checkpoint drained no block (dirty $dirty): nothing to set against a bound ($a)"
+    bound=$(python3 - "$blocks" "$bw" 2>/dev/null <<'EOF'
+import math, sys
+blocks, bw = int(sys.argv[1]), float(sys.argv[2])
+b = blocks * 4096 / (bw * 1e6) * 1000 if bw > 0 else 0
+if not (math.isfinite(b) and b > 0):
+    sys.exit(1)
+print("%.0f" % b if b >= 10 else "%.3g" % b)
+EOF
+) || die "$c: no bound for $blocks blocks at an origin bandwidth of '$bw' MB/s"
     R[drain#$r,$c]="$dirty $blocks $drain $bound $(answer "$a" marker_ms) $(answer "$a" total_ms)"
     echo "  $c: dirty $dirty blocks, drained $blocks in $drain ms, bound $bound ms ($a)"
   done
@@ -290,7 +302,7 @@ med() { local k=$1 c=$2 f=$3 v=() r; for r in $(seq "$ROUNDS"); do v+=("$(awk -v
         printf '%s\n' "${v[@]}" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 worst=0
 for c in "${DRAIN_CASES[@]}"; do
-  x=$(ratio "$(med drain "$c" 3)" "$(med drain "$c" 4)")
+  x=$(ratio "$(med drain "$c" 3)" "$(med drain "$c" 4)") || die "drain/bound-$c: the median bound is zero or missing"
   echo "RATIO drain/bound-$c = $x"
   worst=$(python3 -c "print(max($worst, $x))")
 done

@@ -8,5 +8,14 @@ median() {
   printf '%s\n' "${v[@]}" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'
 }
 
-# ratio A B: A / B with two decimals (0 when B is 0).
-ratio() { python3 -c "print('%.2f' % ($1 / $2 if $2 else 0))"; }
+# ratio A B: A / B with two decimals; "n/a" and status 1 when B is 0 or either is missing (not 0,
+# which would read as a result: the best drain/bound, the worst speed-up).
+ratio() {
+  python3 - "${1:-}" "${2:-}" 2>/dev/null <<'EOF' || { echo n/a; return 1; }
+import math, sys
+a, b = float(sys.argv[1]), float(sys.argv[2])
+if not b or not math.isfinite(a) or not math.isfinite(b):
+    sys.exit(1)
+print("%.2f" % (a / b))
+EOF
+}

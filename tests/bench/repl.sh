@@ -10,15 +10,19 @@
 #
 # Devices: loop devices over fully allocated (fallocate) files on a tmpfs of our own,
 # WBREPL_BENCH_MB each (default 160), fresh for every phase: the local device alone; dm-repl's
-# primary and secondary data devices; DRBD's, with internal meta data at their end (drbdmeta
-# create-md). fio writes the first WBREPL_BENCH_MB - 16 MiB of every device.
+# primary and secondary data devices; each DRBD pair's, with internal meta data at their end
+# (drbdmeta create-md). fio writes the first WBREPL_BENCH_MB - 16 MiB of every device.
 #
-# Four phases per round: "async" (the local device, dm-repl `protocol async`, DRBD protocol A,
-# all three set up together) and "sync" (dm-repl `protocol sync`, DRBD protocol C); then DRBD
-# A and C again with `data-integrity-alg crc32c`, the like-for-like comparison (dm-repl always
-# checks a CRC-32C of every frame; DRBD by default checks nothing beyond TCP's checksum). Within
+# Two phases per round, each with every product of its protocol set up together: "async" (the
+# local device, dm-repl `protocol async`, DRBD protocol A, and DRBD protocol A with
+# `data-integrity-alg crc32c`) and "sync" (dm-repl `protocol sync`, DRBD protocol C, DRBD C with
+# crc32c). The crc32c pair is the like-for-like comparison (dm-repl always checks a CRC-32C of
+# every frame; DRBD by default checks nothing beyond TCP's checksum); it is a second DRBD pair
+# of its own (resources bench-c/bench-d, minors 2 and 3, port 7790) beside the plain one
+# (bench-a/bench-b, minors 0 and 1, port 7789), so that it runs in the same phase. Within
 # a phase each workload runs on every product back to back, so a pair of measurements is
-# seconds apart; the order of dm-repl and DRBD alternates between rounds. DRBD's initial sync is skipped
+# seconds apart; the order of the products alternates between rounds (odd rounds dm-repl,
+# DRBD, DRBD crc32c; even rounds the reverse). DRBD's initial sync is skipped
 # (new-current-uuid --clear-bitmap while connected). Before every workload all products of the
 # phase are checked to be connected with nothing in flight (a product still draining its
 # replication would slow the one measured), after it the measured one to be still on its first
@@ -58,9 +62,9 @@ repl_down() {
   done
   ! dmsetup info br-p >/dev/null 2>&1 && ! dmsetup info br-s >/dev/null 2>&1
 }
-drbd_down() {
+drbd_all_down() {
   local r
-  for r in bench-a bench-b; do $DRBDSETUP down "$r" >/dev/null 2>&1; done
+  for r in bench-a bench-b bench-c bench-d; do $DRBDSETUP down "$r" >/dev/null 2>&1; done
   ! grep -q '^ *[0-9]*: cs:' /proc/drbd
 }
 local_down() { :; }
@@ -74,7 +78,7 @@ cleanup() {
   local rc=$?
   trap - EXIT
   repl_down >/dev/null 2>&1
-  drbd_down >/dev/null 2>&1
+  drbd_all_down >/dev/null 2>&1
   devs_down
   umount "$DIR" 2>/dev/null && rmdir "$DIR"
   rm -f "$DIR.out" "$DIR.fio"
@@ -92,7 +96,7 @@ grep -q '^version: 8\.4\.' /proc/drbd || die "DRBD is not 8.4: $(head -n 1 /proc
 [ "$MB" -ge 64 ] || die "WBREPL_BENCH_MB must be at least 64"
 modprobe dm-repl || die "cannot load dm-repl"
 mkdir -p "$DIR" || die "mkdir $DIR"
-step mount -t tmpfs -o size=$((5 * MB + 16))M bench-repl "$DIR"
+step mount -t tmpfs -o size=$((7 * MB + 16))M bench-repl "$DIR"
 step ip link set lo up
 step ip addr add $IP_A/32 dev lo
 step ip addr add $IP_B/32 dev lo
@@ -134,12 +138,16 @@ repl_after() {
 repl_info() { dmsetup status br-p; dmsetup status br-s; }
 
 # --- DRBD 8.4 -------------------------------------------------------------------------------
-# Resource bench-a (minor 0, node A, 10.99.9.1) is primary; bench-b (minor 1, node B,
-# 10.99.9.2) its peer. Defaults for every disk and net option but the protocol.
+# Two pairs, each a primary resource on node A (10.99.9.1) and its peer on node B (10.99.9.2):
+# pair 0 (kind "drbd") bench-a/bench-b, minors 0/1, port 7789; pair 1 (kind "drbdcrc", with a
+# data-integrity-alg) bench-c/bench-d, minors 2/3, port 7790. Defaults for every disk and net
+# option but the protocol (and the crc32c pair's data-integrity-alg).
+DRBD_RES=(bench-a bench-b bench-c bench-d)
+DRBD_MARK=()
 drbd_state() { sed -n "s/^ *$1: \(cs:.*\)/\1/p" /proc/drbd; }
-drbd_synced() {
+drbd_pair_synced() {  # PAIR
   local m
-  for m in 0 1; do
+  for m in $((2 * $1)) $((2 * $1 + 1)); do
     [ "$($DRBDSETUP cstate "$m" 2>/dev/null)" = Connected ] &&
       [ "$($DRBDSETUP dstate "$m" 2>/dev/null)" = UpToDate/UpToDate ] || return 1
     # nothing pending, unacknowledged, in the application's queue or out of sync
@@ -147,39 +155,56 @@ drbd_synced() {
       grep -q ' lo:0 pe:0 ua:0 ap:0 .* oos:0' || return 1
   done
 }
-drbd_up() {  # PROTOCOL (A or C) [DATA-INTEGRITY-ALG]
-  local pd sd alg=${2:-}
-  pd=$(fresh_dev drbd-p) && LOOPS+=("$pd") && sd=$(fresh_dev drbd-s) && LOOPS+=("$sd") || exit 1
-  step drbdmeta --force 0 v08 "$pd" internal create-md
-  step drbdmeta --force 1 v08 "$sd" internal create-md
-  step $DRBDSETUP new-resource bench-a
-  step $DRBDSETUP new-minor bench-a 0 0
-  step $DRBDSETUP attach 0 "$pd" "$pd" internal
-  step $DRBDSETUP new-resource bench-b
-  step $DRBDSETUP new-minor bench-b 1 0
-  step $DRBDSETUP attach 1 "$sd" "$sd" internal
-  step $DRBDSETUP connect bench-a ipv4:$IP_A:$DRBD_PORT ipv4:$IP_B:$DRBD_PORT --protocol="$1" ${alg:+--data-integrity-alg=$alg}
-  step $DRBDSETUP connect bench-b ipv4:$IP_B:$DRBD_PORT ipv4:$IP_A:$DRBD_PORT --protocol="$1" ${alg:+--data-integrity-alg=$alg}
-  wait_for 30 bash -c "[ \"\$($DRBDSETUP cstate 0)\" = Connected ] && [ \"\$($DRBDSETUP cstate 1)\" = Connected ]" ||
-    die "DRBD ($1) did not connect: $(cat /proc/drbd)"
-  [ "$($DRBDSETUP dstate 0)" = Inconsistent/Inconsistent ] || die "DRBD: unexpected disk states: $(cat /proc/drbd)"
+drbd_pair_up() {  # PAIR PROTOCOL (A or C) [DATA-INTEGRITY-ALG]
+  local i=$1 pd sd alg=${3:-} mp=$((2 * $1)) ms=$((2 * $1 + 1)) port=$((DRBD_PORT + $1))
+  local rp=${DRBD_RES[$mp]} rs=${DRBD_RES[$ms]}
+  pd=$(fresh_dev drbd$i-p) && LOOPS+=("$pd") && sd=$(fresh_dev drbd$i-s) && LOOPS+=("$sd") || exit 1
+  step drbdmeta --force $mp v08 "$pd" internal create-md
+  step drbdmeta --force $ms v08 "$sd" internal create-md
+  step $DRBDSETUP new-resource $rp
+  step $DRBDSETUP new-minor $rp $mp 0
+  step $DRBDSETUP attach $mp "$pd" "$pd" internal
+  step $DRBDSETUP new-resource $rs
+  step $DRBDSETUP new-minor $rs $ms 0
+  step $DRBDSETUP attach $ms "$sd" "$sd" internal
+  step $DRBDSETUP connect $rp ipv4:$IP_A:$port ipv4:$IP_B:$port --protocol="$2" ${alg:+--data-integrity-alg=$alg}
+  step $DRBDSETUP connect $rs ipv4:$IP_B:$port ipv4:$IP_A:$port --protocol="$2" ${alg:+--data-integrity-alg=$alg}
+  wait_for 30 bash -c "[ \"\$($DRBDSETUP cstate $mp)\" = Connected ] && [ \"\$($DRBDSETUP cstate $ms)\" = Connected ]" ||
+    die "DRBD ($rp, $2) did not connect: $(cat /proc/drbd)"
+  [ "$($DRBDSETUP dstate $mp)" = Inconsistent/Inconsistent ] || die "DRBD: unexpected disk states: $(cat /proc/drbd)"
   # Skip the initial sync: both sides are blank, declare them identical.
-  step $DRBDSETUP new-current-uuid 0 --clear-bitmap=yes
-  wait_for 30 drbd_synced || die "DRBD: initial sync not skipped: $(cat /proc/drbd)"
-  step $DRBDSETUP primary 0
-  [ "$($DRBDSETUP role 0)" = Primary/Secondary ] || die "DRBD: minor 0 is not primary: $(cat /proc/drbd)"
-  DEV[drbd]=/dev/drbd0
-  DRBD_MARK="wbrepl-bench-mark-$$-$RANDOM"
-  echo "$DRBD_MARK" >/dev/kmsg
+  step $DRBDSETUP new-current-uuid $mp --clear-bitmap=yes
+  wait_for 30 drbd_pair_synced "$i" || die "DRBD ($rp): initial sync not skipped: $(cat /proc/drbd)"
+  step $DRBDSETUP primary $mp
+  [ "$($DRBDSETUP role $mp)" = Primary/Secondary ] || die "DRBD: minor $mp is not primary: $(cat /proc/drbd)"
+  DRBD_MARK[$i]="wbrepl-bench-mark-$$-$RANDOM-$i"
+  echo "${DRBD_MARK[$i]}" >/dev/kmsg
 }
-drbd_before() { wait_for 120 drbd_synced || die "DRBD not in sync before a workload: $(cat /proc/drbd)"; }
+drbd_pair_before() { wait_for 120 drbd_pair_synced "$1" || die "DRBD (${DRBD_RES[$((2 * $1))]}) not in sync before a workload: $(cat /proc/drbd)"; }
 # A connection state change since the bring-up means DRBD disconnected (and resynced).
-drbd_after() {
-  [ "$($DRBDSETUP cstate 0)" = Connected ] &&
-    ! dmesg | sed -n "/$DRBD_MARK/,\$p" | grep -E 'drbd bench-[ab]: .*conn\( Connected ->' ||
-    die "DRBD lost its connection during the workload: $(cat /proc/drbd)"
+drbd_pair_after() {
+  local mp=$((2 * $1))
+  [ "$($DRBDSETUP cstate $mp)" = Connected ] &&
+    ! dmesg | sed -n "/${DRBD_MARK[$1]}/,\$p" |
+      grep -E "drbd (${DRBD_RES[$mp]}|${DRBD_RES[$((mp + 1))]}): .*conn\( Connected ->" ||
+    die "DRBD (${DRBD_RES[$mp]}) lost its connection during the workload: $(cat /proc/drbd)"
 }
-drbd_info() { drbd_state 0; drbd_state 1; }
+drbd_pair_info() { drbd_state $((2 * $1)); drbd_state $((2 * $1 + 1)); }
+drbd_pair_down() {
+  local r mp=$((2 * $1))
+  for r in ${DRBD_RES[$mp]} ${DRBD_RES[$((mp + 1))]}; do $DRBDSETUP down "$r" >/dev/null 2>&1; done
+  ! grep -qE "^ *($mp|$((mp + 1))): cs:" /proc/drbd
+}
+drbd_up() { drbd_pair_up 0 "$@" && DEV[drbd]=/dev/drbd0; }
+drbd_before() { drbd_pair_before 0; }
+drbd_after() { drbd_pair_after 0; }
+drbd_info() { drbd_pair_info 0; }
+drbd_down() { drbd_pair_down 0; }
+drbdcrc_up() { drbd_pair_up 1 "$@" && DEV[drbdcrc]=/dev/drbd2; }
+drbdcrc_before() { drbd_pair_before 1; }
+drbdcrc_after() { drbd_pair_after 1; }
+drbdcrc_info() { drbd_pair_info 1; }
+drbdcrc_down() { drbd_pair_down 1; }
 
 # --- local ----------------------------------------------------------------------------------
 local_up() { DEV[local]=$(fresh_dev local) && LOOPS+=("${DEV[local]}") || exit 1; }
@@ -208,7 +233,7 @@ print("%.0f %.0f %.0f %.1f %.0f %.0f" % (w["iops"], l["50.000000"] / 1000, l["99
 declare -A R DEV
 # phase ROUND MODE PRODUCT:NAME:PROTOCOL[:EXTRA]...: sets the products up together (in the
 # order given), runs each workload on each of them in turn, tears them down. EXTRA: DRBD's
-# data-integrity-alg.
+# data-integrity-alg (kind drbdcrc).
 phase() {
   local round=$1 mode=$2 p kind name proto extra w; shift 2
   echo "# round $round, $mode: setting up (at ${SECONDS} s)"
@@ -246,18 +271,16 @@ echo "# devices: loop over tmpfs, ${MB} MiB each, fio over the first ${FIO_MB} M
      "${RUNTIME} s per workload after a 3 s ramp; $ROUNDS rounds; link: lo, $IP_A -> $IP_B"
 names=()
 for r in $(seq "$ROUNDS"); do
-  # Odd rounds: dm-repl before DRBD; even rounds: DRBD first.
+  # Odd rounds: dm-repl, DRBD, DRBD with crc32c; even rounds: the reverse. Like for like:
+  # dm-repl checks a CRC-32C on every frame (both sides compute it); DRBD does so only with a
+  # data-integrity-alg, the crc32c pair measured in the same phase as the others.
   if [ $((r % 2)) = 1 ]; then
-    phase "$r" async local:local: repl:repl-async:async drbd:drbd-A:A
-    phase "$r" sync repl:repl-sync:sync drbd:drbd-C:C
+    phase "$r" async local:local: repl:repl-async:async drbd:drbd-A:A drbdcrc:drbd-A-crc:A:crc32c
+    phase "$r" sync repl:repl-sync:sync drbd:drbd-C:C drbdcrc:drbd-C-crc:C:crc32c
   else
-    phase "$r" async local:local: drbd:drbd-A:A repl:repl-async:async
-    phase "$r" sync drbd:drbd-C:C repl:repl-sync:sync
+    phase "$r" async local:local: drbdcrc:drbd-A-crc:A:crc32c drbd:drbd-A:A repl:repl-async:async
+    phase "$r" sync drbdcrc:drbd-C-crc:C:crc32c drbd:drbd-C:C repl:repl-sync:sync
   fi
-  # Like for like: dm-repl checks a CRC-32C on every frame (both sides compute it); DRBD does
-  # so only with a data-integrity-alg. One DRBD pair at a time, so phases of their own.
-  phase "$r" async-crc32c drbd:drbd-A-crc:A:crc32c
-  phase "$r" sync-crc32c drbd:drbd-C-crc:C:crc32c
   names+=("local#$r" "repl-async#$r" "drbd-A#$r" "drbd-A-crc#$r" "repl-sync#$r" "drbd-C#$r" "drbd-C-crc#$r")
 done
 

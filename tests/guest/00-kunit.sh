@@ -13,7 +13,8 @@ if [ ${#files[@]} -gt 0 ]; then
   out=$(python3 "$WBREPL_ROOT/tests/ktap.py" "${files[@]}")
   rc=$?
   echo "$out"
-  T_PASS=$((T_PASS + $(grep -c '^ok' <<<"$out")))
+  T_SKIP=$((T_SKIP + $(grep -ciE '^ok .*# *skip\b' <<<"$out")))
+  T_PASS=$((T_PASS + $(grep -c '^ok' <<<"$out") - $(grep -ciE '^ok .*# *skip\b' <<<"$out")))
   T_FAIL=$((T_FAIL + $(grep -c '^not ok' <<<"$out")))
   if [ $rc != 0 ]; then
     not_ok "kunit: all cases pass"

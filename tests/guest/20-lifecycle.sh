@@ -19,7 +19,9 @@ check_match "wbcache: write-through writes are counted" 'write_through [1-9][0-9
 check_eq "wbcache: message flush answers" "flushed" "$(dmsetup message wbc 0 flush)"
 check "wbcache: message clear_stats" dmsetup message wbc 0 clear_stats
 check_match "wbcache: counters cleared" 'read_hits 0 read_misses 0 write_hits 0 write_misses 0 write_through 0 write_around 0 slow_writes 0 writebacks 0 wb_errors 0 flushes 0 commits 0 io_errors 0 checkpoint idle '  "$(dmsetup status wbc)"
+dmesg_mark
 check_fails "wbcache: unknown message refused" dmsetup message wbc 0 frobnicate
+check_match "wbcache: ... and the kernel log says it is unknown" "wbcache $cn: unrecognised message 'frobnicate'" "$(dmesg_since)"
 check_fails "wbcache: message with extra words refused" dmsetup message wbc 0 flush now
 check "wbcache: suspend" dmsetup suspend wbc
 check_match "wbcache: info says suspended" 'State: +SUSPENDED' "$(dmsetup info wbc)"
@@ -54,7 +56,16 @@ check "repl: primary accepts writes" dd if="$IMG_DIR/pattern" of=/dev/mapper/rp 
 check "repl: they land on the data device" cmp -n $((4 << 20)) "$IMG_DIR/pattern" <(dd if="$D" bs=1M skip=2 count=4 iflag=direct status=none)
 check_match "repl: status fields (no peer: writes are local, their regions dirty)" \
   "^0 $S repl primary connecting peer 10.0.0.2:7789 protocol sync sent 0 sent_bytes 0 acked 0 acked_bytes 0 inflight 0 inflight_bytes 0 lag_ms 0 dirty_kb 4096 resync - peer_data behind writes [1-9][0-9]* connects 0 congested 0 refused 0 marker - marker_acked - markers_refused 0 marker_ignored -\$" "$(dmsetup status rp)"
-check_fails "repl: an unknown message is refused" dmsetup message rp 0 marker x
+# An unknown message must be refused as such (EINVAL), not for another reason: `marker x` is a
+# real message, refused here only because no peer is connected (ENOTCONN). dm-repl writes no
+# kernel-log line for either, so dmsetup's errno text tells them apart.
+msg_err() { dmsetup message "$@" 2>&1 >/dev/null; echo "exit $?"; }
+check_match "repl: an unknown message is refused as invalid (EINVAL)" \
+  'message ioctl on rp +failed: Invalid argument.*exit 1$' "$(msg_err rp 0 frobnicate)"
+check_match "repl: a known message with no peer is refused otherwise (ENOTCONN)" \
+  'message ioctl on rp +failed: Transport endpoint is not connected.*exit 1$' "$(msg_err rp 0 marker x)"
+check_match "repl: a known message with a missing argument is refused as invalid" \
+  'message ioctl on rp +failed: Invalid argument.*exit 1$' "$(msg_err rp 0 marker)"
 check "repl: suspend/resume" bash -c "dmsetup suspend rp && dmsetup resume rp"
 check "repl: remove primary" dm_remove rp
 keyctl add user wbrepl:k1 "lifecycle secret" @us >/dev/null

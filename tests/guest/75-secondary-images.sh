@@ -157,7 +157,7 @@ check_eq "images: list --json: five distinct thin ids, none the origin's" "5" "$
 if dmsetup status sec0 | grep -q ' marker_label '; then
   check_eq "images: labels from the markers" "r1 r2 r3 r4 r5" "${V[3]}"
 else
-  ok "images: labels from the markers # SKIP the kernel's secondary status has no marker_label yet"
+  skip "images: labels from the markers" "the kernel's secondary status has no marker_label yet"
 fi
 OLD_TIDS=${V[4]}
 check_eq "images: the loop reported five images and five thaws" "5 5" \
@@ -297,7 +297,7 @@ if dmsetup status pc | grep -q ' checkpoint '; then
   expect_exit "images: checkpoint --abort with none running" 1 'no checkpoint is running' "$W" checkpoint pc --abort
   expect_exit "images: checkpoint mode ordered on a writeback cache is refused" 1 'refused' "$W" checkpoint pc --mode ordered
 else
-  ok "images: checkpoint on a wbcache # SKIP the kernel's wbcache has no checkpoint message yet"
+  skip "images: checkpoint on a wbcache" "the kernel's wbcache has no checkpoint message yet"
   expect_exit "images: without kernel support, checkpoint fails clearly" 1 'checkpoint on pc: refused: .*a kernel without checkpoints' "$W" checkpoint pc
   # The same point in time by hand: write the cache back, then a marker.
   dmsetup message pc 0 flush >/dev/null

@@ -1,17 +1,25 @@
 # shellcheck shell=bash
 # Helpers for guest tests (sourced). Each check prints one TAP-style line, "ok - NAME" or
-# "not ok - NAME" followed by "#"-prefixed diagnostics; tests/guest/run-all.sh counts them.
+# "not ok - NAME" followed by "#"-prefixed diagnostics, or a skip, "ok - NAME # SKIP REASON";
+# tests/guestcount.py counts them per file against tests/guest/expected-checks, and fails a
+# skip that tests/guest/allowed-skips does not list.
 : "${WBREPL_ROOT:?run me through qemu/run-guest.sh}"
 set -u
 
 T_PASS=0
 T_FAIL=0
+T_SKIP=0
 T_OUT=$(mktemp)
 IMG_DIR=/tmp/wbrepl-img
 mkdir -p "$IMG_DIR"
 
 ok() { T_PASS=$((T_PASS + 1)); echo "ok - $*"; }
 not_ok() { T_FAIL=$((T_FAIL + 1)); echo "not ok - $*"; }
+# skip NAME REASON: a check not done (TAP's SKIP directive). Counted apart; a reason is required.
+skip() {
+  [ -n "${2:-}" ] || { not_ok "$1 (skipped with no reason)"; return; }
+  T_SKIP=$((T_SKIP + 1)); echo "ok - $1 # SKIP $2"
+}
 diag() { sed 's/^/#   /' | tail -n "${1:-25}"; }
 
 # check NAME CMD...: CMD must succeed.
@@ -67,7 +75,7 @@ cleanup_dm() {
 }
 
 finish() {
-  echo "# $(basename "$0"): $T_PASS passed, $T_FAIL failed"
+  echo "# $(basename "$0"): $T_PASS passed, $T_FAIL failed, $T_SKIP skipped"
   rm -f "$T_OUT"
   [ "$T_FAIL" = 0 ]
 }
