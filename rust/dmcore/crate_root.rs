@@ -17,4 +17,4 @@ mod wbrepl_core;
 
 // rust/core refers to its own modules as `crate::<module>` (its crate root on the host).
 #[allow(unused_imports)]
-use wbrepl_core::{checkpoint, error, marker, parse, replmeta, replstate, table, wbformat, wbindex, wire};
+use wbrepl_core::{checkpoint, error, marker, parse, replbook, replmeta, replstate, table, wbformat, wbindex, wbload, wire};

@@ -150,34 +150,37 @@ impl Shared {
         self.dmio.write(&[region], out, IoFlags { preflush: true, fua: true })
     }
 
-    pub(super) fn read_superblock(&self, buf: &mut KVec<u8>, copy: u64) -> Result<core::result::Result<SbRead, wbrepl_core::error::Error>> {
+    /// Reads superblock copy `copy` (its 4 KiB block: the cache device's logical blocks may be
+    /// that large) into `buf`.
+    pub(super) fn read_superblock(&self, buf: &mut KVec<u8>, copy: u64) -> Result {
         let b = buf.get_mut(..META_BLOCK as usize).ok_or(EINVAL)?;
-        self.dmio.read(Region { dev: &self.cache, sector: copy * META_BLOCK / 512, sectors: META_BLOCK / 512 }, b)?;
-        Ok(Superblock::decode(b, &KernelCrc32c))
+        self.dmio.read(Region { dev: &self.cache, sector: copy * META_BLOCK / 512, sectors: META_BLOCK / 512 }, b)
     }
 
     /// Reads and validates the metadata, or formats a blank cache device. Runs at the first
-    /// resume of a table (never in the constructor: an older table may still be live).
+    /// resume of a table (never in the constructor: an older table may still be live). The
+    /// steps and the refusals are `wbrepl_core::wbload`'s (host-tested there, and the fuzzer of
+    /// `tests/guest/87-wbcache-metafuzz.sh` predicts this function's verdict with them).
     pub(super) fn load(&self) -> Result {
         let mut buf = self.commit_buf.lock();
-        let a = self.read_superblock(&mut buf, 0)?;
-        let b = self.read_superblock(&mut buf, 1)?;
-        if a.is_err() != b.is_err() {
-            pr_warn!("wbcache {}: one superblock copy is unreadable ({}); using the other\n", self.cache,
-                a.err().or(b.err()).map_or("", |e| e.as_str()));
+        let mut copies = [[0u8; SB_BYTES]; 2];
+        for (k, c) in copies.iter_mut().enumerate() {
+            self.read_superblock(&mut buf, k as u64)?;
+            c.copy_from_slice(buf.get(..SB_BYTES).ok_or(EINVAL)?);
         }
-        let sb = match choose_superblock(a, b) {
-            Ok(SbRead::Blank) => return self.format(&mut buf),
-            Ok(SbRead::Valid(sb)) => sb,
-            Err(e) => {
-                pr_err!("wbcache {}: cannot use the cache device: {}\n", self.cache, e.as_str());
-                return Err(EINVAL);
-            }
+        let refuse = |e: LoadError| {
+            pr_err!("wbcache {}: cannot use the cache device: {}\n", self.cache, e);
+            EINVAL
         };
-        if let Err(e) = sb.check_table(self.block_size, self.cache.sectors(), self.len) {
-            pr_err!("wbcache {}: cannot use the cache device: {}\n", self.cache, e.as_str());
-            return Err(EINVAL);
+        let choice = superblock_for_table(&copies[0], &copies[1], &KernelCrc32c, self.block_size, self.cache.sectors(), self.len)
+            .map_err(refuse)?;
+        if let Some(e) = choice.other_unreadable {
+            pr_warn!("wbcache {}: one superblock copy is unreadable ({}); using the other\n", self.cache, e.as_str());
         }
+        let sb = match choice.sb {
+            SbRead::Blank => return self.format(&mut buf),
+            SbRead::Valid(sb) => sb,
+        };
         // Every step below is one bounded hold of the index lock (interrupts are off meanwhile):
         // the work of a load grows with the cache, and is done in pieces.
         let mut st = self.inner.lock().ix.load_begin(sb.seq, sb.epoch);
@@ -197,14 +200,8 @@ impl Shared {
                 }
                 let off = k as usize * ENTRY_BYTES;
                 let raw = data.get(off..off + ENTRY_BYTES).ok_or(EINVAL)?;
-                let r = Entry::decode(i, raw, &KernelCrc32c).and_then(|e| {
-                    let mut g = self.inner.lock();
-                    g.ix.load_entry(&mut st, i as u32, e, self.origin_blocks)
-                });
-                if let Err(e) = r {
-                    pr_err!("wbcache {}: cannot use the cache device: metadata entry {}: {}\n", self.cache, i, e.as_str());
-                    return Err(EINVAL);
-                }
+                let r = load_raw_entry(&mut self.inner.lock().ix, &mut st, i, raw, &KernelCrc32c, self.origin_blocks);
+                r.map_err(refuse)?;
             }
             first += n as u64;
         }

@@ -51,7 +51,8 @@ use wbrepl_core::marker::{MarkerRecord, RECORD_LEN};
 use wbrepl_core::parse::parse_u32;
 use wbrepl_core::wire::LABEL_LEN;
 use wbrepl_core::table::{CacheMode, WbcacheOptions, WbcacheTable};
-use wbrepl_core::wbformat::{choose_superblock, Entry, Geometry, SbRead, Superblock, ENTRIES_PER_META_BLOCK, ENTRY_BYTES, META_BLOCK, META_START};
+use wbrepl_core::wbformat::{Geometry, SbRead, Superblock, ENTRIES_PER_META_BLOCK, ENTRY_BYTES, META_BLOCK, META_START, SB_BYTES};
+use wbrepl_core::wbload::{load_raw_entry, superblock_for_table, LoadError};
 use wbrepl_core::wbindex::{merge_copies, CommitBlock, Index, Slot, WriteMap, MAX_CACHE_BLOCKS, MAX_ORIGIN_BLOCKS};
 
 module! {

@@ -22,5 +22,8 @@ pub mod replbook;
 pub mod replstate;
 pub mod table;
 pub mod wbformat;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod wbfuzz;
 pub mod wbindex;
+pub mod wbload;
 pub mod wire;

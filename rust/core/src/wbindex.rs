@@ -1438,13 +1438,21 @@ where
             s.seq = 0;
             self.touch(i);
         } else if e.state == EntryState::Dirty {
-            // On disk (its sequence number is not above the superblock's).
+            // On disk (its sequence number is not above the superblock's). Its epoch in 64
+            // bits: the one nearest to the superblock's (a correct writer's are not newer, and
+            // less than EPOCH_WINDOW older). The versions loaded must be less than EPOCH_WINDOW
+            // epochs older than the epoch the load starts (the newest one's plus one): every
+            // reading of their low 32 bits relies on it, and a correct writer never leaves them
+            // further apart (`close_epoch`).
+            let epoch = nearest(e.epoch, st.sb_epoch);
+            let (lo, hi) = (st.min_epoch.min(epoch), st.max_epoch.max(epoch));
+            if hi.saturating_sub(lo) >= EPOCH_WINDOW {
+                return Err(err!("Cache metadata has versions 2^31 or more epochs apart"));
+            }
             s.set_state(ST_VALID);
             self.load_version(i, s)?;
             st.report.dirty += 1;
-            // Its epoch in 64 bits: the one nearest to the superblock's (a correct writer's are
-            // not newer, and less than EPOCH_WINDOW older).
-            st.max_epoch = st.max_epoch.max(nearest(e.epoch, st.sb_epoch));
+            (st.min_epoch, st.max_epoch) = (lo, hi);
             return Ok(());
         } else if e.seq != 0 {
             self.load_tombstone(i, s);
@@ -1646,6 +1654,40 @@ where
         }
     }
 
+    /// Checks the index's invariants (test support, O(cache blocks)): every slot is counted once
+    /// among free, dirty and releasing; every version is on its block's chain, and no block has
+    /// more than [`MAX_VERSIONS`] versions; the current epoch is newer than every version's.
+    #[cfg(any(test, feature = "fuzz"))]
+    pub fn check_invariants(&self) -> Result<(), Error> {
+        let c = self.counts();
+        if c.free + c.dirty + c.releasing != c.total {
+            return Err(err!("Index counts do not add up"));
+        }
+        let mut holding = 0u64;
+        for (i, s) in self.slots.iter().enumerate() {
+            if !s.holds_data() {
+                continue;
+            }
+            holding += 1;
+            if s.block() >= MAX_ORIGIN_BLOCKS {
+                return Err(err!("Index holds a block beyond the origin"));
+            }
+            if !self.versions(s.block()).any(|v| v as usize == i) {
+                return Err(err!("Index version is not on its block's chain"));
+            }
+            if self.versions(s.block()).nth(MAX_VERSIONS).is_some() {
+                return Err(err!("Index block has more than MAX_VERSIONS versions"));
+            }
+            if nearest(s.epoch, self.epoch) > self.epoch {
+                return Err(err!("Index version newer than the current epoch"));
+            }
+        }
+        if holding != c.dirty {
+            return Err(err!("Index dirty count differs from the versions held"));
+        }
+        Ok(())
+    }
+
     /// Whether any version of `block` (holding data) is cached.
     pub fn has_versions(&self, block: u64) -> bool {
         self.versions(block).next().is_some()
@@ -1764,6 +1806,8 @@ pub struct LoadState {
     sb_epoch: u64,
     /// Newest epoch seen (the superblock's, or of a version loaded).
     max_epoch: u64,
+    /// Oldest epoch of a version loaded (`u64::MAX`: none yet).
+    min_epoch: u64,
     /// The epoch new writes will start (known once every entry is loaded).
     new_epoch: u64,
     /// Age of the oldest version kept, relative to `new_epoch`.
@@ -1780,6 +1824,7 @@ impl LoadState {
             format,
             sb_epoch,
             max_epoch: sb_epoch,
+            min_epoch: u64::MAX,
             new_epoch: 1,
             oldest_age: 0,
             report: LoadReport::default(),
@@ -2058,7 +2103,7 @@ mod tests {
         let mut ix = index(u64::from(n));
         let forged = |i: u32| Entry { block: 7, seq: u64::from(i) + 1, epoch: i + 1, state: EntryState::Dirty };
         let budget = 4096;
-        let mut st = ix.load_begin(u64::from(n) + 1, 1);
+        let mut st = ix.load_begin(u64::from(n) + 1, u64::from(n) + 1);
         let mut steps = 1;
         while !ix.load_begin_step(&mut st, budget) {
             steps += 1;
@@ -2076,10 +2121,10 @@ mod tests {
         assert_eq!(fed, MAX_LOADED_VERSIONS + 1, "refused at the first entry beyond the bound");
         // The one-shot path refuses it too.
         let mut ix = index(1000);
-        assert_eq!(ix.load(2000, 1, 100, |i| Ok(forged(i))).unwrap_err(), e);
+        assert_eq!(ix.load(2000, 2000, 100, |i| Ok(forged(i))).unwrap_err(), e);
         // Up to the bound it loads, keeping the newest MAX_VERSIONS.
         let mut ix = index(1000);
-        let rep = ix.load(2000, 1, 100, |i| Ok(if (i as usize) < MAX_LOADED_VERSIONS { forged(i) } else { Entry::free(0) })).unwrap();
+        let rep = ix.load(2000, 2000, 100, |i| Ok(if (i as usize) < MAX_LOADED_VERSIONS { forged(i) } else { Entry::free(0) })).unwrap();
         assert_eq!(rep.dirty, MAX_LOADED_VERSIONS as u64);
         assert_eq!(rep.discarded, (MAX_LOADED_VERSIONS - MAX_VERSIONS) as u64);
         assert_eq!(ix.chain_len(7), MAX_VERSIONS);
@@ -2442,7 +2487,7 @@ mod tests {
         let mut ix = index(8);
         ix.set_ordered(true);
         let mut disk = [Entry::free(0); 8];
-        let mut commit = |ix: &mut Ix, disk: &mut [Entry; 8], k: Option<u64>| {
+        let commit = |ix: &mut Ix, disk: &mut [Entry; 8], k: Option<u64>| {
             let k = k.unwrap_or_else(|| ix.barrier());
             for i in 0..8 {
                 disk[i as usize] = ix.image(i);
