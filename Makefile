@@ -63,7 +63,7 @@ host-test: setup
 DRBD_KNOWN_WARNING := do not call blocking ops when !TASK_RUNNING.*maybe_send_barrier.*drbd_worker
 # The CLI runs in the guest (it needs device-mapper), built on the host.
 cli: setup
-	cd $(ROOT) && cargo build --release --locked -p wbrepl
+	cd $(ROOT) && cargo build --release --locked -p wbrepl -p wbrepl-testtools
 
 guest-test: modules cli
 	WBREPL_ALLOW_WARNING='$(DRBD_KNOWN_WARNING)' $(ROOT)/tests/run-guest-tests.sh $(TESTS)
@@ -79,16 +79,17 @@ ci-env:
 
 # Longer campaigns: 200k cases of each property test (the wbindex crash model among them) and
 # 400 + 200 + 100 power-loss replay points, and 100 000 rewrites of one block with a flush after
-# each in ordered mode (86-wbcache-review.sh).
+# each in ordered mode (86-wbcache-review.sh), and 20 000 fuzzed cache images (87-wbcache-metafuzz.sh).
 test-long: export PROPTEST_CASES = 200000
 test-long: export WBREPL_PL_POINTS_BLOCK = 400
 test-long: export WBREPL_PL_POINTS_EXT4 = 100
 test-long: export WBREPL_PL_POINTS_FULL = 200
 test-long: export WBREPL_GUEST_TIMEOUT = 7200
 test-long: export WBREPL_VERSION_LOOP = 100000
+test-long: export WBREPL_METAFUZZ_CASES = 20000
 test-long:
 	cd $(ROOT) && cargo test --workspace --locked --release
-	$(MAKE) -C $(ROOT) guest-test TESTS="85-wbcache-powerloss.sh 86-wbcache-review.sh"
+	$(MAKE) -C $(ROOT) guest-test TESTS="85-wbcache-powerloss.sh 86-wbcache-review.sh 87-wbcache-metafuzz.sh"
 
 bench-wbcache: modules
 	$(ROOT)/qemu/run-guest.sh --logdir $(ROOT)/logs/bench-wbcache $(ROOT)/tests/bench/wbcache.sh
