@@ -33,6 +33,12 @@ impl Shared {
             }
             self.inflight_done.wait_timeout_ms(100);
         }
+        if self.failed() {
+            // A write this commit waited for failed (the cache latched it): write nothing more.
+            self.inner.lock().ix.commit_end(k, false);
+            while !self.inner.lock().ix.commit_end_step(SCAN_STEP) {}
+            return Err(EIO);
+        }
         let r = self.write_meta_blocks(&mut buf).and_then(|_| self.write_superblock(&mut buf, k));
         {
             let mut g = self.inner.lock();

@@ -335,7 +335,10 @@ impl<T, S: DerefMut<Target = [Entry<T>]>, W: DerefMut<Target = [u64]>> Book<T, S
 
     /// The connection is gone: every frame in the window marks its regions dirty, and the bios
     /// that waited for the network go to `done`. The unstable maps are then folded into `dirty`
-    /// by [`Book::fold_step`] (no new connection before that is done).
+    /// by [`Book::fold_step`] (no new connection before that is done). Not during a bitmap save
+    /// (between [`Book::save_begin`] and [`Book::save_end`]): frames it moves from the window
+    /// into words already copied would be in neither (the kernel holds `bitmap_lock` across
+    /// both, which serialises them).
     pub fn drain(&mut self, mut done: impl FnMut(T)) {
         let Book { win, dirty, .. } = self;
         win.drain(|mut e| {

@@ -82,6 +82,8 @@ pub enum Flaw {
     BeyondOrigin,
     /// A dirty entry of a commit two or more after the superblock's.
     NewerThanSuperblock,
+    /// A dirty entry of no commit (sequence number 0).
+    DirtyNoCommit,
     /// An entry whose state byte is neither free nor dirty.
     BadState,
     /// An entry with non-zero reserved bytes.
@@ -120,7 +122,7 @@ pub enum Expected {
 }
 
 /// Every kind of flaw, for a generator choosing one per image (`OneBlock`'s count is drawn).
-pub const FLAWS: [Flaw; 25] = [
+pub const FLAWS: [Flaw; 26] = [
     Flaw::None,
     Flaw::IncompleteCommit,
     Flaw::SameEpochVersions,
@@ -134,6 +136,7 @@ pub const FLAWS: [Flaw; 25] = [
     Flaw::Blank,
     Flaw::BeyondOrigin,
     Flaw::NewerThanSuperblock,
+    Flaw::DirtyNoCommit,
     Flaw::BadState,
     Flaw::UnknownFields,
     Flaw::SbGeometry,
@@ -165,6 +168,7 @@ impl Flaw {
             Flaw::Blank => "blank",
             Flaw::BeyondOrigin => "beyond-origin",
             Flaw::NewerThanSuperblock => "newer-than-superblock",
+            Flaw::DirtyNoCommit => "dirty-no-commit",
             Flaw::BadState => "bad-state",
             Flaw::UnknownFields => "unknown-fields",
             Flaw::SbGeometry => "sb-geometry",
@@ -197,6 +201,7 @@ impl Flaw {
             Flaw::Blank => Formats,
             Flaw::BeyondOrigin => Refused("Cache metadata names a block beyond the origin"),
             Flaw::NewerThanSuperblock => Refused("Cache metadata entry is newer than the superblock allows"),
+            Flaw::DirtyNoCommit => Refused("Cache metadata has a dirty entry of no commit"),
             Flaw::EpochSpread => Refused("Cache metadata has versions 2^31 or more epochs apart"),
             Flaw::BadState => Refused("Cache metadata entry has an invalid state"),
             Flaw::UnknownFields => Refused("Cache metadata entry has unknown fields"),
@@ -401,6 +406,12 @@ pub fn generate(seed: u64, t: &Table, out: &mut [u8], crc: &impl Crc32c) -> Resu
             for _ in 0..places {
                 let s = if r.chance(50) { seq + 2 + r.below(1000) } else { u64::MAX - r.below(1000) };
                 let e = Entry { block: r.below(origin_blocks), seq: s, epoch: near_epoch(&mut r), state: EntryState::Dirty };
+                put(out, at(&mut r), &e);
+            }
+        }
+        Flaw::DirtyNoCommit => {
+            for _ in 0..places {
+                let e = Entry { block: r.below(origin_blocks), seq: 0, epoch: near_epoch(&mut r), state: EntryState::Dirty };
                 put(out, at(&mut r), &e);
             }
         }

@@ -911,7 +911,9 @@ where
             _ => return,
         }
         if !ok {
-            if s.state() == ST_WRITING {
+            // A version no write into has completed goes once the last write into it in
+            // flight failed too (another whole-block write into it may still succeed).
+            if s.state() == ST_WRITING && s.writers() == 0 {
                 // Never held data: it disappears; older versions stay readable.
                 self.chain_remove(i);
                 if let Some(m) = self.slots.get_mut(i as usize) {
@@ -976,9 +978,12 @@ where
     }
 
     /// A version already unlinked from its chain is released onto `list`. One that no commit
-    /// includes yet never will (its tombstone discards nothing).
+    /// includes yet never will (its tombstone discards nothing); nor will one whose first write
+    /// is still in flight: it never needs to be durable (the version that released it
+    /// completed first, and a flush that covers it covers that one), and its data, if its
+    /// write fails, is not there.
     fn retire(&mut self, i: u32, list: ListId) {
-        let on_disk = self.slot(i).is_some_and(|m| self.on_disk(m));
+        let on_disk = self.slot(i).is_some_and(|m| self.on_disk(m) && m.state() != ST_WRITING);
         if let Some(m) = self.slots.get_mut(i as usize) {
             if !on_disk {
                 m.seq = 0;
@@ -1424,6 +1429,12 @@ where
         }
         if e.state == EntryState::Dirty && e.seq > sb_seq.saturating_add(1) {
             return Err(err!("Cache metadata entry is newer than the superblock allows"));
+        }
+        if e.state == EntryState::Dirty && e.seq == 0 {
+            // Every dirty entry was written by a commit (a version belongs to one from its
+            // allocation): writeback, which takes only versions a commit included, would never
+            // take this one.
+            return Err(err!("Cache metadata has a dirty entry of no commit"));
         }
         match self.slot(i) {
             None => return Err(err!("Cache metadata entry index out of range")),
@@ -2519,6 +2530,69 @@ mod tests {
         }
     }
 
+    /// Found by review: a dirty entry of no commit (sequence number 0; no correct writer makes
+    /// one) loaded as a dirty version that writeback never takes (it takes only versions a
+    /// commit included): `flush` waited for ever, and a suspend with `flush_on_suspend` hung.
+    /// It is refused now.
+    #[test]
+    fn a_dirty_entry_of_no_commit_is_refused() {
+        let mut ix = index(8);
+        let disk = |i: u32| Ok(if i == 3 { Entry { block: 7, seq: 0, epoch: 5, state: EntryState::Dirty } } else { Entry::free(0) });
+        let r = ix.load(4, 5, 100, disk);
+        assert_eq!(r.map_err(|e| e.as_str()), Err("Cache metadata has a dirty entry of no commit"));
+    }
+
+    /// Found by review: a version whose first write was still in flight when a newer version
+    /// released it kept the sequence number of the commit in progress, and was written as a
+    /// dirty entry by it, whether its write then failed or not (a failed one: the cache block's
+    /// old contents, of another block, came back after a load). It never needs to be durable:
+    /// the newer version completed first, and any flush covering it covers the newer one too.
+    #[test]
+    fn a_version_released_before_its_write_completed_is_never_a_dirty_entry() {
+        for ok in [false, true] {
+            let mut ix = index(8);
+            let WriteMap::Slot(a) = ix.map_write(1, true) else { panic!() };
+            ix.close_epoch();
+            let WriteMap::Slot(b) = ix.map_write(1, true) else { panic!() };
+            let k = ix.barrier();
+            ix.write_done(b, true);
+            ix.write_done(a, ok);
+            assert_eq!(ix.image(a), Entry { block: 1, seq: 0, epoch: 1, state: EntryState::Free }, "ok {ok}");
+            assert_eq!(ix.image(b).state, EntryState::Dirty);
+            ix.commit_done(k, true);
+            let mut out = [0u32; 8];
+            assert_eq!(ix.select_writeback(&mut out, None), 1);
+            assert_eq!(out[0], b);
+        }
+    }
+
+    /// Found by review: of two whole-block writes into one version still being written, the
+    /// first to complete failing dropped the version, and the other's success was then
+    /// ignored: the block read the older version. Now the version stays while a write into it
+    /// is in flight, and goes only when none of them succeeded.
+    #[test]
+    fn a_failed_write_into_a_shared_version_leaves_the_others() {
+        let mut ix = index(8);
+        let WriteMap::Slot(o) = ix.map_write(1, true) else { panic!() };
+        ix.write_done(o, true);
+        let k = ix.barrier();
+        ix.commit_done(k, true);
+        ix.close_epoch();
+        let WriteMap::Slot(v) = ix.map_write(1, true) else { panic!() };
+        assert_eq!(ix.map_write(1, true), WriteMap::Slot(v));
+        ix.write_done(v, false);
+        ix.write_done(v, true);
+        assert_eq!(ix.lookup_read(1), Some(v), "the successful write is read");
+        // Both failing: the version goes, the older one is read.
+        ix.close_epoch();
+        let WriteMap::Slot(w) = ix.map_write(1, true) else { panic!() };
+        assert_eq!(ix.map_write(1, true), WriteMap::Slot(w));
+        ix.write_done(w, false);
+        ix.write_done(w, false);
+        assert_eq!(ix.lookup_read(1), Some(v));
+        assert_eq!(ix.chain_len(1), 1);
+    }
+
     /// The worst a correct writer leaves: a block's MAX_VERSIONS versions all written back (not
     /// yet marked free) and MAX_VERSIONS newer ones, in one commit. It loads (the newest
     /// MAX_VERSIONS), and the first commit after the load marks the others.
@@ -2599,7 +2673,10 @@ mod tests {
         assert_eq!(ix.lookup_read(3), Some(d), "the newer version wins whatever the completion order");
         ix.commit_done(k, true);
         let k = ix.barrier();
-        assert_eq!((ix.image(c).seq, ix.image(d).seq), (k - 1, k));
+        // c, released before its write completed, is never a dirty entry (see
+        // a_version_released_before_its_write_completed_is_never_a_dirty_entry).
+        assert_eq!((ix.image(c).state, ix.image(c).seq), (EntryState::Free, 0));
+        assert_eq!((ix.image(d).state, ix.image(d).seq), (EntryState::Dirty, k));
     }
 
     #[test]
@@ -3651,7 +3728,11 @@ mod tests {
             // layer orders none of them; the cache takes the newest version).
             let l = self.latest.entry(b).or_insert(0);
             *l = (*l).max(id);
-            if before_barrier {
+            // A write mapped before the barrier and completing before the commit's images are
+            // written is in that commit, unless a newer version released it first (a flush need
+            // not cover a write that completed after it was issued: such a version never needs
+            // to be durable, the newer one completed before it).
+            if before_barrier && self.ix.slots[i as usize].state() == ST_VALID {
                 if let Some((_, snap)) = &mut self.at_barrier {
                     let l = snap.entry(b).or_insert(0);
                     *l = (*l).max(id);
@@ -3790,6 +3871,7 @@ mod tests {
         assert!(crossed >= 80, "{crossed} of 200 runs crossed 2^32");
         assert!(markers_above >= 3, "{markers_above} of 200 runs wrote a marker above 2^32");
     }
+
 
 
     proptest! {
