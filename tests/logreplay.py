@@ -7,6 +7,9 @@
     logreplay.py marks  LOG                      "<index> <text>" for each mark
     logreplay.py replay LOG TARGET [--start A] [--end B]
                                                  apply entries [A, B) to TARGET
+    logreplay.py states LOG POINT [--count N] [--seed S]
+                                                 crash states just before POINT
+                                                 completes (see crash_states)
 
 LOG is the log device or an image of it; TARGET is a regular file or a block
 device.  A stand-in for xfstests' src/log-writes/replay-log, written from the
@@ -46,6 +49,31 @@ entry (and a final "dm-log-writes-end" mark when the target is removed), so
 entries logged after the last FUA/mark may be on disk but are not counted;
 like replay-log, this tool reads exactly nr_entries entries.
 
+Crash states (the "states" command, crash_states()): what the log knows of durability.
+dm-log-writes puts a write without FLUSH/FUA on its "unflushed" list when the write
+*completes* (normal_end_io), in completion order.  A FLUSH bio takes that whole list when it
+is *mapped* (issued); when the flush completes, the list is logged and then the FLUSH entry.
+FUA writes are logged on their own when they complete, marks when they are received.  So:
+
+  - plain writes are only ever logged as the *group* right before the FLUSH entry that took
+    them: the run of plain entries directly before a FLUSH entry is exactly that flush's
+    group, the writes that completed after the previous flush was issued and before this one
+    was.  None of them was covered by an earlier flush; all of them are by this one;
+  - every entry logged before a flush's group is durable when that flush completes: earlier
+    groups (their flushes completed first, being logged first) and FUA writes (completed).
+
+A crash just before FLUSH entry F completes leaves every entry before F's group, plus any
+subset of the group, each write whole, absent or torn (a device may persist unflushed writes
+in any order, and any subset of a write's sectors); F's own data, if any (a PREFLUSH write
+logged as one entry), absent: it is written after its preflush.  A crash just before a FUA
+write completes leaves every entry before it, and that write whole, absent or torn.  Writes
+that completed after F was issued are logged after F: not durable either, but the log cannot
+say which of them had been *issued* before the crash, so no state includes them (leaving an
+in-flight write out is always a possible state).
+The one assumption: flushes complete in the order they were issued.  If a flush issued later
+completed first, the earlier one's group is logged after it, and a state that drops a write of
+that group drops a write the later flush had made durable.
+
 Exit status: 0 on success; 2 if the log is truncated or corrupt (or for a bad
 command line or entry range); 1 for an I/O error on the log or the target, or
 a block-device target too small for the entries replayed.
@@ -53,6 +81,7 @@ a block-device target too small for the entries replayed.
 import argparse
 import fcntl
 import os
+import random
 import stat
 import struct
 import sys
@@ -256,6 +285,124 @@ def marks(log):
     return [(e.index, e.mark) for e in log.entries if e.flags & LOG_MARK_FLAG]
 
 
+def group_start(log, point):
+    """First index of the group of FLUSH entry point (point itself if it has none).
+
+    The group is the run of plain entries (writes and discards, no FLUSH, FUA or MARK) logged
+    directly before the FLUSH entry: the writes it took from the unflushed list when issued.
+    """
+    i = point
+    while i > 0 and not log.entries[i - 1].flags & (LOG_FLUSH_FLAG | LOG_FUA_FLAG |
+                                                    LOG_MARK_FLAG):
+        i -= 1
+    return i
+
+
+@dataclass(frozen=True)
+class CrashState:
+    """A device state a crash just before entry `point` completed may leave.
+
+    Entries [0, base) are whole; then `parts`, in log order: (entry index, kept), kept None for
+    the whole entry or a tuple of (first unit, units) ranges of it (a torn write; units of the
+    log's sectorsize).  Entries of the group (or the FUA write) not in parts are absent.
+    """
+    point: int
+    base: int
+    parts: tuple
+
+    def describe(self, log):
+        """One line: which entries are kept, torn or dropped."""
+        cands = range(self.base, crash_candidates(log, self.point)[1])
+        kept = {i: k for i, k in self.parts}
+        words = []
+        for i in cands:
+            if i not in kept:
+                words.append(f"{i}:dropped")
+            elif kept[i] is None:
+                words.append(f"{i}:kept")
+            else:
+                units = ",".join(f"{a}+{n}" for a, n in kept[i])
+                words.append(f"{i}:torn[{units}]")
+        return (f"crash before entry {self.point} completes: entries [0, {self.base}) "
+                "then " + (" ".join(words) if words else "nothing"))
+
+
+def crash_candidates(log, point):
+    """(base, end): a crash just before entry point completes keeps [0, base) whole, and any
+    subset of [base, end) whole, absent or torn (see "Crash states" above)."""
+    e = log.entries[point]
+    if e.flags & LOG_FLUSH_FLAG:
+        return group_start(log, point), point
+    if e.flags & LOG_FUA_FLAG and e.has_data:
+        return point, point + 1
+    return point + 1, point + 1
+
+
+def _units(e):
+    """Units (log sectors) of data an entry writes; 0 for discards and entries without data."""
+    return e.nr_sectors if e.has_data else 0
+
+
+def _tear(rng, n):
+    """A random proper, non-empty subset of n >= 2 units, as (first, count) ranges."""
+    while True:
+        keep = [rng.random() < 0.5 for _ in range(n)]
+        if any(keep) and not all(keep):
+            break
+    ranges, i = [], 0
+    while i < n:
+        if keep[i]:
+            j = i
+            while j < n and keep[j]:
+                j += 1
+            ranges.append((i, j - i))
+            i = j
+        else:
+            i += 1
+    return tuple(ranges)
+
+
+def crash_states(log, point, rng, count):
+    """Up to count distinct crash states just before entry point completes (see above).
+
+    The first is "every candidate absent"; the others draw each candidate kept, absent or
+    torn (a write of two units or more) at random.  The state with every candidate kept whole
+    is left out: it is the replay to point itself (point + 1 for a FUA write).  Fewer than
+    count when there are not that many (a group of one 1-unit write has one).
+    """
+    base, end = crash_candidates(log, point)
+    cands = list(range(base, end))
+    if not cands or count <= 0:
+        return []
+    states, seen = [], set()
+
+    def add(parts):
+        key = tuple(parts)
+        if key in seen or all(k is None for _, k in key) and len(key) == len(cands):
+            return
+        seen.add(key)
+        states.append(CrashState(point, base, key))
+
+    add([])
+    # Distinct states: 3^k - 1 at most when every candidate can tear (2^k - 1 when none can).
+    limit = 1
+    for i in cands:
+        limit *= 3 if _units(log.entries[i]) >= 2 else 2
+    tries = 0
+    while len(states) < min(count, limit - 1) and tries < 50 * count:
+        tries += 1
+        parts = []
+        for i in cands:
+            r = rng.random()
+            n = _units(log.entries[i])
+            if r < 1 / 3:
+                parts.append((i, None))
+            elif r < 2 / 3 and n >= 2:
+                parts.append((i, _tear(rng, n)))
+        add(parts)
+    return states
+
+
 def _pwrite_all(fd, data, offset):
     view = memoryview(data)
     while view:
@@ -318,23 +465,63 @@ def replay(log, target, start, end):
                             f"entry {e.index} reaches byte {last}, past the "
                             f"end of {target} ({dev_size} bytes)")
             for e in log.entries[start:end]:
-                offset = e.sector512 * SECTOR_SIZE
-                length = e.nr_sectors512 * SECTOR_SIZE
-                if e.flags & LOG_DISCARD_FLAG:
-                    _zero_range(tfd, offset, length)
-                elif e.has_data:
-                    done = 0
-                    while done < length:
-                        n = min(CHUNK, length - done)
-                        buf = _pread_exact(logfd, n, e.data_offset + done,
-                                           f"entry {e.index} data")
-                        _pwrite_all(tfd, buf, offset + done)
-                        done += n
+                _apply_entry(logfd, tfd, e)
             os.fsync(tfd)
         finally:
             os.close(tfd)
     finally:
         os.close(logfd)
+
+
+def _apply_entry(logfd, tfd, e, kept=None):
+    """Writes entry e to the target (a discard zeroes its range); with kept, only those
+    (first unit, units) ranges of its data (a torn write)."""
+    offset = e.sector512 * SECTOR_SIZE
+    length = e.nr_sectors512 * SECTOR_SIZE
+    if e.flags & LOG_DISCARD_FLAG:
+        _zero_range(tfd, offset, length)
+        return
+    if not e.has_data:
+        return
+    for first, units in kept if kept is not None else ((0, e.nr_sectors),):
+        start, span = first * e.sectorsize, units * e.sectorsize
+        done = 0
+        while done < span:
+            n = min(CHUNK, span - done)
+            buf = _pread_exact(logfd, n, e.data_offset + start + done,
+                               f"entry {e.index} data")
+            _pwrite_all(tfd, buf, offset + start + done)
+            done += n
+
+
+def apply_state(log, target, state):
+    """Applies a CrashState's parts to target, which must already hold [0, state.base)."""
+    logfd = os.open(log.path, os.O_RDONLY)
+    try:
+        tfd = os.open(target, os.O_RDWR)
+        try:
+            for i, kept in state.parts:
+                _apply_entry(logfd, tfd, log.entries[i], kept)
+            os.fsync(tfd)
+        finally:
+            os.close(tfd)
+    finally:
+        os.close(logfd)
+
+
+def read_entry_data(log, e, fd=None):
+    """The data an entry wrote (b"" for entries without data)."""
+    if not e.has_data:
+        return b""
+    own = fd is None
+    if own:
+        fd = os.open(log.path, os.O_RDONLY)
+    try:
+        return _pread_exact(fd, e.nr_sectors * e.sectorsize, e.data_offset,
+                            f"entry {e.index} data")
+    finally:
+        if own:
+            os.close(fd)
 
 
 def main(argv=None):
@@ -353,6 +540,12 @@ def main(argv=None):
                     help="first entry to apply (default 0)")
     rp.add_argument("--end", type=int, default=None,
                     help="entry to stop before (default: all entries)")
+    sp = sub.add_parser("states", help="crash states just before entry POINT "
+                        "completes, one per line")
+    sp.add_argument("log")
+    sp.add_argument("point", type=int)
+    sp.add_argument("--count", type=int, default=8)
+    sp.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
 
     try:
@@ -363,6 +556,14 @@ def main(argv=None):
             out = [str(i) for i in flush_points(log)]
         elif args.cmd == "marks":
             out = [f"{i} {mark_text(m)}" for i, m in marks(log)]
+        elif args.cmd == "states":
+            if not 0 <= args.point < log.nr_entries:
+                print(f"logreplay: no entry {args.point}: the log has "
+                      f"{log.nr_entries} entries", file=sys.stderr)
+                return 2
+            out = [st.describe(log) for st in
+                   crash_states(log, args.point, random.Random(args.seed),
+                                args.count)]
         else:
             end = log.nr_entries if args.end is None else args.end
             if not 0 <= args.start <= end <= log.nr_entries:

@@ -11,6 +11,7 @@ a traceback.  Exits 1 on the first failure.
 import contextlib
 import io
 import os
+import random
 import struct
 import subprocess
 import sys
@@ -47,6 +48,8 @@ class KernelLog:
         self.unflushed = []
         # Logged entries, in log order: (flags, sector, nr, data, mark)
         self.record = []
+        # Each flush's group: (index of its first write, index of the flush entry)
+        self.groups = []
 
     def _to_dev(self, bio_sectors):           # bio_to_dev_sectors()
         assert bio_sectors * 512 % self.s == 0
@@ -85,9 +88,11 @@ class KernelLog:
         self.unflushed.append((DISCARD, sector512, nr512, b""))
 
     def flush(self, flags=FLUSH, sector512=0, data=b""):
+        start = len(self.record)
         for block in self.unflushed:
             self._log_one(*block)
         self.unflushed = []
+        self.groups.append((start, len(self.record)))
         self._log_one(flags, sector512, len(data) // 512, data)
 
     def mark(self, text):
@@ -321,6 +326,92 @@ def test_corrupt(tmp, k, logp, tgt):
           "CLI on a missing log: exit 1, no traceback")
 
 
+def test_crash_states(tmp, s):
+    """Groups and crash states against the simulator's own record of each flush's group."""
+    k = KernelLog(s)
+    b = s // 512
+    k.write(0, payload(1, s))
+    k.flush()                                   # a group of one
+    k.mark("m1")
+    k.write(8 * b, payload(2, 3 * s))
+    k.write(2 * b, payload(3, s), fua=True)     # logged at once, before the group
+    k.write(16 * b, payload(4, 2 * s), meta=True)
+    k.discard(9 * b, b)
+    k.write(20 * b, payload(5, 4 * s))
+    k.flush()                                   # a group of four, a FUA write before it
+    k.flush()                                   # an empty group
+    k.write(30 * b, payload(6, s))
+    k.write(31 * b, payload(7, s), fua=True, preflush=True)  # a PREFLUSH write: FLUSH|FUA
+    k.remove()
+    logp = os.path.join(tmp, f"crash{s}")
+    write_file(logp, bytes(k.img))
+    log = logreplay.read_log(logp)
+    for start, f in k.groups:
+        check(logreplay.group_start(log, f) == start and
+              logreplay.crash_candidates(log, f) == (start, f),
+              f"s={s}: FLUSH entry {f}: its group is [{start}, {f})")
+    fua = next(i for i, r in enumerate(k.record) if r[0] == FUA)
+    check(logreplay.crash_candidates(log, fua) == (fua, fua + 1),
+          f"s={s}: FUA entry {fua}: only the write itself may be dropped or torn")
+    mark = next(i for i, r in enumerate(k.record) if r[0] & MARK)
+    check(logreplay.crash_candidates(log, mark) == (mark + 1, mark + 1),
+          f"s={s}: a mark has nothing to drop")
+
+    big = max(k.groups, key=lambda g: g[1] - g[0])
+    f = big[1]
+    states = logreplay.crash_states(log, f, random.Random(3), 40)
+    again = logreplay.crash_states(log, f, random.Random(3), 40)
+    keys = [st.parts for st in states]
+    check(states == again, f"s={s}: crash states are repeatable from the seed")
+    check(len(states) == 40 and len(set(keys)) == len(keys) and states[0].parts == (),
+          f"s={s}: {len(states)} distinct states, the first with the whole group dropped")
+    whole = tuple((i, None) for i in range(big[0], f))
+    check(whole not in keys, f"s={s}: the whole group kept is not among them (it is the point)")
+    torn = 0
+    ok_parts = True
+    for st in states:
+        idx = [i for i, _ in st.parts]
+        ok_parts &= st.base == big[0] and idx == sorted(idx) and all(big[0] <= i < f for i in idx)
+        for i, kept in st.parts:
+            if kept is None:
+                continue
+            torn += 1
+            e = log.entries[i]
+            units = [u for a, n in kept for u in range(a, a + n)]
+            ok_parts &= (e.has_data and 0 < len(units) < e.nr_sectors and
+                         len(set(units)) == len(units) and max(units) < e.nr_sectors)
+    check(ok_parts, f"s={s}: every state keeps a subset of the group, in log order, "
+                    f"torn writes ({torn}) a proper part of their sectors")
+    small = logreplay.crash_states(log, k.groups[0][1], random.Random(1), 10)
+    check(len(small) == 1 and small[0].parts == (),
+          f"s={s}: a group of one one-block write has one state (dropped)")
+    # Applying a state: [0, base) whole, then the parts, equals the model.
+    tgt = os.path.join(tmp, f"crash-target{s}")
+    for st in states[:12]:
+        write_file(tgt, initial_device())
+        logreplay.replay(log, tgt, 0, st.base)
+        logreplay.apply_state(log, tgt, st)
+        want = model(k.record, 0, st.base, initial_device())
+        for i, kept in st.parts:
+            flags, sector, nr, data, _ = k.record[i]
+            if kept is None:
+                model(k.record, i, i + 1, want)
+            else:
+                for a, n in kept:
+                    off = sector * 512 + a * s
+                    want[off:off + n * s] = data[a * s:(a + n) * s]
+        if read_file(tgt) != want:
+            check(False, f"s={s}: state {st.describe(log)} applied as the model says")
+            break
+    else:
+        check(True, f"s={s}: 12 states applied exactly as the model says")
+    rc, out, _ = run_main(["states", logp, str(f), "--count", "5", "--seed", "3"])
+    check(rc == 0 and out.splitlines() == [st.describe(log) for st in states[:5]],
+          f"s={s}: CLI states prints them")
+    rc, _, err = run_main(["states", logp, str(len(k.record) + 5)])
+    check(rc == 2 and "no entry" in err, f"s={s}: CLI states of an entry past the end: exit 2")
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -328,6 +419,8 @@ def main():
             k, logp, tgt = test_sectorsize(tmp, 4096)
             test_stale_super(tmp)
             test_corrupt(tmp, k, logp, tgt)
+            test_crash_states(tmp, 512)
+            test_crash_states(tmp, 4096)
         except Exception:                       # a bug in the tool or test
             traceback.print_exc()
             check(False, "no unexpected exception")
