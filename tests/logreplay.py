@@ -55,10 +55,11 @@ dm-log-writes puts a write without FLUSH/FUA on its "unflushed" list when the wr
 is *mapped* (issued); when the flush completes, the list is logged and then the FLUSH entry.
 FUA writes are logged on their own when they complete, marks when they are received.  So:
 
-  - plain writes are only ever logged as the *group* right before the FLUSH entry that took
-    them: the run of plain entries directly before a FLUSH entry is exactly that flush's
-    group, the writes that completed after the previous flush was issued and before this one
-    was.  None of them was covered by an earlier flush; all of them are by this one;
+  - plain writes are logged as the *group* right before the FLUSH entry that took them (or,
+    when the target is removed, the ones still unflushed right before the final mark): the
+    run of plain entries directly before a FLUSH entry is exactly that flush's group, the
+    writes that completed after the previous flush was issued and before this one was.  None
+    of them was covered by an earlier flush; all of them are by this one;
   - every entry logged before a flush's group is durable when that flush completes: earlier
     groups (their flushes completed first, being logged first) and FUA writes (completed).
 
