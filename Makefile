@@ -54,6 +54,7 @@ host-test: setup
 	cd $(ROOT) && cargo test --workspace --locked
 	python3 $(ROOT)/tests/ktap.py --self-test
 	python3 $(ROOT)/tests/logreplay_selftest.py
+	python3 $(ROOT)/tests/guest/powerloss.py self-test
 	python3 $(ROOT)/tests/guest/cpload.py self-test
 	python3 $(ROOT)/tests/harness_selftest.py
 
@@ -77,14 +78,18 @@ ci-env:
 	@echo "make sees TESTS='$(TESTS)' PROPTEST_CASES='$(PROPTEST_CASES)' MAKEFLAGS='$(MAKEFLAGS)'"
 	@echo "make exports: $$(env | grep -oE '^(TESTS|WBREPL_[A-Z0-9_]*|PROPTEST_[A-Z0-9_]*)=' | tr '\n' ' ')(end)"
 
-# Longer campaigns: 200k cases of each property test (the wbindex crash model among them) and
-# 400 + 200 + 100 power-loss replay points, and 100 000 rewrites of one block with a flush after
-# each in ordered mode (86-wbcache-review.sh), and 20 000 fuzzed cache images (87-wbcache-metafuzz.sh).
+# Longer campaigns: 200k cases of each property test (the wbindex crash model among them),
+# 200 + 100 + 50 + 50 power-loss replay points with 3 crash states rebuilt before each and 64
+# origin-alone crash states per flush, 100 000 rewrites of one block with a flush after each in
+# ordered mode (86-wbcache-review.sh), and 20 000 fuzzed cache images (87-wbcache-metafuzz.sh).
 test-long: export PROPTEST_CASES = 200000
-test-long: export WBREPL_PL_POINTS_BLOCK = 400
-test-long: export WBREPL_PL_POINTS_EXT4 = 100
-test-long: export WBREPL_PL_POINTS_FULL = 200
-test-long: export WBREPL_GUEST_TIMEOUT = 7200
+test-long: export WBREPL_PL_POINTS_BLOCK = 200
+test-long: export WBREPL_PL_POINTS_EXT4 = 50
+test-long: export WBREPL_PL_POINTS_FULL = 100
+test-long: export WBREPL_PL_POINTS_ORDERED = 50
+test-long: export WBREPL_PL_STATES = 3
+test-long: export WBREPL_PL_SUBSETS = 64
+test-long: export WBREPL_GUEST_TIMEOUT = 14400
 test-long: export WBREPL_VERSION_LOOP = 100000
 test-long: export WBREPL_METAFUZZ_CASES = 20000
 test-long:
