@@ -8,12 +8,14 @@ runs, and the check that every image is a point-in-time state of the workload.
 `run` writes 4 KiB blocks, each stamped with (block, sequence number) over the whole block, from
 T threads; a thread owns the blocks b with b % T == its number and writes them one at a time, so
 two writes to one block are never in flight together. Every write's submission and completion
-times (CLOCK_MONOTONIC) go to the log. Meanwhile the main thread requests checkpoints through
-`dmsetup message NAME 0 checkpoint MODE LABEL TIMEOUT`, one phase after another (a phase
+times (CLOCK_MONOTONIC) go to the log. Meanwhile the main thread requests checkpoints (the
+message `checkpoint MODE LABEL TIMEOUT` to the cache NAME), one phase after another (a phase
 `ordered:6` switches the cache to ordered mode first, and back to writeback after), noting when
-each was requested. A phase `repl:3` instead sends dm-repl's own `marker` message to the device
-below (`--repl NAME`): a marker that skips the cache's drain, for the control experiment (its
-images are not consistent while the cache holds writes back).
+each was requested and when it returned: both times are read immediately around the
+DM_TARGET_MSG ioctl, which this process issues itself (no `dmsetup` is spawned in between). A
+phase `repl:3` instead sends dm-repl's own `marker` message to the device below (`--repl
+NAME`): a marker that skips the cache's drain, for the control experiment (its images are not
+consistent while the cache holds writes back).
 
 `check` compares each image (a copy of the secondary's device frozen at a marker) with the log.
 An image is correct when it holds, for each block, the data of one write to that block (or zeroes
@@ -24,6 +26,8 @@ S, and every write acknowledged before the submission of a write in S is in S (S
 can have relied on their order.
 """
 import argparse
+import ctypes
+import errno
 import json
 import mmap
 import os
@@ -57,6 +61,61 @@ def now():
     return time.monotonic_ns()
 
 
+# --- device-mapper messages, from this process -----------------------------------------------
+
+class Answer:
+    def __init__(self, rc, out, err, t0, t1):
+        self.rc, self.out, self.err, self.t0, self.t1 = rc, out, err, t0, t1
+
+
+class DmControl:
+    """Target messages through the DM_TARGET_MSG ioctl on /dev/mapper/control, the call
+    `dmsetup message` makes, so that the request and return times are taken right around the
+    system call (spawning dmsetup costs tens of milliseconds under TCG, on either side of the
+    message). ctypes releases the GIL for the call, so the writers run on while a checkpoint
+    blocks (fcntl.ioctl keeps the GIL for buffers over 1024 bytes)."""
+
+    IOCTL = 0xC138FD0E        # _IOWR(0xfd, DM_TARGET_MSG_CMD 14, struct dm_ioctl), 312 bytes
+    HDR_SIZE = 312            # sizeof(struct dm_ioctl); the message starts there
+    DATA_OUT = 1 << 16        # DM_DATA_OUT_FLAG: the answer is in the buffer
+    BUFFER_FULL = 1 << 8      # DM_BUFFER_FULL_FLAG: it did not fit
+    SIZE = 4096
+
+    def __init__(self):
+        self.fd = os.open("/dev/mapper/control", os.O_RDWR | os.O_CLOEXEC)
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.ioctl = libc.ioctl
+        self.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+        self.ioctl.restype = ctypes.c_int
+
+    def message(self, name, *words):
+        text = " ".join(words).encode()
+        buf = ctypes.create_string_buffer(self.SIZE)
+        # struct dm_ioctl: version[3], data_size, data_start, target_count, open_count, flags,
+        # event_nr, padding, dev; name[128] at 48; struct dm_target_msg {sector; message[]}
+        # at data_start.
+        struct.pack_into("<3IIIIiIIIQ", buf, 0, 4, 0, 0, self.SIZE, self.HDR_SIZE, 0, 0, 0, 0, 0, 0)
+        nm = name.encode()
+        if len(nm) >= 128 or len(text) + 9 > self.SIZE - self.HDR_SIZE:
+            raise ValueError("device name or message too long")
+        buf[48:48 + len(nm)] = nm
+        struct.pack_into("<Q", buf, self.HDR_SIZE, 0)
+        buf[self.HDR_SIZE + 8:self.HDR_SIZE + 8 + len(text)] = text
+        addr = ctypes.addressof(buf)
+        t0 = now()
+        r = self.ioctl(self.fd, self.IOCTL, addr)
+        t1 = now()
+        if r < 0:
+            e = ctypes.get_errno()
+            return Answer(e, "", f"{errno.errorcode.get(e, e)}: {os.strerror(e)}", t0, t1)
+        flags = struct.unpack_from("<I", buf, 28)[0]
+        start = struct.unpack_from("<I", buf, 16)[0]
+        if flags & self.BUFFER_FULL:
+            return Answer(errno.ENOSPC, "", "the answer did not fit the buffer", t0, t1)
+        out = buf.raw[start:].split(b"\0", 1)[0].decode(errors="replace") if flags & self.DATA_OUT else ""
+        return Answer(0, out.strip(), "", t0, t1)
+
+
 def writer(fd, t, nthreads, nblocks, stop, log, seed, flush_every):
     rnd = random.Random(seed)
     mine = list(range(t, nblocks, nthreads))
@@ -78,11 +137,8 @@ def writer(fd, t, nthreads, nblocks, stop, log, seed, flush_every):
             os.fsync(fd)
 
 
-def dm(*args):
-    return subprocess.run(["dmsetup", *args], capture_output=True, text=True)
-
-
 def run(a):
+    dm = DmControl()
     fd = os.open(a.dev, os.O_WRONLY | os.O_DIRECT)
     stop = threading.Event()
     logs = [[] for _ in range(a.threads)]
@@ -101,26 +157,24 @@ def run(a):
             modes, count = phase.split(":")
             modes = modes.split(",")
             if "ordered" in modes:
-                r = dm("message", a.wbcache, "0", "mode", "ordered")
-                if r.returncode:
-                    print("cpload: mode ordered failed:", r.stderr.strip(), file=sys.stderr)
+                r = dm.message(a.wbcache, "mode", "ordered")
+                if r.rc:
+                    print("cpload: mode ordered failed:", r.err, file=sys.stderr)
                     failures += 1
             for i in range(int(count)):
                 mode = modes[i % len(modes)]
                 k += 1
                 label = f"cp{k}-{mode}"
-                t0 = now()
                 if mode == "repl":
-                    r = dm("message", a.repl, "0", "marker", label)
+                    r = dm.message(a.repl, "marker", label)
                 else:
-                    r = dm("message", a.wbcache, "0", "checkpoint", mode, label, str(a.timeout_ms))
-                t1 = now()
-                out = r.stdout.strip()
-                rec = {"label": label, "mode": mode, "requested": t0, "done": t1, "rc": r.returncode,
-                       "answer": out, "error": r.stderr.strip()}
-                if r.returncode == 0 and mode == "repl":
+                    r = dm.message(a.wbcache, "checkpoint", mode, label, str(a.timeout_ms))
+                out = r.out
+                rec = {"label": label, "mode": mode, "requested": r.t0, "done": r.t1, "rc": r.rc,
+                       "answer": out, "error": r.err}
+                if r.rc == 0 and mode == "repl":
                     rec["id"] = int(out)
-                elif r.returncode == 0:
+                elif r.rc == 0:
                     f = out.split()
                     rec["id"] = int(f[f.index("id") + 1])
                     rec["blocks"] = int(f[f.index("blocks") + 1])
@@ -128,7 +182,8 @@ def run(a):
                 else:
                     failures += 1
                 cps.append(rec)
-                print(f"cpload: checkpoint {label}: rc {r.returncode} {out or r.stderr.strip()}", flush=True)
+                print(f"cpload: checkpoint {label}: rc {r.rc} {out or r.err} (ioctl {(r.t1 - r.t0) / 1e6:.1f} ms)",
+                      flush=True)
                 if "id" in rec and a.after_checkpoint:
                     h = subprocess.run(a.after_checkpoint.replace("{id}", str(rec["id"])), shell=True)
                     if h.returncode:
@@ -136,7 +191,7 @@ def run(a):
                         failures += 1
                 time.sleep(a.interval)
             if "ordered" in modes:
-                dm("message", a.wbcache, "0", "mode", "writeback")
+                dm.message(a.wbcache, "mode", "writeback")
         time.sleep(a.warmup)
     finally:
         stop.set()
