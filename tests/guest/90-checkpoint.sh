@@ -2,10 +2,11 @@
 # Checkpoints end to end: dm-wbcache over a dm-repl primary on node A; on node B a dm-repl
 # secondary with freeze_on_marker over a dm-thin volume, and a loop that takes a thin snapshot
 # at every marker and thaws (what `wbrepl secondary run` does). Checks: bad input, a first
-# checkpoint by hand, the block-level oracle (tests/guest/cpload.py: every image is a prefix of
-# the acknowledged writes, 20+ checkpoints in all modes under load, the link blocked during
-# some), progress, abort and timeout with the link blocked, a link down past the timeout, and
-# ext4 with file churn (every image passes e2fsck -fn after its journal is replayed).
+# checkpoint by hand, the block-level oracle (tests/guest/cpload.py: every image is the state of
+# the workload at an instant of its checkpoint, 20+ checkpoints in all modes under load, the link
+# blocked during some), progress, abort and timeout with the link blocked, a link down past the
+# timeout, and ext4 with file churn (every image passes e2fsck -fn after its journal is
+# replayed).
 . "$(dirname "$0")/lib.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 MB=64
@@ -32,7 +33,8 @@ check "cp: wbcache over the primary" dmsetup create cp-w --table \
 check "cp: connected" connected cp-r
 
 # Node B's snapshot loop: at every marker, snapshot the thin volume (suspended, as dm-thin wants
-# for create_snap), then thaw. Writes "marker-id thin-id" lines to $SNAPMAP.
+# for create_snap), then thaw. Writes "marker-id thin-id label" lines to $SNAPMAP (the label the
+# secondary recorded with the marker it is frozen at).
 SNAPMAP=$IMG_DIR/snapmap
 STOP=$IMG_DIR/snaploop.stop
 rm -f "$SNAPMAP" "$STOP"
@@ -40,10 +42,10 @@ snaploop() {
   local next=1 st id
   while [ ! -e "$STOP" ]; do
     st=$(dmsetup status cp-s 2>/dev/null)
-    if [[ $st =~ \ frozen\ ([0-9]+)\  ]]; then
-      id=${BASH_REMATCH[1]}
+    if [[ $st =~ \ frozen\ ([0-9]+)\ marker_label\ ([^ ]+)\  ]]; then
+      id=${BASH_REMATCH[1]} label=${BASH_REMATCH[2]}
       if dmsetup suspend cp-thin && dmsetup message cp-pool 0 "create_snap $next 0"; then
-        echo "$id $next" >>"$SNAPMAP"
+        echo "$id $next $label" >>"$SNAPMAP"
         next=$((next + 1))
       else
         echo "snaploop: snapshot of marker $id failed" >&2
@@ -57,16 +59,33 @@ snaploop() {
 snaploop 2>"$IMG_DIR/snaploop.err" &
 SNAPPID=$!
 
-# image_of MARKER: the thin id of the image taken at that marker (waits for it); the latest one
-# (the control experiment's dm-repl marker ids can repeat later wbcache ids).
+# image_of LABEL: the thin id of the image taken at the marker with that label (waits for it).
+# Every marker of this file has a label of its own; ids do not identify images: dm-repl's own
+# markers (the control) take the id after the last one sent, which a later checkpoint's id can
+# repeat.
 image_of() {
   local i t
   for i in $(seq 150); do
-    t=$(awk -v m="$1" '$1 == m {t = $2} END {print t}' "$SNAPMAP" 2>/dev/null)
+    t=$(awk -v l="$1" '$3 == l {t = $2; n++} END {if (n == 1) print t}' "$SNAPMAP" 2>/dev/null)
     [ -n "$t" ] && { echo "$t"; return 0; }
     sleep 0.2
   done
   return 1
+}
+# labels LOG: the labels of the checkpoints (or markers) of a cpload log that succeeded.
+labels() { python3 -c "import json; print(' '.join(c['label'] for c in json.load(open('$1'))['checkpoints'] if 'id' in c))"; }
+# images LOG PREFIX: reads the image of every marker of LOG into $IMG_DIR/PREFIX-LABEL (8 MiB,
+# the workload's blocks) and sets ARGS to cpload check's --image options; the thin snapshots
+# are deleted once read (the pool is 640 MiB).
+images() {
+  local l t
+  ARGS=()
+  [ -n "${WBREPL_LOGDIR:-}" ] && cp "$1" "$WBREPL_LOGDIR/" 2>/dev/null   # kept for inspection
+  for l in $(labels "$1"); do
+    t=$(image_of "$l") || { not_ok "$2: image of marker $l"; continue; }
+    if dump_image "$t" "$IMG_DIR/$2-$l" 8; then ARGS+=(--image "$l:$IMG_DIR/$2-$l"); else not_ok "$2: read image $t"; fi
+    dmsetup message cp-pool 0 "delete $t"
+  done
 }
 # dump_image THIN_ID FILE [MB]: copies the first MB (default all) of an image to FILE.
 dump_image() {
@@ -121,7 +140,7 @@ check "one: the drained blocks include the 1024 written" test "$(sed -n 's/.* bl
 check_match "one: status: last checkpoint ok" " checkpoint idle cp_id - cp_left 0 cp_ms 0 last_cp $id last_cp_result ok last_cp_ms [0-9]+$" "$(dmsetup status cp-w)"
 check "one: the secondary recorded marker $id with its label" wait_status cp-s " marker $id marker_time_ns [0-9]+ frozen ($id|-) marker_label first-one markers_ignored 0$" 20
 check "one: the primary saw it acknowledged" wait_status cp-r " marker $id marker_acked $id markers_refused 0 marker_ignored -$" 20
-t=$(image_of "$id")
+t=$(image_of first-one)
 check "one: an image was taken at marker $id" test -n "$t"
 check "one: read the image" dump_image "$t" "$IMG_DIR/one.img"
 check "one: the image holds the 4 MiB" cmp <(dd if="$IMG_DIR/one.img" bs=1M skip=8 count=4 status=none) "$IMG_DIR/one"
@@ -139,24 +158,37 @@ linkflap() {
 }
 linkflap &
 FLAP=$!
-n0=$(wc -l <"$SNAPMAP")
+t_oracle=$SECONDS
 check "oracle: cpload run (4 writers; $CP_ORACLE, then $CP_ORDERED)" python3 "$here/cpload.py" run --dev /dev/mapper/cp-w --wbcache cp-w \
-  --log "$IMG_DIR/cp.log" --blocks 2048 --threads 4 --phase "$CP_ORACLE" --phase "$CP_ORDERED"
+  --log "$IMG_DIR/cp.log" --blocks 2048 --threads 4 --label-prefix o --phase "$CP_ORACLE" --phase "$CP_ORDERED"
 wait $FLAP
 node_link A ""
 grep '^cpload' "$T_OUT" | diag 40
 check "oracle: in sync afterwards" synced cp-r 60
-ids=$(python3 -c "import json; print(' '.join(str(c['id']) for c in json.load(open('$IMG_DIR/cp.log'))['checkpoints'] if 'id' in c))")
-args=()
-for id in $ids; do
-  t=$(image_of "$id") || { not_ok "oracle: image of marker $id"; continue; }
-  dump_image "$t" "$IMG_DIR/img-$id" 8 && args+=(--image "$id:$IMG_DIR/img-$id") || not_ok "oracle: read image $t"
-done
-nimg=${#args[@]}; nimg=$((nimg / 2))
+images "$IMG_DIR/cp.log" oracle
+nimg=$((${#ARGS[@]} / 2))
 check "oracle: at least 20 images ($nimg)" test "$nimg" -ge 20
-check "oracle: every image is a prefix of the acknowledged writes" python3 "$here/cpload.py" check --log "$IMG_DIR/cp.log" "${args[@]}"
+check "oracle: every image is the workload at an instant of its checkpoint (order, lower, upper bound)" \
+  python3 "$here/cpload.py" check --log "$IMG_DIR/cp.log" "${ARGS[@]}"
 diag 40 <"$T_OUT"
-rm -f "$IMG_DIR"/img-*
+check_match "oracle: ...none newer than its checkpoint (upper bound)" 'checkpoint images, 0 rejected \(order 0, lower 0, upper 0, torn 0;' "$(cat "$T_OUT")"
+# Mutation, on real images: each image given as the previous marker's, as a wrong
+# marker-to-snapshot mapping or a late freeze would give it. The writers wrote between the two
+# checkpoints (cpload asks for 20 writes there), so every one must be rejected as newer than
+# its checkpoint, and for nothing else (before, these passed).
+shifted=() prev=
+for ((i = 1; i < ${#ARGS[@]}; i += 2)); do
+  [ -n "$prev" ] && shifted+=(--image "$prev:${ARGS[$i]#*:}")
+  prev=${ARGS[$i]%%:*}
+done
+n=$((${#shifted[@]} / 2))
+check_fails "oracle: mutation: each image given as the previous marker's is rejected" \
+  python3 "$here/cpload.py" check --log "$IMG_DIR/cp.log" --allow-missing "${shifted[@]}"
+check_match "oracle: ...all $n as newer than their checkpoint (upper), none for another rule" \
+  "checkpoint images, $n rejected \(order 0, lower 0, upper $n, torn 0;" "$(cat "$T_OUT")"
+rm -f "$IMG_DIR"/oracle-*
+
+echo "# oracle took $((SECONDS - t_oracle)) s"
 
 # The control experiment: markers sent by dm-repl itself (its `marker` message), without the
 # cache's drain. The cache holds writes back, so these images miss acknowledged writes: the
@@ -165,17 +197,14 @@ check "control: zero the blocks the workload uses" dd if=/dev/zero of=/dev/mappe
 check "control: ...all the way to the secondary" dmsetup message cp-w 0 flush
 check "control: in sync before" synced cp-r 60
 check "control: cpload run with 3 dm-repl markers" python3 "$here/cpload.py" run --dev /dev/mapper/cp-w --wbcache cp-w \
-  --repl cp-r --log "$IMG_DIR/ctl.log" --blocks 2048 --threads 4 --phase repl:3 --seed 7
+  --repl cp-r --log "$IMG_DIR/ctl.log" --blocks 2048 --threads 4 --label-prefix c --phase repl:3 --seed 7
 check "control: in sync" synced cp-r 60
-args=()
-for id in $(python3 -c "import json; print(' '.join(str(c['id']) for c in json.load(open('$IMG_DIR/ctl.log'))['checkpoints'] if 'id' in c))"); do
-  t=$(image_of "$id") && dump_image "$t" "$IMG_DIR/img-$id" 8 && args+=(--image "$id:$IMG_DIR/img-$id")
-done
-check_eq "control: 3 images" 6 "${#args[@]}"
-check_fails "control: the oracle finds them inconsistent" python3 "$here/cpload.py" check --log "$IMG_DIR/ctl.log" "${args[@]}"
-check_match "control: ...because they are not prefixes" 'not a prefix' "$(cat "$T_OUT")"
+images "$IMG_DIR/ctl.log" control
+check_eq "control: 3 images" 6 "${#ARGS[@]}"
+check_fails "control: the oracle finds them inconsistent" python3 "$here/cpload.py" check --log "$IMG_DIR/ctl.log" "${ARGS[@]}"
+check_match "control: ...because they are not prefixes, or older than their marker" '\[(order|lower)\]' "$(cat "$T_OUT")"
 diag 10 <"$T_OUT"
-rm -f "$IMG_DIR"/img-*
+rm -f "$IMG_DIR"/control-*
 
 # --- progress, abort, timeout, a link down past the timeout -------------------------------------
 check "link: in sync" synced cp-r
@@ -233,7 +262,7 @@ check "link: healed: resynced" synced cp-r 120
 out=$(cp_msg writethrough healed 2>&1)
 check_match "link: a checkpoint succeeds again" '^id [0-9]+ mode writethrough ' "$out"
 id=$(sed -n 's/^id \([0-9]*\) .*/\1/p' <<<"$out")
-t=$(image_of "$id")
+t=$(image_of healed)
 check "link: image of marker $id taken" test -n "$t"
 check "link: in sync" synced cp-r
 check "link: read the image" dump_image "$t" "$IMG_DIR/healed.img"
@@ -261,10 +290,15 @@ churn &
 CH=$!
 sleep 3
 e4ids=()
+declare -A e4labels
 modes=(hold writethrough)
 for k in $(seq "$CP_EXT4"); do
   m=${modes[$((k % 2))]}
-  out=$(cp_msg "$m" "ext4-$k" 2>&1) && e4ids+=("$(sed -n 's/^id \([0-9]*\) .*/\1/p' <<<"$out")") || echo "# checkpoint $k: $out"
+  if out=$(cp_msg "$m" "ext4-$k" 2>&1); then
+    id=$(sed -n 's/^id \([0-9]*\) .*/\1/p' <<<"$out"); e4ids+=("$id"); e4labels[$id]=$k
+  else
+    echo "# checkpoint $k: $out"
+  fi
   sleep 1
 done
 touch "$IMG_DIR/churn.stop"; wait $CH
@@ -273,7 +307,7 @@ check "ext4: $CP_EXT4 checkpoints under churn (${#e4ids[@]} taken)" test "${#e4i
 clean=0
 next=1000
 for id in "${e4ids[@]}"; do
-  t=$(image_of "$id") || { not_ok "ext4: image of marker $id"; continue; }
+  t=$(image_of "ext4-${e4labels[$id]}") || { not_ok "ext4: image of marker $id"; continue; }
   # A writable snapshot of the image, to replay the journal (the image is crash-consistent:
   # as after a power loss), then a read-only check.
   if dmsetup message cp-pool 0 "create_snap $next $t" && dmsetup create cp-fsck --table "0 $S thin /dev/mapper/cp-pool $next"; then

@@ -60,32 +60,49 @@ python3 "$here/markerwatch.py" --dev $SB --sector $((D - 8)) --map "$MAP" --stop
   2>"$IMG_DIR/cpd-watcher.err" &
 WPID=$!
 # The next checkpoint (whose drain reaches DRBD) waits until the watcher has taken the image of
-# the last one: nothing may reach DRBD between a marker and its snapshot.
-image_taken="for i in \$(seq 300); do grep -q '^{id} ' $MAP && exit 0; sleep 0.1; done; exit 1"
+# the last one: nothing may reach DRBD between a marker and its snapshot. Images are found by
+# the marker's label (the watcher reads it from the record).
+image_taken="for i in \$(seq 300); do grep -q ' {label}\$' $MAP && exit 0; sleep 0.1; done; exit 1"
 
 # --- the oracle, with checkpoints spaced so the watcher sees each marker before the next drain ---
 check "drbd: cpload run ($CPS; each waits for the last image)" python3 "$here/cpload.py" run --dev /dev/mapper/cpd-w --wbcache cpd-w \
-  --log "$IMG_DIR/cpd.log" --blocks 2048 --threads 4 --phase "$CPS" --interval 1 --after-checkpoint "$image_taken"
+  --log "$IMG_DIR/cpd.log" --blocks 2048 --threads 4 --label-prefix d --phase "$CPS" --interval 1 --after-checkpoint "$image_taken"
 grep '^cpload' "$T_OUT" | diag 20
 sleep 1
 touch "$STOP"; wait $WPID
 check_eq "drbd: the watcher had no errors" "" "$(cat "$IMG_DIR/cpd-watcher.err")"
+[ -n "${WBREPL_LOGDIR:-}" ] && cp "$IMG_DIR/cpd.log" "$WBREPL_LOGDIR/" 2>/dev/null   # kept for inspection
 args=()
-for id in $(python3 -c "import json; print(' '.join(str(c['id']) for c in json.load(open('$IMG_DIR/cpd.log'))['checkpoints'] if 'id' in c))"); do
-  t=$(awk -v m="$id" '$1 == m {print $2}' "$MAP")
-  [ -n "$t" ] || { not_ok "drbd: the watcher saw marker $id"; continue; }
+for l in $(python3 -c "import json; print(' '.join(c['label'] for c in json.load(open('$IMG_DIR/cpd.log'))['checkpoints'] if 'id' in c))"); do
+  t=$(awk -v l="$l" '$3 == l {t = $2; n++} END {if (n == 1) print t}' "$MAP")
+  [ -n "$t" ] || { not_ok "drbd: the watcher saw marker $l (once)"; continue; }
   if dmsetup create cpd-img --readonly --table "0 $SA thin /dev/mapper/cpd-pool $t" &&
-     dd if=/dev/mapper/cpd-img of="$IMG_DIR/cpd-img-$id" bs=1M count=8 iflag=direct status=none; then
-    args+=(--image "$id:$IMG_DIR/cpd-img-$id")
+     dd if=/dev/mapper/cpd-img of="$IMG_DIR/cpd-img-$l" bs=1M count=8 iflag=direct status=none; then
+    args+=(--image "$l:$IMG_DIR/cpd-img-$l")
   else
-    not_ok "drbd: read the image of marker $id"
+    not_ok "drbd: read the image of marker $l"
   fi
   dm_remove cpd-img >/dev/null 2>&1
 done
 n=$((${#args[@]} / 2))
 check "drbd: an image at every checkpoint ($n)" test "$n" -ge 8
-check "drbd: every image is a prefix of the acknowledged writes" python3 "$here/cpload.py" check --log "$IMG_DIR/cpd.log" "${args[@]}"
+check "drbd: every image is the workload at an instant of its checkpoint (order, lower, upper bound)" \
+  python3 "$here/cpload.py" check --log "$IMG_DIR/cpd.log" "${args[@]}"
 diag 20 <"$T_OUT"
+check_match "drbd: ...none newer than its checkpoint (the watcher's race: upper bound)" \
+  'checkpoint images, 0 rejected \(order 0, lower 0, upper 0, torn 0;' "$(cat "$T_OUT")"
+# Mutation: each image given as the previous marker's (what the watcher snapshotting after the
+# next drain began would give): every one must be rejected as newer than its checkpoint.
+shifted=() prev=
+for ((i = 1; i < ${#args[@]}; i += 2)); do
+  [ -n "$prev" ] && shifted+=(--image "$prev:${args[$i]#*:}")
+  prev=${args[$i]%%:*}
+done
+n=$((${#shifted[@]} / 2))
+check_fails "drbd: mutation: each image given as the previous marker's is rejected" \
+  python3 "$here/cpload.py" check --log "$IMG_DIR/cpd.log" --allow-missing "${shifted[@]}"
+check_match "drbd: ...all $n as newer than their checkpoint (upper), none for another rule" \
+  "checkpoint images, $n rejected \(order 0, lower 0, upper $n, torn 0;" "$(cat "$T_OUT")"
 rm -f "$IMG_DIR"/cpd-img-*
 
 check "drbd: remove the cache" dm_remove cpd-w

@@ -1,33 +1,47 @@
 #!/usr/bin/env python3
 """Checkpoint oracle: a block workload with a log of every write, checkpoints requested while it
-runs, and the check that every image is a point-in-time state of the workload.
+runs, and the check that every image is a point-in-time state of the workload taken at its
+checkpoint.
 
-  cpload.py run --dev DEV --wbcache NAME --log LOG [--blocks N] [--threads T] [--phase MODES:COUNT]...
-  cpload.py check --log LOG --image MARKER_ID:PATH [--image ...]
+  cpload.py run --dev DEV --wbcache NAME --log LOG [--blocks N] [--threads T] [--label-prefix P]
+                [--phase MODES:COUNT]...
+  cpload.py check --log LOG --image LABEL:PATH [--image ...]
+  cpload.py self-test
 
-`run` writes 4 KiB blocks, each stamped with (block, sequence number) over the whole block, from
-T threads; a thread owns the blocks b with b % T == its number and writes them one at a time, so
-two writes to one block are never in flight together. Every write's submission and completion
-times (CLOCK_MONOTONIC) go to the log. Meanwhile the main thread requests checkpoints (the
-message `checkpoint MODE LABEL TIMEOUT` to the cache NAME), one phase after another (a phase
-`ordered:6` switches the cache to ordered mode first, and back to writeback after), noting when
-each was requested and when it returned: both times are read immediately around the
-DM_TARGET_MSG ioctl, which this process issues itself (no `dmsetup` is spawned in between). A
-phase `repl:3` instead sends dm-repl's own `marker` message to the device below (`--repl
-NAME`): a marker that skips the cache's drain, for the control experiment (its images are not
-consistent while the cache holds writes back).
+`run` writes 4 KiB blocks, each stamped over the whole block with (block, sequence number, the
+run's nonce), from T threads; a thread owns the blocks b with b % T == its number and writes them
+one at a time, so two writes to one block are never in flight together and a block's sequence
+numbers are in time order. Every write's issue and completion times (CLOCK_MONOTONIC, taken just
+before and just after the pwrite) go to the log. Meanwhile the main thread requests checkpoints
+(the `checkpoint MODE LABEL TIMEOUT` message to the cache), one phase after another (a phase
+`ordered:6` switches the cache to ordered mode first, and back to writeback after), and logs when
+each was requested and when it returned: both times are taken immediately around the
+DM_TARGET_MSG ioctl, issued from this process (no `dmsetup` is spawned). A mode `repl` instead
+sends dm-repl's own `marker LABEL` message to the device below (`--repl NAME`): a marker without
+the cache's drain, for the control experiment. Every marker gets a label of its own
+(PREFIX<k>-<mode>), by which its image is found.
 
-`check` compares each image (a copy of the secondary's device frozen at a marker) with the log.
-An image is correct when it holds, for each block, the data of one write to that block (or zeroes
-if it holds none), and the set S of writes it holds (with every earlier write to the same block)
-is a *prefix* of the workload: every write acknowledged before the checkpoint was requested is in
-S, and every write acknowledged before the submission of a write in S is in S (S is closed under
-"completed before it was issued"). Writes in flight together may be in S or not: no application
-can have relied on their order.
+`check` compares each image (a copy of the secondary's device frozen at a marker, named by the
+marker's label) with the log. Each block must hold zeroes or one whole write of this run to that
+block, and the set S of writes the image holds (each block's write with every earlier write to
+the same block) must be the state of the workload at some instant during the checkpoint:
+
+  order:  S is a prefix: every write that completed before a write in S was issued is in S
+          (no crash of the workload could have left anything else);
+  lower:  every write that completed before the checkpoint was requested is in S;
+  upper:  no write in S was issued after the checkpoint returned (the marker was down by then);
+  torn:   every block holds zeroes or exactly one whole write of this run to that block.
+
+Writes in flight together may be in S or not, in any combination: no application can have
+relied on their order. Each image is checked against every rule and the rules it breaks are
+named. `check` also fails when no image is given, and when a checkpoint of the log has no image
+(unless --allow-missing).
 """
 import argparse
+import contextlib
 import ctypes
 import errno
+import io
 import json
 import mmap
 import os
@@ -41,20 +55,29 @@ import time
 BS = 4096
 MAGIC = b"WBCPTEST"
 HDR = struct.Struct("<8sQQQ")
+MASK = 2**64 - 1
+GOLDEN = 0x9E3779B97F4A7C15
+RULES = ("order", "lower", "upper", "torn")
 
 
-def stamp(block, seq):
-    return HDR.pack(MAGIC, block, seq, block ^ (seq * 0x9E3779B97F4A7C15 & (2**64 - 1))) * (BS // HDR.size)
+def stamp(block, seq, nonce):
+    chk = (block ^ (seq * GOLDEN & MASK) ^ nonce) & MASK
+    return HDR.pack(MAGIC, block, seq, chk) * (BS // HDR.size)
 
 
-def parse(buf, block):
-    """The sequence number stamped on `buf` for `block`, 0 for zeroes; raises on anything else."""
+def parse(buf, block, nonce):
+    """The sequence number stamped on `buf` for `block` in this run, 0 for zeroes; raises
+    ValueError on anything else (a torn block, another block's data, another run's)."""
     if buf == bytes(BS):
         return 0
     magic, b, seq, chk = HDR.unpack_from(buf)
-    if magic != MAGIC or b != block or buf != stamp(block, seq):
-        raise ValueError(f"block {block}: not one whole write of it (magic {magic!r}, block {b}, seq {seq})")
-    return seq
+    if magic == MAGIC and b == block and buf == stamp(block, seq, nonce):
+        return seq
+    if magic == MAGIC and b == block:
+        other = chk ^ block ^ (seq * GOLDEN & MASK)
+        if buf == stamp(block, seq, other):
+            raise ValueError(f"block {block}: seq {seq} of another run (nonce {other:#x}, not {nonce:#x})")
+    raise ValueError(f"block {block}: not one whole write of it (magic {magic!r}, block {b}, seq {seq})")
 
 
 def now():
@@ -116,7 +139,9 @@ class DmControl:
         return Answer(0, out.strip(), "", t0, t1)
 
 
-def writer(fd, t, nthreads, nblocks, stop, log, seed, flush_every):
+# --- the workload ----------------------------------------------------------------------------
+
+def writer(fd, t, nthreads, nblocks, nonce, stop, log, seed, flush_every):
     rnd = random.Random(seed)
     mine = list(range(t, nblocks, nthreads))
     seqs = {}
@@ -127,7 +152,7 @@ def writer(fd, t, nthreads, nblocks, stop, log, seed, flush_every):
         s = seqs.get(b, 0) + 1
         seqs[b] = s
         buf.seek(0)
-        buf.write(stamp(b, s))
+        buf.write(stamp(b, s, nonce))
         t0 = now()
         os.pwrite(fd, buf, b * BS)
         t1 = now()
@@ -139,11 +164,12 @@ def writer(fd, t, nthreads, nblocks, stop, log, seed, flush_every):
 
 def run(a):
     dm = DmControl()
+    nonce = a.nonce if a.nonce is not None else random.getrandbits(63) | 1
     fd = os.open(a.dev, os.O_WRONLY | os.O_DIRECT)
     stop = threading.Event()
     logs = [[] for _ in range(a.threads)]
     threads = [
-        threading.Thread(target=writer, args=(fd, t, a.threads, a.blocks, stop, logs[t], a.seed + t, a.flush_every))
+        threading.Thread(target=writer, args=(fd, t, a.threads, a.blocks, nonce, stop, logs[t], a.seed + t, a.flush_every))
         for t in range(a.threads)
     ]
     for th in threads:
@@ -164,28 +190,33 @@ def run(a):
             for i in range(int(count)):
                 mode = modes[i % len(modes)]
                 k += 1
-                label = f"cp{k}-{mode}"
+                label = f"{a.label_prefix}{k}-{mode}"
                 if mode == "repl":
                     r = dm.message(a.repl, "marker", label)
                 else:
                     r = dm.message(a.wbcache, "checkpoint", mode, label, str(a.timeout_ms))
-                out = r.out
                 rec = {"label": label, "mode": mode, "requested": r.t0, "done": r.t1, "rc": r.rc,
-                       "answer": out, "error": r.err}
-                if r.rc == 0 and mode == "repl":
-                    rec["id"] = int(out)
-                elif r.rc == 0:
-                    f = out.split()
-                    rec["id"] = int(f[f.index("id") + 1])
-                    rec["blocks"] = int(f[f.index("blocks") + 1])
-                    rec["total_ms"] = int(f[f.index("total_ms") + 1])
-                else:
+                       "answer": r.out, "error": r.err}
+                try:
+                    if r.rc == 0 and mode == "repl":
+                        rec["id"] = int(r.out)
+                    elif r.rc == 0:
+                        f = r.out.split()
+                        rec["id"] = int(f[f.index("id") + 1])
+                        rec["blocks"] = int(f[f.index("blocks") + 1])
+                        rec["total_ms"] = int(f[f.index("total_ms") + 1])
+                    else:
+                        failures += 1
+                except (ValueError, IndexError):
+                    rec["error"] = f"unexpected answer {r.out!r}"
+                    rec.pop("id", None)
                     failures += 1
                 cps.append(rec)
-                print(f"cpload: checkpoint {label}: rc {r.rc} {out or r.err} (ioctl {(r.t1 - r.t0) / 1e6:.1f} ms)",
-                      flush=True)
+                print(f"cpload: checkpoint {label}: rc {r.rc} {r.out or r.err} "
+                      f"(ioctl {(r.t1 - r.t0) / 1e6:.1f} ms)", flush=True)
                 if "id" in rec and a.after_checkpoint:
-                    h = subprocess.run(a.after_checkpoint.replace("{id}", str(rec["id"])), shell=True)
+                    h = subprocess.run(a.after_checkpoint.replace("{id}", str(rec["id"])).replace("{label}", label),
+                                       shell=True)
                     if h.returncode:
                         print(f"cpload: after checkpoint {label}: the hook failed", file=sys.stderr)
                         failures += 1
@@ -200,92 +231,223 @@ def run(a):
         os.close(fd)
     writes = [w for l in logs for w in l]
     with open(a.log, "w") as f:
-        json.dump({"blocks": a.blocks, "writes": writes, "checkpoints": cps}, f)
+        json.dump({"blocks": a.blocks, "threads": a.threads, "nonce": nonce, "writes": writes, "checkpoints": cps}, f)
     print(f"cpload: {len(writes)} writes, {len(cps)} checkpoints, {failures} failed", flush=True)
     return 1 if failures else 0
 
 
-def check_image(log, cp, path):
-    nblocks = log["blocks"]
-    with open(path, "rb") as f:
-        data = f.read(nblocks * BS)
-    if len(data) < nblocks * BS:
-        return f"image {path} is short"
-    img = [parse(data[b * BS:(b + 1) * BS], b) for b in range(nblocks)]
-    by_key = {(w[0], w[1]): w for w in log["writes"]}
-    # The latest submission among the writes the image holds.
-    latest = cp["requested"]
-    for b, s in enumerate(img):
-        if s == 0:
-            continue
-        w = by_key.get((b, s))
-        if w is None:
-            return f"block {b}: sequence {s} was never written"
-        latest = max(latest, w[2])
-    # Every write completed before then must be in the image (or overwritten in it).
-    missing = [w for w in log["writes"] if w[3] < latest and img[w[0]] < w[1]]
-    if missing:
-        w = min(missing, key=lambda w: w[3])
-        return (f"not a prefix: block {w[0]} holds seq {img[w[0]]}, but seq {w[1]} completed "
-                f"{(latest - w[3]) / 1e6:.3f} ms before the latest write the image holds was issued "
-                f"({len(missing)} such writes)")
-    held = sum(1 for s in img if s)
-    after = sum(1 for w in log["writes"] if w[2] > cp["requested"] and img[w[0]] >= w[1])
-    return f"ok ({held} blocks hold data, {after} writes issued after the request are in it)"
+# --- the oracle ----------------------------------------------------------------------------------
+
+class Oracle:
+    """The log, indexed for checking images."""
+
+    def __init__(self, log):
+        self.log = log
+        self.nblocks = log["blocks"]
+        self.nonce = log["nonce"]
+        self.writes = [tuple(w) for w in log["writes"]]
+        self.by_key = {(w[0], w[1]): w for w in self.writes}
+
+    def read(self, path):
+        with open(path, "rb") as f:
+            data = f.read(self.nblocks * BS)
+        if len(data) < self.nblocks * BS:
+            raise ValueError(f"image {path} is short ({len(data)} bytes, {self.nblocks * BS} needed)")
+        img, torn = [], []
+        for b in range(self.nblocks):
+            try:
+                img.append(parse(data[b * BS:(b + 1) * BS], b, self.nonce))
+            except ValueError as e:
+                img.append(None)
+                torn.append(str(e))
+        return img, torn
+
+    def judge(self, cp, img, torn=()):
+        """The rules the image breaks: {rule: message}, empty if it is correct. `img[b]` is the
+        sequence number block b holds (0: zeroes, None: torn)."""
+        broken = {}
+        t_req, t_done = cp["requested"], cp["done"]
+        ms = lambda t: (t - t_req) / 1e6  # noqa: E731 -- times relative to the request
+        if torn:
+            broken["torn"] = f"{torn[0]} ({len(torn)} such blocks)"
+        for b, s in enumerate(img):
+            if s and (b, s) not in self.by_key:
+                img[b] = None
+                broken.setdefault("torn", f"block {b}: seq {s} was never written")
+        held = lambda w: img[w[0]] is None or img[w[0]] >= w[1]  # noqa: E731 -- a torn block: not judged
+        newest = [self.by_key[(b, s)] for b, s in enumerate(img) if s]
+        # order: a write completed before the latest issue among the writes held is missing.
+        if newest:
+            top = max(newest, key=lambda w: w[2])
+            missing = [w for w in self.writes if w[3] < top[2] and not held(w)]
+            if missing:
+                w = min(missing, key=lambda w: w[3])
+                broken["order"] = (
+                    f"not a prefix: it holds block {top[0]} seq {top[1]} (issued at {ms(top[2]):+.3f} ms), but block "
+                    f"{w[0]} holds seq {img[w[0]]}{' (zeroes)' if img[w[0]] == 0 else ''} while its seq {w[1]} "
+                    f"completed {(top[2] - w[3]) / 1e6:.3f} ms before that ({len(missing)} such writes)")
+        # lower: a write completed before the checkpoint was requested is missing.
+        missing = [w for w in self.writes if w[3] < t_req and not held(w)]
+        if missing:
+            w = min(missing, key=lambda w: w[3])
+            broken["lower"] = (
+                f"older than its checkpoint: block {w[0]} holds seq {img[w[0]]}, but seq {w[1]} completed at "
+                f"{ms(w[3]):+.3f} ms, before the checkpoint was requested ({len(missing)} such writes)")
+        # upper: a write held was issued after the checkpoint returned.
+        late = [w for w in self.writes if w[2] > t_done and img[w[0]] is not None and img[w[0]] >= w[1]]
+        if late:
+            w = max(late, key=lambda w: w[2])
+            broken["upper"] = (
+                f"newer than its checkpoint: block {w[0]} holds seq {w[1]}, issued at {ms(w[2]):+.3f} ms, "
+                f"{(w[2] - t_done) / 1e6:.3f} ms after the checkpoint returned ({len(late)} such writes)")
+        return broken
+
+    def latest(self, cp, img):
+        """How long after the request the latest write the image holds was issued (ms)."""
+        iss = [self.by_key[(b, s)][2] for b, s in enumerate(img) if s and (b, s) in self.by_key]
+        return (max(iss) - cp["requested"]) / 1e6 if iss else float("-inf")
+
+    def summary(self, cp, img):
+        held = sum(1 for s in img if s)
+        zero = sum(1 for s in img if s == 0)
+        after = sum(1 for w in self.writes if w[2] > cp["requested"] and img[w[0]] and img[w[0]] >= w[1])
+        return (f"{held} blocks hold data, {zero} zeroes, {after} writes issued after the request are in it, "
+                f"the latest at {self.latest(cp, img):+.1f} ms")
 
 
 def check(a):
     with open(a.log) as f:
         log = json.load(f)
-    cps = {c["id"]: c for c in log["checkpoints"] if "id" in c}
+    if not a.image:
+        print("no image to check")
+        return 1
     bad = 0
+    oracle = Oracle(log)
+    cps = {c["label"]: c for c in log["checkpoints"] if "id" in c}
+    seen = set()
+    late = {}
+    tally = {"n": 0, "bad": 0, "zeroes": 0, **{r: 0 for r in RULES}}
     for spec in a.image:
-        mid, path = spec.split(":", 1)
-        cp = cps.get(int(mid))
+        label, path = spec.split(":", 1)
+        cp = cps.get(label)
         if cp is None:
-            print(f"image of marker {mid}: no such checkpoint in the log")
+            print(f"image {label}: no such checkpoint in the log")
             bad += 1
             continue
+        seen.add(label)
         try:
-            r = check_image(log, cp, path)
-        except ValueError as e:
-            r = str(e)
-        ok = r.startswith("ok")
-        bad += not ok
-        print(f"image of marker {mid} ({cp['mode']}, {cp['label']}): {r}")
+            img, torn = oracle.read(path)
+        except (OSError, ValueError) as e:
+            print(f"image {label}: {e}")
+            bad += 1
+            continue
+        broken = oracle.judge(cp, img, torn)
+        tally["n"] += 1
+        tally["bad"] += bool(broken)
+        tally["zeroes"] += 0 in img
+        if not broken:
+            late[cp["mode"]] = max(late.get(cp["mode"], float("-inf")), oracle.latest(cp, img))
+        for r in broken:
+            tally[r] += 1
+        head = f"image of marker {cp['id']} ({cp['mode']}, {label})"
+        if broken:
+            print(f"{head}: rejected ({oracle.summary(cp, img)}): "
+                  + "; ".join(f"[{r}] {broken[r]}" for r in RULES if r in broken))
+        else:
+            print(f"{head}: ok ({oracle.summary(cp, img)})")
+    missing = [l for l in cps if l not in seen]
+    if missing and not a.allow_missing:
+        print(f"no image given for {len(missing)} checkpoints of the log: {' '.join(missing)}")
+        bad += 1
+    print(f"cpload check: {tally['n']} checkpoint images, {tally['bad']} rejected ("
+          + ", ".join(f"{r} {tally[r]}" for r in RULES) + f"; {tally['zeroes']} hold zeroes)")
+    if late:
+        print("cpload check: the latest write an accepted image holds was issued, after its request: "
+              + ", ".join(f"{m} {late[m]:+.1f} ms" for m in sorted(late)))
+    bad += tally["bad"]
     return 1 if bad else 0
 
 
-def self_test():
-    """The oracle refuses a non-prefix image and a torn block (run on the host)."""
-    import tempfile
-    w = [(0, 1, 10, 20), (1, 1, 30, 40), (0, 2, 50, 60)]
-    log = {"blocks": 2, "writes": w, "checkpoints": []}
-    cp = {"requested": 45}
+# --- the self-test (host) --------------------------------------------------------------------
 
-    def img(*seqs):
-        f = tempfile.NamedTemporaryFile(delete=False)
-        for b, s in enumerate(seqs):
-            f.write(stamp(b, s) if s else bytes(BS))
-        f.close()
-        return f.name
-    assert check_image(log, cp, img(1, 1)).startswith("ok")
-    assert check_image(log, cp, img(2, 1)).startswith("ok")   # a later write: fine
-    assert not check_image(log, cp, img(0, 1)).startswith("ok")  # misses a write done before the request
-    assert not check_image(log, cp, img(1, 0)).startswith("ok")
+def self_test():
+    """The oracle rejects each kind of wrong image it must (run on the host)."""
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="cpload-selftest-")
+    nonce = 0x5EED
+    n = [0]
+
+    def img(*seqs, nonce=nonce):
+        n[0] += 1
+        p = os.path.join(tmp, f"img{n[0]}")
+        with open(p, "wb") as f:
+            for b, s in enumerate(seqs):
+                f.write(stamp(b, s, nonce) if s else bytes(BS))
+        return p
+
+    # Block 0: seq 1 at [10, 20], seq 2 at [50, 60]; block 1: seq 1 at [30, 40]; block 2: seq 1
+    # at [100, 110], issued after the checkpoint returned (at 90).
+    w = [(0, 1, 10, 20), (1, 1, 30, 40), (0, 2, 50, 60), (2, 1, 100, 110)]
+    log = {"blocks": 3, "nonce": nonce, "writes": w, "checkpoints": []}
+    o = Oracle(log)
+    cp = {"requested": 45, "done": 90}
+
+    def rules(path, c=cp):
+        im, torn = o.read(path)
+        return set(o.judge(c, im, torn))
+
+    assert rules(img(1, 1, 0)) == set()
+    assert rules(img(2, 1, 0)) == set()                  # a write in flight during the checkpoint: fine
+    assert rules(img(0, 1, 0)) == {"lower", "order"}     # misses (0,1), done before the request and (1,1)
+    assert rules(img(1, 0, 0)) == {"lower"}              # a prefix, but older than the checkpoint
     # (0,2) was issued at 50, after (1,1) completed at 40: holding it without (1,1) is no prefix.
-    assert not check_image(log, {"requested": 25}, img(2, 0)).startswith("ok")
-    assert check_image(log, {"requested": 25}, img(1, 0)).startswith("ok")
-    torn = img(1, 1)
+    early = {"requested": 25, "done": 28}
+    assert rules(img(2, 0, 0), early) == {"order", "upper"}
+    assert rules(img(1, 0, 0), early) == set()
+    # Upper bound (mutation): the image holds (2,1), issued 10 after the checkpoint returned: the
+    # final quiet state, or the image of a later marker, passed before.
+    assert rules(img(2, 1, 1)) == {"upper"}
+    assert rules(img(1, 0, 0), early) == set() and rules(img(2, 1, 1), early) == {"upper"}
+    assert rules(img(2, 1, 1), {"requested": 45, "done": 100}) == set()   # issued at 100: not after 100
+    # A torn block, a block of another run, another block's data.
+    torn = img(1, 1, 0)
     with open(torn, "r+b") as f:
         f.seek(100)
         f.write(b"x")
-    try:
-        check_image(log, cp, torn)
-        raise AssertionError("torn block accepted")
-    except ValueError:
-        pass
-    print("cpload self-test: ok")
+    assert rules(torn) == {"torn"}
+    assert rules(img(1, 1, 0, nonce=7)) == {"torn"}
+    swapped = img(1, 1, 0)
+    with open(swapped, "r+b") as f:
+        f.write(stamp(1, 1, nonce))
+    assert rules(swapped) == {"torn"}
+
+    # check(): the summary per rule, no image, a missing image.
+    log = {"blocks": 3, "threads": 1, "nonce": nonce, "writes": w,
+           "checkpoints": [{"label": "c1-hold", "mode": "hold", "id": 1, "requested": 45, "done": 90},
+                           {"label": "c2-hold", "mode": "hold", "id": 2, "requested": 95, "done": 120}]}
+    lp = os.path.join(tmp, "log")
+    with open(lp, "w") as f:
+        json.dump(log, f)
+
+    def chk(*images, **kw):
+        ns = argparse.Namespace(log=lp, image=list(images), allow_missing=kw.get("allow_missing", False))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = check(ns)
+        return rc, out.getvalue()
+    good, later = img(1, 1, 0), img(2, 1, 1)
+    rc, out = chk(f"c1-hold:{good}", f"c2-hold:{later}")
+    assert rc == 0 and "2 checkpoint images, 0 rejected (order 0, lower 0, upper 0, torn 0; 1 hold zeroes)" in out, out
+    # The image of the later marker given as the earlier one's (a wrong mapping, a late freeze).
+    rc, out = chk(f"c1-hold:{later}", f"c2-hold:{later}")
+    assert rc == 1 and "(hold, c1-hold): rejected (" in out and "[upper] newer than its checkpoint" in out, out
+    assert "2 checkpoint images, 1 rejected (order 0, lower 0, upper 1, torn 0" in out, out
+    assert chk() == (1, "no image to check\n")
+    rc, out = chk(f"c1-hold:{good}")                                         # c2-hold has no image
+    assert rc == 1 and "no image given for 1 checkpoints of the log: c2-hold" in out, out
+    assert chk(f"c1-hold:{good}", allow_missing=True)[0] == 0
+    assert chk(f"c9-hold:{good}", allow_missing=True)[0] == 1                # no such checkpoint
+    print("cpload self-test: ok (rules order, lower, upper, torn; no image, a missing image)")
 
 
 def main():
@@ -295,19 +457,22 @@ def main():
     r.add_argument("--dev", required=True)
     r.add_argument("--wbcache", required=True)
     r.add_argument("--repl", help="the dm-repl primary below, for phases of mode repl")
-    r.add_argument("--after-checkpoint", help="shell command run after each checkpoint ({id}: its marker id)")
+    r.add_argument("--after-checkpoint", help="shell command run after each checkpoint ({id}: its marker id, {label})")
     r.add_argument("--log", required=True)
     r.add_argument("--blocks", type=int, default=2048)
     r.add_argument("--threads", type=int, default=4)
     r.add_argument("--phase", action="append", default=[], help="MODES:COUNT, e.g. hold,writethrough:16")
+    r.add_argument("--label-prefix", default="cp", help="labels are PREFIX<k>-<mode>")
     r.add_argument("--interval", type=float, default=0.5)
     r.add_argument("--warmup", type=float, default=1.0)
     r.add_argument("--timeout-ms", type=int, default=60000)
     r.add_argument("--flush-every", type=int, default=300)
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--nonce", type=int)
     c = sub.add_parser("check")
     c.add_argument("--log", required=True)
-    c.add_argument("--image", action="append", default=[])
+    c.add_argument("--image", action="append", default=[], help="LABEL:PATH, the image of the marker LABEL")
+    c.add_argument("--allow-missing", action="store_true", help="checkpoints of the log may have no image")
     sub.add_parser("self-test")
     a = p.parse_args()
     if a.cmd == "run":

@@ -7,8 +7,8 @@ freeze at a marker (DRBD). One process, one O_DIRECT read of the region per poll
 
 At each new marker id (different from the last one seen), if the --ready shell command succeeds
 (e.g. "the replica is up to date"), the --on-marker shell command runs with {id} and {n} (1, 2,
-... for each marker taken) replaced; on success "<id> <n>" is appended to --map. Runs until the
---stop file exists. Failures go to stderr.
+... for each marker taken) replaced; on success "<id> <n> <label>" is appended to --map (the
+record's label, `-` for none). Runs until the --stop file exists. Failures go to stderr.
 """
 import argparse
 import mmap
@@ -22,9 +22,13 @@ MAGIC = b"WBRPMRK1"
 
 
 def read_id(fd, offset, buf):
+    """The marker id and label at `offset` ((0, "") if there is no record)."""
     os.preadv(fd, [buf], offset)
     r = bytes(buf[:512])
-    return struct.unpack_from("<Q", r, 8)[0] if r[:8] == MAGIC else 0
+    if r[:8] != MAGIC:
+        return 0, ""
+    label = r[24:88].split(b"\0", 1)[0].decode("ascii", "replace")
+    return struct.unpack_from("<Q", r, 8)[0], label or "-"
 
 
 def main():
@@ -42,7 +46,7 @@ def main():
     while not os.path.exists(a.stop):
         fd = os.open(a.dev, os.O_RDONLY | os.O_DIRECT)
         try:
-            mid = read_id(fd, a.sector * 512, buf)
+            mid, label = read_id(fd, a.sector * 512, buf)
         finally:
             os.close(fd)
         if mid and mid != last and subprocess.run(a.ready, shell=True).returncode == 0:
@@ -52,7 +56,7 @@ def main():
                 n += 1
                 last = mid
                 with open(a.map, "a") as f:
-                    f.write(f"{mid} {n}\n")
+                    f.write(f"{mid} {n} {label}\n")
             else:
                 print(f"markerwatch: marker {mid}: '{cmd}' failed: {r.stderr.strip()}", file=sys.stderr)
                 last = mid
