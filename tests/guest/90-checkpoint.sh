@@ -4,9 +4,9 @@
 # at every marker and thaws (what `wbrepl secondary run` does). Checks: bad input, a first
 # checkpoint by hand, the block-level oracle (tests/guest/cpload.py: every image is the state of
 # the workload at an instant of its checkpoint, 20+ checkpoints in all modes under load, the link
-# blocked during some), progress, abort and timeout with the link blocked, a link down past the
-# timeout, and ext4 with file churn (every image passes e2fsck -fn after its journal is
-# replayed).
+# blocked during some; writers that die fail the run), progress, abort and timeout with the link
+# blocked, a link down past the timeout, and ext4 with file churn (every image passes e2fsck -fn
+# after its journal is replayed).
 . "$(dirname "$0")/lib.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 MB=64
@@ -151,7 +151,8 @@ sys.exit(0 if r[:8] == b'WBRPMRK1' and struct.unpack_from('<Q', r, 8)[0] == $id 
 
 # --- the oracle: 20+ checkpoints under load, in every mode --------------------------------------
 # The link is blocked for 2 s twice during the run (netem loss 100%): checkpoints in flight then
-# wait for the link, and the images must still be consistent.
+# wait for the link, and the images must still be consistent. cpload fails the run if a writer
+# dies, or if the writers did not keep writing between and during the checkpoints.
 linkflap() {
   sleep 6; node_link A "loss 100%"; sleep 2; node_link A ""
   sleep 6; node_link A "loss 100%"; sleep 2; node_link A ""
@@ -188,6 +189,21 @@ check_match "oracle: ...all $n as newer than their checkpoint (upper), none for 
   "checkpoint images, $n rejected \(order 0, lower 0, upper $n, torn 0;" "$(cat "$T_OUT")"
 rm -f "$IMG_DIR"/oracle-*
 
+# Writers that die fail the run. The writers write through a linear device over the cache,
+# which after the second checkpoint is swapped for dm-error (from cpload's after-checkpoint
+# hook): every write then fails with EIO and the writers die in the middle of the run (before,
+# the run printed its counts and exited 0 whatever the writers did). `ulimit -f 16`, the audit's
+# way, does not limit writes to a block device on this kernel (blkdev_write_iter has no
+# RLIMIT_FSIZE check): the host self-test does that one, on a file.
+check "oracle: a linear device over the cache" dmsetup create cp-dead --table "0 $W linear /dev/mapper/cp-w 0"
+kill_writes="[ {label} != d2-hold ] || { dmsetup suspend cp-dead && dmsetup reload cp-dead --table '0 $W error' && dmsetup resume cp-dead; }"
+check_fails "oracle: writers that die fail the run" python3 "$here/cpload.py" run --dev /dev/mapper/cp-dead --wbcache cp-w \
+  --log "$IMG_DIR/dead.log" --blocks 2048 --threads 4 --label-prefix d --phase hold:6 --after-checkpoint "$kill_writes"
+check_match "oracle: ...saying which writer died, after how many writes, and why" \
+  'writer [0-3] died after [1-9][0-9]* writes: OSError: \[Errno 5\] Input/output error' "$(cat "$T_OUT")"
+check_match "oracle: ...after the second checkpoint, none after" 'checkpoint d2-hold: rc 0 .*cpload: [0-9]+ writes, 2 checkpoints, 0 failed, 4 writers died' "$(tr '\n' ' ' <"$T_OUT")"
+grep 'cpload' "$T_OUT" | diag 12
+check "oracle: remove the failing device" dm_remove cp-dead
 echo "# oracle took $((SECONDS - t_oracle)) s"
 
 # The control experiment: markers sent by dm-repl itself (its `marker` message), without the

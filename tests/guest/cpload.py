@@ -19,7 +19,8 @@ each was requested and when it returned: both times are taken immediately around
 DM_TARGET_MSG ioctl, issued from this process (no `dmsetup` is spawned). A mode `repl` instead
 sends dm-repl's own `marker LABEL` message to the device below (`--repl NAME`): a marker without
 the cache's drain, for the control experiment. Every marker gets a label of its own
-(PREFIX<k>-<mode>), by which its image is found.
+(PREFIX<k>-<mode>), by which its image is found. A writer that fails ends the run (exit 1, its
+error printed), and so does a log in which the writers did not keep writing (see `check_log`).
 
 `check` compares each image (a copy of the secondary's device frozen at a marker, named by the
 marker's label) with the log. Each block must hold zeroes or one whole write of this run to that
@@ -34,8 +35,8 @@ the same block) must be the state of the workload at some instant during the che
 
 Writes in flight together may be in S or not, in any combination: no application can have
 relied on their order. Each image is checked against every rule and the rules it breaks are
-named. `check` also fails when no image is given, and when a checkpoint of the log has no image
-(unless --allow-missing).
+named. `check` also fails when the log itself is bad (check_log), when no image is given, and
+when a checkpoint of the log has no image (unless --allow-missing).
 """
 import argparse
 import contextlib
@@ -46,6 +47,7 @@ import json
 import mmap
 import os
 import random
+import stat
 import struct
 import subprocess
 import sys
@@ -141,45 +143,61 @@ class DmControl:
 
 # --- the workload ----------------------------------------------------------------------------
 
-def writer(fd, t, nthreads, nblocks, nonce, stop, log, seed, flush_every):
-    rnd = random.Random(seed)
-    mine = list(range(t, nblocks, nthreads))
-    seqs = {}
-    buf = mmap.mmap(-1, BS)
-    n = 0
-    while not stop.is_set():
-        b = rnd.choice(mine)
-        s = seqs.get(b, 0) + 1
-        seqs[b] = s
-        buf.seek(0)
-        buf.write(stamp(b, s, nonce))
-        t0 = now()
-        os.pwrite(fd, buf, b * BS)
-        t1 = now()
-        log.append((b, s, t0, t1))
-        n += 1
-        if flush_every and n % flush_every == 0:
-            os.fsync(fd)
+def writer(fd, t, nthreads, nblocks, nonce, stop, died, log, errors, seed, flush_every):
+    try:
+        rnd = random.Random(seed)
+        mine = list(range(t, nblocks, nthreads))
+        seqs = {}
+        buf = mmap.mmap(-1, BS)
+        n = 0
+        while not stop.is_set():
+            b = rnd.choice(mine)
+            s = seqs.get(b, 0) + 1
+            seqs[b] = s
+            buf.seek(0)
+            buf.write(stamp(b, s, nonce))
+            t0 = now()
+            if os.pwrite(fd, buf, b * BS) != BS:
+                raise OSError(f"short write of block {b}")
+            t1 = now()
+            log.append((b, s, t0, t1))
+            n += 1
+            if flush_every and n % flush_every == 0:
+                os.fsync(fd)
+    except BaseException as e:  # noqa: BLE001 -- any error ends this writer: report it
+        errors.append(f"writer {t} died after {len(log)} writes: {type(e).__name__}: {e}")
+        died.set()
 
 
-def run(a):
-    dm = DmControl()
+def open_dev(path):
+    """O_DIRECT on a block device; a regular file (the host self-test) is opened without it."""
+    direct = stat.S_ISBLK(os.stat(path).st_mode)
+    return os.open(path, os.O_WRONLY | (os.O_DIRECT if direct else 0))
+
+
+def run(a, dm=None):
+    dm = dm or DmControl()
     nonce = a.nonce if a.nonce is not None else random.getrandbits(63) | 1
-    fd = os.open(a.dev, os.O_WRONLY | os.O_DIRECT)
-    stop = threading.Event()
+    fd = open_dev(a.dev)
     logs = [[] for _ in range(a.threads)]
+    errors = []
+    cps = []
+    failures = 0
+    stop = threading.Event()
+    died = threading.Event()
     threads = [
-        threading.Thread(target=writer, args=(fd, t, a.threads, a.blocks, nonce, stop, logs[t], a.seed + t, a.flush_every))
+        threading.Thread(target=writer, args=(fd, t, a.threads, a.blocks, nonce, stop, died,
+                                              logs[t], errors, a.seed + t, a.flush_every))
         for t in range(a.threads)
     ]
     for th in threads:
         th.start()
-    cps = []
-    failures = 0
     try:
-        time.sleep(a.warmup)
+        died.wait(a.warmup)
         k = 0
         for phase in a.phase:
+            if died.is_set():
+                break
             modes, count = phase.split(":")
             modes = modes.split(",")
             if "ordered" in modes:
@@ -188,6 +206,8 @@ def run(a):
                     print("cpload: mode ordered failed:", r.err, file=sys.stderr)
                     failures += 1
             for i in range(int(count)):
+                if died.is_set():
+                    break
                 mode = modes[i % len(modes)]
                 k += 1
                 label = f"{a.label_prefix}{k}-{mode}"
@@ -220,20 +240,76 @@ def run(a):
                     if h.returncode:
                         print(f"cpload: after checkpoint {label}: the hook failed", file=sys.stderr)
                         failures += 1
-                time.sleep(a.interval)
+                died.wait(a.interval)
             if "ordered" in modes:
                 dm.message(a.wbcache, "mode", "writeback")
-        time.sleep(a.warmup)
+        died.wait(a.warmup)
     finally:
         stop.set()
         for th in threads:
             th.join()
         os.close(fd)
     writes = [w for l in logs for w in l]
+    log = {"blocks": a.blocks, "threads": a.threads, "nonce": nonce, "writes": writes, "checkpoints": cps,
+           "errors": errors}
     with open(a.log, "w") as f:
-        json.dump({"blocks": a.blocks, "threads": a.threads, "nonce": nonce, "writes": writes, "checkpoints": cps}, f)
-    print(f"cpload: {len(writes)} writes, {len(cps)} checkpoints, {failures} failed", flush=True)
-    return 1 if failures else 0
+        json.dump(log, f)
+    for e in errors:
+        print(f"cpload: {e}", file=sys.stderr, flush=True)
+    problems, figures = check_log(log, a.min_between, a.min_in_flight)
+    for p in problems:
+        print(f"cpload: bad run: {p}", file=sys.stderr, flush=True)
+    print(f"cpload: {len(writes)} writes, {len(cps)} checkpoints, {failures} failed, "
+          f"{len(errors)} writers died; {figures}", flush=True)
+    return 1 if failures or problems else 0
+
+
+def check_log(log, min_between, min_in_flight):
+    """Whether the workload kept running: no writer died, at least `min_between` writes began
+    and ended between consecutive checkpoints (and before the first, and after the last), at
+    least `min_in_flight` writes were in flight during each checkpoint (issued before it
+    returned, completed after it was requested), and every writer wrote after the last marker
+    returned. The control's markers (mode repl) count for neither rule: they take a millisecond
+    (a writer between two writes has none in flight then), and come 0.5 s apart in a cache whose
+    writers wait for space. Returns (problems, figures)."""
+    problems = [f"a writer died: {e}" for e in log.get("errors", [])]
+    every = sorted((c for c in log["checkpoints"] if "id" in c), key=lambda c: c["requested"])
+    cps = [c for c in every if c["mode"] != "repl"] or every
+    writes = log["writes"]
+    if not cps:
+        problems.append("no checkpoint succeeded")
+        return problems, "no checkpoints"
+    if not writes:
+        problems.append("no writes")
+        return problems, "no writes"
+    bounds = [float("-inf")] + [c["done"] for c in cps]
+    ends = [c["requested"] for c in cps] + [float("inf")]
+    between = []
+    for lo, hi in zip(bounds, ends):
+        between.append(sum(1 for w in writes if w[2] >= lo and w[3] <= hi))
+    names = ["before the first checkpoint"] + [f"after {c['label']}" for c in cps]
+    for n, name in zip(between, names):
+        if n < min_between:
+            problems.append(f"{n} writes {name} (before the next one, or the end), fewer than {min_between}")
+    inflight = []
+    for c in cps:
+        if c["mode"] == "repl":    # a run of control markers only
+            continue
+        n = sum(1 for w in writes if w[2] < c["done"] and w[3] > c["requested"])
+        inflight.append(n)
+        if n < min_in_flight:
+            problems.append(f"{n} writes in flight during checkpoint {c['label']}, fewer than {min_in_flight}")
+    threads = log.get("threads", 1)
+    last = every[-1]["done"]
+    for t in range(threads):
+        if not any(w[0] % threads == t and w[2] >= last for w in writes):
+            problems.append(f"writer {t} wrote nothing after the last marker returned")
+    slack = [(c["done"] - c["requested"]) / 1e6 - c["total_ms"] for c in cps if "total_ms" in c]
+    figures = (f"writes between checkpoints: min {min(between)}, in flight during one: "
+               f"min {min(inflight) if inflight else '-'}"
+               + (f"; ioctl time minus the kernel's total_ms: median {sorted(slack)[len(slack) // 2]:.1f} ms, "
+                  f"max {max(slack):.1f} ms" if slack else ""))
+    return problems, figures
 
 
 # --- the oracle ----------------------------------------------------------------------------------
@@ -318,10 +394,14 @@ class Oracle:
 def check(a):
     with open(a.log) as f:
         log = json.load(f)
+    bad = 0
+    problems, figures = check_log(log, a.min_between, a.min_in_flight)
+    for p in problems:
+        print(f"bad log: {p}")
+    bad += len(problems)
     if not a.image:
         print("no image to check")
         return 1
-    bad = 0
     oracle = Oracle(log)
     cps = {c["label"]: c for c in log["checkpoints"] if "id" in c}
     seen = set()
@@ -360,7 +440,7 @@ def check(a):
         print(f"no image given for {len(missing)} checkpoints of the log: {' '.join(missing)}")
         bad += 1
     print(f"cpload check: {tally['n']} checkpoint images, {tally['bad']} rejected ("
-          + ", ".join(f"{r} {tally[r]}" for r in RULES) + f"; {tally['zeroes']} hold zeroes)")
+          + ", ".join(f"{r} {tally[r]}" for r in RULES) + f"; {tally['zeroes']} hold zeroes); {figures}")
     if late:
         print("cpload check: the latest write an accepted image holds was issued, after its request: "
               + ", ".join(f"{m} {late[m]:+.1f} ms" for m in sorted(late)))
@@ -370,8 +450,29 @@ def check(a):
 
 # --- the self-test (host) --------------------------------------------------------------------
 
+class StubDm:
+    """Answers messages as dm-wbcache and dm-repl would, after `delay` seconds (host self-test)."""
+
+    def __init__(self, delay=0.05):
+        self.delay, self.epoch, self.marker = delay, 1, 100
+
+    def message(self, name, *words):
+        t0 = now()
+        time.sleep(self.delay)
+        if words[0] == "checkpoint":
+            self.epoch += 1
+            out = f"id {self.epoch - 1} mode {words[1]} label {words[2]} blocks 0 drain_ms 0 marker_ms 0 total_ms 0"
+        elif words[0] == "marker":
+            self.marker += 1
+            out = str(self.marker)
+        else:
+            out = ""
+        return Answer(0, out, "", t0, now())
+
+
 def self_test():
-    """The oracle rejects each kind of wrong image it must (run on the host)."""
+    """The oracle rejects each kind of wrong image and log it must (run on the host)."""
+    import resource
     import tempfile
     tmp = tempfile.mkdtemp(prefix="cpload-selftest-")
     nonce = 0x5EED
@@ -421,23 +522,25 @@ def self_test():
         f.write(stamp(1, 1, nonce))
     assert rules(swapped) == {"torn"}
 
-    # check(): the summary per rule, no image, a missing image.
-    log = {"blocks": 3, "threads": 1, "nonce": nonce, "writes": w,
+    # check(): the summary per rule, no image, a missing image. Block 1's seq 2 is written
+    # between the two checkpoints, at [92, 94].
+    log = {"blocks": 3, "threads": 1, "nonce": nonce, "writes": w + [(1, 2, 92, 94)], "errors": [],
            "checkpoints": [{"label": "c1-hold", "mode": "hold", "id": 1, "requested": 45, "done": 90},
-                           {"label": "c2-hold", "mode": "hold", "id": 2, "requested": 95, "done": 120}]}
+                           {"label": "c2-hold", "mode": "hold", "id": 2, "requested": 95, "done": 99}]}
     lp = os.path.join(tmp, "log")
     with open(lp, "w") as f:
         json.dump(log, f)
 
     def chk(*images, **kw):
-        ns = argparse.Namespace(log=lp, image=list(images), allow_missing=kw.get("allow_missing", False))
+        ns = argparse.Namespace(log=lp, image=list(images), min_between=kw.get("min_between", 0),
+                                min_in_flight=kw.get("min_in_flight", 0), allow_missing=kw.get("allow_missing", False))
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             rc = check(ns)
         return rc, out.getvalue()
-    good, later = img(1, 1, 0), img(2, 1, 1)
+    good, later = img(1, 1, 0), img(2, 2, 0)
     rc, out = chk(f"c1-hold:{good}", f"c2-hold:{later}")
-    assert rc == 0 and "2 checkpoint images, 0 rejected (order 0, lower 0, upper 0, torn 0; 1 hold zeroes)" in out, out
+    assert rc == 0 and "2 checkpoint images, 0 rejected (order 0, lower 0, upper 0, torn 0; 2 hold zeroes)" in out, out
     # The image of the later marker given as the earlier one's (a wrong mapping, a late freeze).
     rc, out = chk(f"c1-hold:{later}", f"c2-hold:{later}")
     assert rc == 1 and "(hold, c1-hold): rejected (" in out and "[upper] newer than its checkpoint" in out, out
@@ -447,13 +550,70 @@ def self_test():
     assert rc == 1 and "no image given for 1 checkpoints of the log: c2-hold" in out, out
     assert chk(f"c1-hold:{good}", allow_missing=True)[0] == 0
     assert chk(f"c9-hold:{good}", allow_missing=True)[0] == 1                # no such checkpoint
-    print("cpload self-test: ok (rules order, lower, upper, torn; no image, a missing image)")
+    rc, out = chk(f"c1-hold:{good}", f"c2-hold:{later}", min_between=5)       # a bad log fails the check
+    assert rc == 1 and "bad log: " in out, out
+
+    # check_log (mutations of a good log): writers that stopped, no writes in flight during a
+    # checkpoint, a writer's error, no checkpoint at all.
+    cps = [{"label": f"c{i}", "mode": "hold", "id": i, "requested": 1000 * i, "done": 1000 * i + 100, "total_ms": 0}
+           for i in (1, 2, 3)] + [{"label": "c4", "mode": "repl", "id": 9, "requested": 3500, "done": 3501}]
+    ws = [(t % 2, t, t * 10, t * 10 + 8) for t in range(1, 400)]
+    good = {"threads": 2, "writes": ws, "checkpoints": cps, "errors": []}
+    assert check_log(good, 20, 2)[0] == [], check_log(good, 20, 2)
+    # a control marker with nothing in flight is fine (it takes a millisecond), a checkpoint not
+    quick = dict(good, writes=[x for x in ws if not (3400 < x[3] and x[2] < 3600)])
+    assert check_log(quick, 20, 2)[0] == [], check_log(quick, 20, 2)
+    stopped = dict(good, writes=[x for x in ws if x[3] < 1500])
+    assert any("after c2" in p for p in check_log(stopped, 20, 2)[0])
+    gap = dict(good, writes=[x for x in ws if not (1900 < x[3] and x[2] < 2200)])
+    assert any("in flight during checkpoint c2" in p for p in check_log(gap, 20, 2)[0])
+    assert any("writer 1 wrote nothing after the last marker" in p
+               for p in check_log(dict(good, writes=[x for x in ws if x[0] == 0 or x[3] < 2000]), 20, 2)[0])
+    assert check_log(dict(good, errors=["writer 0 died: OSError"]), 20, 2)[0]
+    # A run of control markers only: none is asked for writes in flight.
+    assert check_log(dict(gap, checkpoints=[dict(c, mode="repl") for c in cps[:3]]), 20, 2)[0] == []
+    assert check_log(dict(good, checkpoints=[]), 20, 2)[0] == ["no checkpoint succeeded"]
+
+    # run(): writers that die fail the run (the audit's `ulimit -f 16`: every pwrite beyond 16 KiB
+    # fails with EFBIG, and the old run said "0 writes, 0 checkpoints, 0 failed", exit 0); the same
+    # run without the limit passes.
+    dev = os.path.join(tmp, "dev")
+    with open(dev, "wb") as f:
+        f.truncate(64 * BS)
+
+    def run_child(limit):
+        p = argparse.ArgumentParser()
+        add_run_args(p)
+        a = p.parse_args(["--dev", dev, "--wbcache", "stub", "--log", os.path.join(tmp, f"run{limit}.log"),
+                          "--blocks", "64", "--threads", "4", "--phase", "hold,writethrough:3", "--interval", "0.1",
+                          "--warmup", "0.2", "--min-between", "20", "--min-in-flight", "1"])
+        out = os.path.join(tmp, f"run{limit}.out")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                if limit:
+                    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+                rc = run(a, StubDm())
+            except BaseException as e:  # noqa: BLE001
+                print(f"self-test child: {type(e).__name__}: {e}", file=sys.stderr)
+                rc = 2
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
+        rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        with open(out) as f:
+            return rc, f.read()
+    rc, out = run_child(0)
+    assert rc == 0, out
+    rc, out = run_child(16 * 1024)
+    assert rc == 1 and "died" in out and "File too large" in out, (rc, out)
+    print("cpload self-test: ok (rules order, lower, upper, torn; no image, a missing image; dead and idle writers)")
 
 
-def main():
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
+def add_run_args(r):
     r.add_argument("--dev", required=True)
     r.add_argument("--wbcache", required=True)
     r.add_argument("--repl", help="the dm-repl primary below, for phases of mode repl")
@@ -469,10 +629,31 @@ def main():
     r.add_argument("--flush-every", type=int, default=300)
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--nonce", type=int)
+    add_log_args(r)
+
+
+def add_log_args(p):
+    p.add_argument("--min-between", type=int, default=MIN_BETWEEN,
+                   help="writes required between consecutive checkpoints (and before the first, after the last)")
+    p.add_argument("--min-in-flight", type=int, default=MIN_IN_FLIGHT,
+                   help="writes required in flight during each checkpoint")
+
+
+# Seen under a loaded TCG guest (2026-12-07): at least 53 writes between two checkpoints 0.5 s
+# apart (a full 4 MiB cache, writes waiting for space) and 15 in flight during a checkpoint.
+MIN_BETWEEN = 20
+MIN_IN_FLIGHT = 4
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    add_run_args(sub.add_parser("run"))
     c = sub.add_parser("check")
     c.add_argument("--log", required=True)
     c.add_argument("--image", action="append", default=[], help="LABEL:PATH, the image of the marker LABEL")
     c.add_argument("--allow-missing", action="store_true", help="checkpoints of the log may have no image")
+    add_log_args(c)
     sub.add_parser("self-test")
     a = p.parse_args()
     if a.cmd == "run":
