@@ -3,8 +3,8 @@
 runs, and the check that every image is a point-in-time state of the workload taken at its
 checkpoint.
 
-  cpload.py run --dev DEV --wbcache NAME --log LOG [--blocks N] [--threads T] [--label-prefix P]
-                [--phase MODES:COUNT]...
+  cpload.py run --dev DEV --wbcache NAME --log LOG [--blocks N] [--threads T] [--prestamp]
+                [--label-prefix P] [--phase MODES:COUNT]...
   cpload.py check --log LOG --image LABEL:PATH [--image ...]
   cpload.py self-test
 
@@ -12,15 +12,18 @@ checkpoint.
 run's nonce), from T threads; a thread owns the blocks b with b % T == its number and writes them
 one at a time, so two writes to one block are never in flight together and a block's sequence
 numbers are in time order. Every write's issue and completion times (CLOCK_MONOTONIC, taken just
-before and just after the pwrite) go to the log. Meanwhile the main thread requests checkpoints
-(the `checkpoint MODE LABEL TIMEOUT` message to the cache), one phase after another (a phase
-`ordered:6` switches the cache to ordered mode first, and back to writeback after), and logs when
-each was requested and when it returned: both times are taken immediately around the
-DM_TARGET_MSG ioctl, issued from this process (no `dmsetup` is spawned). A mode `repl` instead
-sends dm-repl's own `marker LABEL` message to the device below (`--repl NAME`): a marker without
-the cache's drain, for the control experiment. Every marker gets a label of its own
-(PREFIX<k>-<mode>), by which its image is found. A writer that fails ends the run (exit 1, its
-error printed), and so does a log in which the writers did not keep writing (see `check_log`).
+before and just after the pwrite) go to the log. `--prestamp` first writes every block once (seq
+1, logged like any write) and writes the cache back (`flush`), so that no image holds zeroes
+where the workload wrote. Meanwhile the main thread requests checkpoints (the `checkpoint MODE
+LABEL TIMEOUT` message to the cache), one phase after another (a phase `ordered:6` switches the
+cache to ordered mode first, and back to writeback after), and logs when each was requested and
+when it returned: both times are taken immediately around the DM_TARGET_MSG ioctl, issued from
+this process (no `dmsetup` is spawned). A mode `repl` instead sends dm-repl's own `marker LABEL`
+message to the device below (`--repl NAME`): a marker without the cache's drain, the control
+experiment. Every marker gets a label of its own (PREFIX<k>-<mode>), by which its image is
+found; a phase `pause:S` lets the writers run S seconds. A writer that fails ends the run (exit
+1, its error printed), and so does a log in which the writers did not keep writing (see
+`check_log`).
 
 `check` compares each image (a copy of the secondary's device frozen at a marker, named by the
 marker's label) with the log. Each block must hold zeroes or one whole write of this run to that
@@ -35,8 +38,10 @@ the same block) must be the state of the workload at some instant during the che
 
 Writes in flight together may be in S or not, in any combination: no application can have
 relied on their order. Each image is checked against every rule and the rules it breaks are
-named. `check` also fails when the log itself is bad (check_log), when no image is given, and
-when a checkpoint of the log has no image (unless --allow-missing).
+named. A checkpoint image must break none; a control image (mode repl) is expected to be
+rejected, and for `order`: `check` fails unless at least --control-min-order of the control
+images break the order rule. `check` also fails when the log itself is bad (check_log), when no
+image is given, and when a checkpoint of the log has no image (unless --allow-missing).
 """
 import argparse
 import contextlib
@@ -44,6 +49,7 @@ import ctypes
 import errno
 import io
 import json
+import math
 import mmap
 import os
 import random
@@ -143,7 +149,7 @@ class DmControl:
 
 # --- the workload ----------------------------------------------------------------------------
 
-def writer(fd, t, nthreads, nblocks, nonce, stop, died, log, errors, seed, flush_every):
+def writer(fd, t, nthreads, nblocks, nonce, first_seq, stop, died, log, errors, seed, flush_every):
     try:
         rnd = random.Random(seed)
         mine = list(range(t, nblocks, nthreads))
@@ -152,7 +158,7 @@ def writer(fd, t, nthreads, nblocks, nonce, stop, died, log, errors, seed, flush
         n = 0
         while not stop.is_set():
             b = rnd.choice(mine)
-            s = seqs.get(b, 0) + 1
+            s = seqs.get(b, first_seq - 1) + 1
             seqs[b] = s
             buf.seek(0)
             buf.write(stamp(b, s, nonce))
@@ -180,13 +186,28 @@ def run(a, dm=None):
     nonce = a.nonce if a.nonce is not None else random.getrandbits(63) | 1
     fd = open_dev(a.dev)
     logs = [[] for _ in range(a.threads)]
+    pre = []
     errors = []
     cps = []
     failures = 0
+    if a.prestamp:
+        buf = mmap.mmap(-1, BS)
+        for b in range(a.blocks):
+            buf.seek(0)
+            buf.write(stamp(b, 1, nonce))
+            t0 = now()
+            os.pwrite(fd, buf, b * BS)
+            pre.append((b, 1, t0, now()))
+        os.fsync(fd)
+        r = dm.message(a.wbcache, "flush")
+        if r.rc:
+            print(f"cpload: flush after the prestamp failed: {r.err}", file=sys.stderr)
+            failures += 1
+        print(f"cpload: prestamped {a.blocks} blocks", flush=True)
     stop = threading.Event()
     died = threading.Event()
     threads = [
-        threading.Thread(target=writer, args=(fd, t, a.threads, a.blocks, nonce, stop, died,
+        threading.Thread(target=writer, args=(fd, t, a.threads, a.blocks, nonce, 2 if a.prestamp else 1, stop, died,
                                               logs[t], errors, a.seed + t, a.flush_every))
         for t in range(a.threads)
     ]
@@ -200,6 +221,9 @@ def run(a, dm=None):
                 break
             modes, count = phase.split(":")
             modes = modes.split(",")
+            if modes == ["pause"]:
+                died.wait(float(count))
+                continue
             if "ordered" in modes:
                 r = dm.message(a.wbcache, "mode", "ordered")
                 if r.rc:
@@ -249,9 +273,9 @@ def run(a, dm=None):
         for th in threads:
             th.join()
         os.close(fd)
-    writes = [w for l in logs for w in l]
-    log = {"blocks": a.blocks, "threads": a.threads, "nonce": nonce, "writes": writes, "checkpoints": cps,
-           "errors": errors}
+    writes = pre + [w for l in logs for w in l]
+    log = {"blocks": a.blocks, "threads": a.threads, "nonce": nonce, "prestamp": len(pre),
+           "writes": writes, "checkpoints": cps, "errors": errors}
     with open(a.log, "w") as f:
         json.dump(log, f)
     for e in errors:
@@ -259,7 +283,7 @@ def run(a, dm=None):
     problems, figures = check_log(log, a.min_between, a.min_in_flight)
     for p in problems:
         print(f"cpload: bad run: {p}", file=sys.stderr, flush=True)
-    print(f"cpload: {len(writes)} writes, {len(cps)} checkpoints, {failures} failed, "
+    print(f"cpload: {len(writes) - len(pre)} writes, {len(cps)} checkpoints, {failures} failed, "
           f"{len(errors)} writers died; {figures}", flush=True)
     return 1 if failures or problems else 0
 
@@ -275,7 +299,8 @@ def check_log(log, min_between, min_in_flight):
     problems = [f"a writer died: {e}" for e in log.get("errors", [])]
     every = sorted((c for c in log["checkpoints"] if "id" in c), key=lambda c: c["requested"])
     cps = [c for c in every if c["mode"] != "repl"] or every
-    writes = log["writes"]
+    pre = log.get("prestamp", 0)
+    writes = log["writes"][pre:]
     if not cps:
         problems.append("no checkpoint succeeded")
         return problems, "no checkpoints"
@@ -406,7 +431,8 @@ def check(a):
     cps = {c["label"]: c for c in log["checkpoints"] if "id" in c}
     seen = set()
     late = {}
-    tally = {"n": 0, "bad": 0, "zeroes": 0, **{r: 0 for r in RULES}}
+    real = {"n": 0, "bad": 0, "zeroes": 0, **{r: 0 for r in RULES}}
+    ctl = {"n": 0, "bad": 0, "zeroes": 0, **{r: 0 for r in RULES}}
     for spec in a.image:
         label, path = spec.split(":", 1)
         cp = cps.get(label)
@@ -422,6 +448,7 @@ def check(a):
             bad += 1
             continue
         broken = oracle.judge(cp, img, torn)
+        tally = ctl if cp["mode"] == "repl" else real
         tally["n"] += 1
         tally["bad"] += bool(broken)
         tally["zeroes"] += 0 in img
@@ -439,12 +466,19 @@ def check(a):
     if missing and not a.allow_missing:
         print(f"no image given for {len(missing)} checkpoints of the log: {' '.join(missing)}")
         bad += 1
-    print(f"cpload check: {tally['n']} checkpoint images, {tally['bad']} rejected ("
-          + ", ".join(f"{r} {tally[r]}" for r in RULES) + f"; {tally['zeroes']} hold zeroes); {figures}")
+    rules = lambda t: ", ".join(f"{r} {t[r]}" for r in RULES) + f"; {t['zeroes']} hold zeroes"  # noqa: E731
+    print(f"cpload check: {real['n']} checkpoint images, {real['bad']} rejected ({rules(real)})"
+          + (f"; {ctl['n']} control images, {ctl['bad']} rejected ({rules(ctl)})" if ctl["n"] else "")
+          + f"; {figures}")
     if late:
         print("cpload check: the latest write an accepted image holds was issued, after its request: "
               + ", ".join(f"{m} {late[m]:+.1f} ms" for m in sorted(late)))
-    bad += tally["bad"]
+    bad += real["bad"]
+    if ctl["n"]:
+        need = math.ceil(a.control_min_order * ctl["n"])
+        if ctl["order"] < need:
+            print(f"the control: {ctl['order']} of {ctl['n']} images rejected for order, fewer than {need}")
+            bad += 1
     return 1 if bad else 0
 
 
@@ -522,36 +556,43 @@ def self_test():
         f.write(stamp(1, 1, nonce))
     assert rules(swapped) == {"torn"}
 
-    # check(): the summary per rule, no image, a missing image. Block 1's seq 2 is written
-    # between the two checkpoints, at [92, 94].
-    log = {"blocks": 3, "threads": 1, "nonce": nonce, "writes": w + [(1, 2, 92, 94)], "errors": [],
+    # check(): the summary per rule, control images, no image, a missing image. Block 1's seq 2
+    # is written between the two checkpoints, at [92, 94]; the control marker c3 comes last.
+    log = {"blocks": 3, "threads": 1, "nonce": nonce, "prestamp": 0, "writes": w + [(1, 2, 92, 94)], "errors": [],
            "checkpoints": [{"label": "c1-hold", "mode": "hold", "id": 1, "requested": 45, "done": 90},
-                           {"label": "c2-hold", "mode": "hold", "id": 2, "requested": 95, "done": 99}]}
+                           {"label": "c2-hold", "mode": "hold", "id": 2, "requested": 95, "done": 99},
+                           {"label": "c3-repl", "mode": "repl", "id": 9, "requested": 95, "done": 99}]}
     lp = os.path.join(tmp, "log")
     with open(lp, "w") as f:
         json.dump(log, f)
 
     def chk(*images, **kw):
         ns = argparse.Namespace(log=lp, image=list(images), min_between=kw.get("min_between", 0),
-                                min_in_flight=kw.get("min_in_flight", 0), allow_missing=kw.get("allow_missing", False))
+                                min_in_flight=kw.get("min_in_flight", 0), allow_missing=kw.get("allow_missing", False),
+                                control_min_order=kw.get("control_min_order", 0.75))
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             rc = check(ns)
         return rc, out.getvalue()
     good, later = img(1, 1, 0), img(2, 2, 0)
-    rc, out = chk(f"c1-hold:{good}", f"c2-hold:{later}")
+    ctl_order, ctl_lower = img(1, 2, 0), img(2, 1, 0)   # (1,2) without (0,2); a prefix, older than 95
+    rc, out = chk(f"c1-hold:{good}", f"c2-hold:{later}", f"c3-repl:{ctl_order}")
     assert rc == 0 and "2 checkpoint images, 0 rejected (order 0, lower 0, upper 0, torn 0; 2 hold zeroes)" in out, out
+    assert "1 control images, 1 rejected (order 1, lower 1, upper 0, torn 0; 1 hold zeroes)" in out, out
     # The image of the later marker given as the earlier one's (a wrong mapping, a late freeze).
-    rc, out = chk(f"c1-hold:{later}", f"c2-hold:{later}")
+    rc, out = chk(f"c1-hold:{later}", f"c2-hold:{later}", f"c3-repl:{ctl_order}")
     assert rc == 1 and "(hold, c1-hold): rejected (" in out and "[upper] newer than its checkpoint" in out, out
     assert "2 checkpoint images, 1 rejected (order 0, lower 0, upper 1, torn 0" in out, out
+    rc, out = chk(f"c1-hold:{good}", f"c2-hold:{later}", f"c3-repl:{ctl_lower}")   # the control, not for order
+    assert rc == 1 and "[lower]" in out and "the control: 0 of 1 images rejected for order" in out, out
+    assert chk(f"c1-hold:{good}", f"c2-hold:{later}", f"c3-repl:{later}")[0] == 1  # the control accepted
     assert chk() == (1, "no image to check\n")
-    rc, out = chk(f"c1-hold:{good}")                                         # c2-hold has no image
-    assert rc == 1 and "no image given for 1 checkpoints of the log: c2-hold" in out, out
+    rc, out = chk(f"c1-hold:{good}", f"c2-hold:{later}")                       # c3-repl has no image
+    assert rc == 1 and "no image given for 1 checkpoints of the log: c3-repl" in out, out
     assert chk(f"c1-hold:{good}", allow_missing=True)[0] == 0
-    assert chk(f"c9-hold:{good}", allow_missing=True)[0] == 1                # no such checkpoint
-    rc, out = chk(f"c1-hold:{good}", f"c2-hold:{later}", min_between=5)       # a bad log fails the check
-    assert rc == 1 and "bad log: " in out, out
+    assert chk(f"c9-hold:{good}", allow_missing=True)[0] == 1                  # no such checkpoint
+    rc, out = chk(f"c1-hold:{good}", f"c2-hold:{later}", f"c3-repl:{ctl_order}", min_between=5)
+    assert rc == 1 and "bad log: " in out, out                                 # a bad log fails the check
 
     # check_log (mutations of a good log): writers that stopped, no writes in flight during a
     # checkpoint, a writer's error, no checkpoint at all.
@@ -610,7 +651,7 @@ def self_test():
     assert rc == 0, out
     rc, out = run_child(16 * 1024)
     assert rc == 1 and "died" in out and "File too large" in out, (rc, out)
-    print("cpload self-test: ok (rules order, lower, upper, torn; no image, a missing image; dead and idle writers)")
+    print("cpload self-test: ok (rules order, lower, upper, torn; control; no image; dead and idle writers)")
 
 
 def add_run_args(r):
@@ -621,8 +662,10 @@ def add_run_args(r):
     r.add_argument("--log", required=True)
     r.add_argument("--blocks", type=int, default=2048)
     r.add_argument("--threads", type=int, default=4)
-    r.add_argument("--phase", action="append", default=[], help="MODES:COUNT, e.g. hold,writethrough:16")
+    r.add_argument("--phase", action="append", default=[],
+                   help="MODES:COUNT, e.g. hold,writethrough:16 (modes taken in turn), or pause:SECONDS")
     r.add_argument("--label-prefix", default="cp", help="labels are PREFIX<k>-<mode>")
+    r.add_argument("--prestamp", action="store_true", help="write every block once (and flush) first")
     r.add_argument("--interval", type=float, default=0.5)
     r.add_argument("--warmup", type=float, default=1.0)
     r.add_argument("--timeout-ms", type=int, default=60000)
@@ -653,6 +696,8 @@ def main():
     c.add_argument("--log", required=True)
     c.add_argument("--image", action="append", default=[], help="LABEL:PATH, the image of the marker LABEL")
     c.add_argument("--allow-missing", action="store_true", help="checkpoints of the log may have no image")
+    c.add_argument("--control-min-order", type=float, default=0.75,
+                   help="the fraction of control images (mode repl) that must break the order rule")
     add_log_args(c)
     sub.add_parser("self-test")
     a = p.parse_args()
