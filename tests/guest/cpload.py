@@ -21,9 +21,9 @@ when it returned: both times are taken immediately around the DM_TARGET_MSG ioct
 this process (no `dmsetup` is spawned). A mode `repl` instead sends dm-repl's own `marker LABEL`
 message to the device below (`--repl NAME`): a marker without the cache's drain, the control
 experiment. Every marker gets a label of its own (PREFIX<k>-<mode>), by which its image is
-found; a phase `pause:S` lets the writers run S seconds. A writer that fails ends the run (exit
-1, its error printed), and so does a log in which the writers did not keep writing (see
-`check_log`).
+found. A phase `until:CMD` waits (the writers running) until the shell command CMD succeeds, 60 s
+at most. A writer that fails ends the run (exit 1, its error printed), and so does a log in which
+the writers did not keep writing (see `check_log`).
 
 `check` compares each image (a copy of the secondary's device frozen at a marker, named by the
 marker's label) with the log. Each block must hold zeroes or one whole write of this run to that
@@ -219,11 +219,19 @@ def run(a, dm=None):
         for phase in a.phase:
             if died.is_set():
                 break
+            if phase.startswith("until:"):
+                end = time.monotonic() + 60
+                while subprocess.run(phase[len("until:"):], shell=True).returncode:
+                    if died.is_set() or time.monotonic() > end:
+                        break
+                    died.wait(0.2)
+                else:
+                    continue
+                print(f"cpload: phase {phase}: the command did not succeed within 60 s", file=sys.stderr)
+                failures += 1
+                break
             modes, count = phase.split(":")
             modes = modes.split(",")
-            if modes == ["pause"]:
-                died.wait(float(count))
-                continue
             if "ordered" in modes:
                 r = dm.message(a.wbcache, "mode", "ordered")
                 if r.rc:
@@ -293,12 +301,14 @@ def check_log(log, min_between, min_in_flight):
     and ended between consecutive checkpoints (and before the first, and after the last), at
     least `min_in_flight` writes were in flight during each checkpoint (issued before it
     returned, completed after it was requested), and every writer wrote after the last marker
-    returned. The control's markers (mode repl) count for neither rule: they take a millisecond
-    (a writer between two writes has none in flight then), and come 0.5 s apart in a cache whose
-    writers wait for space. Returns (problems, figures)."""
+    returned. The control's markers (mode repl) are asked for neither minimum: each takes a
+    millisecond (a writer between two writes has none in flight then), and they come 0.5 s apart
+    in a full cache, whose writers wait for space or go around it. Returns (problems, figures)."""
     problems = [f"a writer died: {e}" for e in log.get("errors", [])]
     every = sorted((c for c in log["checkpoints"] if "id" in c), key=lambda c: c["requested"])
-    cps = [c for c in every if c["mode"] != "repl"] or every
+    # The minimum between markers is asked of checkpoints; a run of control markers only is asked
+    # it before the first, during the run of them and after the last.
+    cps = [c for c in every if c["mode"] != "repl"] or every[:1] + every[1:][-1:]
     pre = log.get("prestamp", 0)
     writes = log["writes"][pre:]
     if not cps:
@@ -611,8 +621,13 @@ def self_test():
     assert any("writer 1 wrote nothing after the last marker" in p
                for p in check_log(dict(good, writes=[x for x in ws if x[0] == 0 or x[3] < 2000]), 20, 2)[0])
     assert check_log(dict(good, errors=["writer 0 died: OSError"]), 20, 2)[0]
-    # A run of control markers only: none is asked for writes in flight.
-    assert check_log(dict(gap, checkpoints=[dict(c, mode="repl") for c in cps[:3]]), 20, 2)[0] == []
+    # A run of control markers only: none is asked for writes in flight, nor for writes between
+    # two of them (c1 and c2 are 1000 apart here: 0 writes between them), only between the first
+    # and the last.
+    ctl = [dict(c, mode="repl") for c in cps[:3]]
+    assert check_log(dict(gap, checkpoints=ctl), 20, 2)[0] == []
+    assert check_log(dict(good, writes=[x for x in ws if not 1100 < x[3] < 2000], checkpoints=ctl), 20, 2)[0] == []
+    assert check_log(dict(good, writes=[x for x in ws if not 1100 < x[3] < 3000], checkpoints=ctl), 20, 2)[0]
     assert check_log(dict(good, checkpoints=[]), 20, 2)[0] == ["no checkpoint succeeded"]
 
     # run(): writers that die fail the run (the audit's `ulimit -f 16`: every pwrite beyond 16 KiB
@@ -626,7 +641,8 @@ def self_test():
         p = argparse.ArgumentParser()
         add_run_args(p)
         a = p.parse_args(["--dev", dev, "--wbcache", "stub", "--log", os.path.join(tmp, f"run{limit}.log"),
-                          "--blocks", "64", "--threads", "4", "--phase", "hold,writethrough:3", "--interval", "0.1",
+                          "--blocks", "64", "--threads", "4", "--phase", "hold,writethrough:3",
+                          "--phase", f"until:test -e {dev}", "--phase", "repl:2", "--interval", "0.1",
                           "--warmup", "0.2", "--min-between", "20", "--min-in-flight", "1"])
         out = os.path.join(tmp, f"run{limit}.out")
         pid = os.fork()
@@ -663,7 +679,7 @@ def add_run_args(r):
     r.add_argument("--blocks", type=int, default=2048)
     r.add_argument("--threads", type=int, default=4)
     r.add_argument("--phase", action="append", default=[],
-                   help="MODES:COUNT, e.g. hold,writethrough:16 (modes taken in turn), or pause:SECONDS")
+                   help="MODES:COUNT, e.g. hold,writethrough:16 (modes taken in turn), or until:SHELL-COMMAND")
     r.add_argument("--label-prefix", default="cp", help="labels are PREFIX<k>-<mode>")
     r.add_argument("--prestamp", action="store_true", help="write every block once (and flush) first")
     r.add_argument("--interval", type=float, default=0.5)
