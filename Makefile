@@ -56,6 +56,8 @@ host-test: setup
 	python3 $(ROOT)/tests/logreplay_selftest.py
 	python3 $(ROOT)/tests/guest/powerloss.py self-test
 	python3 $(ROOT)/tests/guest/cpload.py self-test
+	python3 $(ROOT)/tests/guest/replwire.py
+	python3 $(ROOT)/tests/guest/wirefuzz.py self-test
 	python3 $(ROOT)/tests/harness_selftest.py
 
 # The in-tree DRBD 8.4 warns once per boot under CONFIG_DEBUG_ATOMIC_SLEEP (its worker takes a
