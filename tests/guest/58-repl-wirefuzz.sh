@@ -7,7 +7,7 @@
 #     then one fuzzed frame with a valid CRC (and MAC), refused with the predicted kernel-log
 #     reason and never acknowledged, or accepted; every 100 cases and at the end each target's
 #     status and whole data device must equal the model's (no refused frame's data on the disk);
-#   - primary: a stand-in secondary (node B, one port per primary) for 24 primaries (node A;
+#   - primary: a stand-in secondary (node B, one port per primary) for 40 primaries (node A;
 #     half with auth, half sync): fuzzed HELLOs and AUTHs, and sessions in which the primary's
 #     resync, a write from above or a marker is acknowledged in part before one fuzzed frame
 #     (ACKs of frames never sent, ACK_MARKER_IGNORED on a non-marker, PONGs, frames a secondary
@@ -20,7 +20,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 N=${WBREPL_WIREFUZZ_CASES:-500}
 SEED=${WBREPL_WIREFUZZ_SEED:-$(date +%s)}
 NSEC=6
-NPRI=${WBREPL_WIREFUZZ_PRIMARIES:-24}
+NPRI=${WBREPL_WIREFUZZ_PRIMARIES:-40}
 SECRET="wirefuzz shared secret"
 echo "# wirefuzz seed $SEED, $N cases per receive path"
 

@@ -12,6 +12,10 @@ one for the right reason:
   primary side: accept-all (never refuses), wrong-reason, count-bad (counts a refused ACK as
   acknowledged: its status differs), eio (fails the write from above that a refused ACK covered,
   as dm-repl did before its fix).
+And mutations of the model itself, against faithful stand-ins (which keep the true model): a
+fuzzer predicting "accepted" for frames refused as 'payload field out of range', on either side,
+or "refused" for a PONG, must report the first case of each target in which its verdict differs
+(and no other).
 Prints "wirefuzz self-test: ok" or the failures (exit 1).
 """
 import socket
@@ -27,6 +31,10 @@ from replwire import (ACK, ACK_MARKER_IGNORED, AUTH, BARRIER, BARRIER_FLUSH, BAR
 
 SCALE = 0.15
 KEY = "self-test secret"
+# The stand-ins judge frames with the model as written, even when a mutation test below changes
+# the fuzzer's copy (W.sec_frame_verdict, W.pri_frame_verdict).
+SEC_FRAME_VERDICT = W.sec_frame_verdict
+PRI_FRAME_VERDICT = W.pri_frame_verdict
 
 
 class SimEnv:
@@ -178,7 +186,7 @@ class SimSecondary:
                 p = recv_exact(c, n) if n <= MAX_PAYLOAD else b""
             except Closed:
                 return self.refuse(c, who, W.R_RESET)
-            v = W.sec_frame_verdict(m.sectors, self.kps, expect, h + p) if not r else W.Verdict("refused", r)
+            v = SEC_FRAME_VERDICT(m.sectors, self.kps, expect, h + p) if not r else W.Verdict("refused", r)
             if v.kind == "refused":
                 if self.mode in ("leak", "accept-all") and h[5] in (WRITE, RESYNC) and len(p) > WRITE_FIXED:
                     sector = struct.unpack_from("<Q", p, 0)[0] % m.sectors
@@ -357,7 +365,7 @@ class SimPrimary:
             p = recv_exact(s, n) if n <= MAX_PAYLOAD else b""
             with self.lock:
                 st.pushed, st.marker, st.acked = c["pushed"], c["marker"], c["acked"]
-            v = W.pri_frame_verdict(st, h + p) if not r else W.Verdict("refused", r)
+            v = PRI_FRAME_VERDICT(st, h + p) if not r else W.Verdict("refused", r)
             if accept_all and v.kind == "refused":
                 st.expect += 1
                 continue
@@ -462,6 +470,55 @@ def pri_run(mode, cases, targets=4):
     return fails, total, time.monotonic() - t0, "".join(log)
 
 
+def model_mutant(side, mutant):
+    """Runs the fuzzer of `side` with a wrong model against faithful stand-ins; returns its
+    failures, the cases in which the wrong model's verdict differed from the true one, the log."""
+    where = threading.local()
+    flipped = set()
+    case_fn = "sec_case" if side == "secondary" else "pri_case"
+    true_case = getattr(W, case_fn)
+
+    def case(env, t, case, rng, nonces):
+        where.case = case
+        return true_case(env, t, case, rng, nonces)
+
+    def flip(v):
+        if mutant == "accept-field" and v.kind == "refused" and v.reason == W.R_FIELD:
+            v = W.Verdict("accepted", ty=v.ty, p=v.p, flags=v.flags, seq=v.seq)
+        elif mutant == "refuse-pong" and v.kind == "accepted" and v.ty == PONG:
+            v = W.Verdict("refused", W.R_UNEXP(PONG))
+        else:
+            return v
+        flipped.add(where.case)
+        return v
+
+    def sec_verdict(*a, **k):
+        v = SEC_FRAME_VERDICT(*a, **k)
+        if v.kind == "refused" and v.reason == W.R_FIELD:
+            # (The true verdict's fields, for the fuzzer to apply the frame as it would.)
+            h, p = a[3][:HDR], a[3][HDR:]
+            v = W.Verdict("refused", v.reason, ty=h[5], p=p, flags=fields(h)[3], seq=fields(h)[4])
+        return flip(v)
+
+    def pri_verdict(st, f):
+        v = PRI_FRAME_VERDICT(st, f)
+        if v.kind == "refused" and v.reason == W.R_FIELD:
+            h, p = f[:HDR], f[HDR:]
+            v = W.Verdict("refused", v.reason, ty=h[5], p=p, flags=fields(h)[3], seq=fields(h)[4])
+        return flip(v)
+    setattr(W, case_fn, case)
+    W.sec_frame_verdict, W.pri_frame_verdict = sec_verdict, pri_verdict
+    try:
+        if side == "secondary":
+            fails, total, dt, log = sec_run("faithful", 48)
+        else:
+            fails, total, dt, log = pri_run("faithful", 48)
+    finally:
+        setattr(W, case_fn, true_case)
+        W.sec_frame_verdict, W.pri_frame_verdict = SEC_FRAME_VERDICT, PRI_FRAME_VERDICT
+    return fails, flipped, log
+
+
 def main():
     t0 = time.monotonic()
     # The secondary side.
@@ -493,6 +550,16 @@ def main():
         fails, total, dt, log = pri_run(mode, 60)
         expect(fails and all(words in f for f in fails),
                "primary, %s stand-in: expected every failure to say '%s':\n%s" % (mode, words, log))
+    # Mutations of the model (the stand-ins keep the true one): a fuzzer whose model predicts
+    # "accepted" for frames refused as 'payload field out of range' (writes beyond the device,
+    # reserved bytes, labels; ACKs of frames not sent, misplaced ACK_MARKER_IGNORED), or "refused"
+    # for a PONG, must report the first such case of each target, and nothing else.
+    for side, mutant in (("secondary", "accept-field"), ("primary", "accept-field"), ("primary", "refuse-pong")):
+        fails, flipped, log = model_mutant(side, mutant)
+        named = ["case %d" % c for c in flipped]
+        expect(flipped and fails and all(any(n + " " in f or n + ":" in f for n in named) for f in fails),
+               "%s side, model mutant %s: %d cases flipped (%s), expected each failure to name one:\n%s" % (
+                   side, mutant, len(flipped), sorted(flipped)[:20], log))
     if failures:
         for f in failures:
             print("wirefuzz self-test FAILED: " + f)
