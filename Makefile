@@ -56,6 +56,8 @@ host-test: setup
 	python3 $(ROOT)/tests/logreplay_selftest.py
 	python3 $(ROOT)/tests/guest/powerloss.py self-test
 	python3 $(ROOT)/tests/guest/cpload.py self-test
+	python3 $(ROOT)/tests/guest/replwire.py
+	python3 $(ROOT)/tests/guest/wirefuzz.py self-test
 	python3 $(ROOT)/tests/harness_selftest.py
 
 # The in-tree DRBD 8.4 warns once per boot under CONFIG_DEBUG_ATOMIC_SLEEP (its worker takes a
@@ -81,7 +83,9 @@ ci-env:
 # Longer campaigns: 200k cases of each property test (the wbindex crash model among them),
 # 200 + 100 + 50 + 50 power-loss replay points with 3 crash states rebuilt before each and 64
 # origin-alone crash states per flush, 100 000 rewrites of one block with a flush after each in
-# ordered mode (86-wbcache-review.sh), and 20 000 fuzzed cache images (87-wbcache-metafuzz.sh).
+# ordered mode (86-wbcache-review.sh), and 20 000 fuzzed cache images (87-wbcache-metafuzz.sh);
+# then 20 000 fuzzed frames on each of dm-repl's receive paths (58-repl-wirefuzz.sh), a guest run of
+# its own (about 3 hours under TCG, estimated from make test's 500 in 4 to 5 minutes: hence its time limit).
 test-long: export PROPTEST_CASES = 200000
 test-long: export WBREPL_PL_POINTS_BLOCK = 200
 test-long: export WBREPL_PL_POINTS_EXT4 = 50
@@ -92,9 +96,11 @@ test-long: export WBREPL_PL_SUBSETS = 64
 test-long: export WBREPL_GUEST_TIMEOUT = 14400
 test-long: export WBREPL_VERSION_LOOP = 100000
 test-long: export WBREPL_METAFUZZ_CASES = 20000
+test-long: export WBREPL_WIREFUZZ_CASES = 20000
 test-long:
 	cd $(ROOT) && cargo test --workspace --locked --release
 	$(MAKE) -C $(ROOT) guest-test TESTS="85-wbcache-powerloss.sh 86-wbcache-review.sh 87-wbcache-metafuzz.sh"
+	WBREPL_GUEST_TIMEOUT=21600 $(MAKE) -C $(ROOT) guest-test TESTS="58-repl-wirefuzz.sh"
 
 bench-wbcache: modules
 	$(ROOT)/qemu/run-guest.sh --logdir $(ROOT)/logs/bench-wbcache $(ROOT)/tests/bench/wbcache.sh

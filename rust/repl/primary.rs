@@ -1365,20 +1365,25 @@ impl Primary {
                 return Ok(());
             }
             let before = g.acked_seq;
+            // ACK_MARKER_IGNORED names the marker waited for, or one that a marker sent later
+            // replaced as the one tracked. Checked before anything is acknowledged: a refused
+            // ACK changes nothing. (It used to be checked after `ack` had handed the writes it
+            // covered to `done`; the early return dropped them, and a sync write that was
+            // safely written locally failed with an I/O error. tests/guest/58-repl-wirefuzz.sh.)
+            let marker = g.book.marker_unacked();
+            if ignored && !marker.is_some_and(|(s, _)| s >= seq) {
+                return Err(LinkError::Wire(wire::WireError::BadField));
+            }
             if !g.book.ack(seq, self.sync, |b| done.push(b)) {
                 return Err(LinkError::Wire(wire::WireError::BadField));
             }
             if ignored {
-                // Before the retirement below, which would count it.
-                match g.book.marker_unacked() {
-                    Some((s, id)) if s == seq => {
-                        g.book.set_marker_unacked(None);
-                        self.stats.marker_ignored.fetch_max(id, Ordering::Relaxed);
-                        ignored_id = Some(id);
-                    }
-                    // A marker sent later replaced it as the one tracked: nothing counts it.
-                    Some((s, _)) if s > seq => {}
-                    _ => return Err(LinkError::Wire(wire::WireError::BadField)),
+                // Before the retirement below, which would count it. (A marker tracked with a
+                // later sequence number replaced this one: nothing counts it.)
+                if let Some((_, id)) = marker.filter(|&(s, _)| s == seq) {
+                    g.book.set_marker_unacked(None);
+                    self.stats.marker_ignored.fetch_max(id, Ordering::Relaxed);
+                    ignored_id = Some(id);
                 }
             }
             let bytes = g.retire(&self.stats.marker_acked);

@@ -549,6 +549,29 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_ack_changes_nothing() {
+        // The kernel's Primary::acked refuses an ACK when `ack` returns false (or on its flags,
+        // checked before `ack`): the frames it names must then stay as they were, not acknowledged
+        // and their bios still held (dm-repl once dropped such bios: a sync write failed with EIO).
+        let mut w = win(4, 1);
+        assert!(w.push(write(1, 8)) && w.push(write(2, 8)));
+        for seq in [1, 2] {
+            let e = w.get_mut(seq).unwrap();
+            e.local_done = true;
+            e.held = Some(seq as u32);
+        }
+        assert!(!w.ack(3, true, |_| panic!("a refused ack completes nothing")));
+        assert!(!w.ack(u64::MAX, false, |_| panic!("a refused ack completes nothing")));
+        w.retire(|_| panic!("a refused ack retires nothing"));
+        assert_eq!(w.len(), 2);
+        assert!(w.get_mut(1).is_some_and(|e| !e.acked && e.held == Some(1)));
+        assert!(w.get_mut(2).is_some_and(|e| !e.acked && !e.net_done && e.held == Some(2)));
+        let mut done = vec![];
+        assert!(w.ack(2, true, |t| done.push(t)));
+        assert_eq!(done, vec![1, 2], "the same frames acknowledged later complete once");
+    }
+
+    #[test]
     fn window_limits_frames_and_bytes_and_drains() {
         let mut w = win(3, 0);
         assert!(w.fits(1 << 20, 4096), "one frame always fits an empty window");
