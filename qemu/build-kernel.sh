@@ -6,9 +6,31 @@
 # last line.
 #   qemu/build-kernel.sh            build if needed, print KDIR
 #   qemu/build-kernel.sh --kdir     only print the KDIR for the current key (may not exist yet)
+#   qemu/build-kernel.sh --debug [--kdir]
+#                                   the same for the debug kernel: qemu/kernel-debug.config merged
+#                                   on top of qemu/kernel.config (KASAN, lockdep, ...), kept apart
+#                                   in debug-kernel-<key>/ (its key hashes both fragments)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 say() { printf '[kernel] %s\n' "$*" >&2; }
+
+debug=0 only_kdir=0
+for a in "$@"; do
+  case "$a" in
+    --debug) debug=1;;
+    --kdir) only_kdir=1;;
+    *) say "unknown argument $a"; exit 2;;
+  esac
+done
+# The fragments merged on top of tinyconfig, in order (a later one overrides an earlier one), and
+# the cache folder's prefix. The debug trees' prefix does not start with "kernel-", so the pruning
+# below (and that of older copies of this script) never counts them among the normal trees.
+fragments=("$here/kernel.config")
+prefix=kernel
+if [ $debug = 1 ]; then
+  fragments+=("$here/kernel-debug.config")
+  prefix=debug-kernel
+fi
 
 RUSTC=/usr/bin/rustc
 BINDGEN=$HOME/.cargo/bin/bindgen
@@ -23,10 +45,14 @@ versions() {
   ld.lld --version 2>&1 | head -n1
   dpkg-query -W -f='${Version}\n' linux-source-6.12 2>/dev/null || true
 }
-key=$( { echo "recipe $RECIPE"; grep -Ev '^[[:space:]]*(#|$)' "$here/kernel.config"; versions; } | sha256sum | cut -c1-16)
-dir=$CACHE/kernel-$key
+# The normal kernel's key is computed exactly as before the debug kernel existed (its cached
+# tree stays valid); the debug kernel's adds its fragment.
+key=$( { echo "recipe $RECIPE"; for f in "${fragments[@]}"; do
+           [ "$f" = "$here/kernel.config" ] || echo "fragment $(basename "$f")"
+           grep -Ev '^[[:space:]]*(#|$)' "$f"; done; versions; } | sha256sum | cut -c1-16)
+dir=$CACHE/$prefix-$key
 kdir=$dir/linux
-if [ "${1:-}" = "--kdir" ]; then echo "$kdir"; exit 0; fi
+if [ $only_kdir = 1 ]; then echo "$kdir"; exit 0; fi
 
 if [ -f "$dir/.built" ]; then
   say "cached kernel $kdir (key $key)"
@@ -46,27 +72,28 @@ tar -C "$dir" -xf "$TARBALL"
 mv "$dir"/linux-source-6.12 "$kdir"
 say "checking Rust toolchain (make rustavailable)"
 "${KMAKE[@]}" -s rustavailable >&2
-say "configuring: tinyconfig + qemu/kernel.config"
+say "configuring: tinyconfig + ${fragments[*]##*/}"
 "${KMAKE[@]}" -s tinyconfig >&2
-"$kdir/scripts/kconfig/merge_config.sh" -m -O "$kdir" "$kdir/.config" "$here/kernel.config" >/dev/null
+"$kdir/scripts/kconfig/merge_config.sh" -m -O "$kdir" "$kdir/.config" "${fragments[@]}" >/dev/null
 "${KMAKE[@]}" -s olddefconfig >&2
-# Every option the fragment asks for must have survived olddefconfig (unmet dependencies drop
-# options silently).
+# Every option the fragments ask for must have survived olddefconfig (unmet dependencies drop
+# options silently); where two fragments set one option, the later one's value counts.
 bad=0
 while IFS= read -r line; do
-  case "$line" in ''|'#'*) continue;; esac
   opt=${line%%=*}; val=${line#*=}
   if [ "$val" = n ]; then
     grep -q "^$opt=" "$kdir/.config" && { say "config: $opt should be off"; bad=1; }
   else
     grep -qx "$opt=$val" "$kdir/.config" || { say "config: $line did not take effect"; bad=1; }
   fi
-done < "$here/kernel.config"
-[ $bad = 0 ] || { say "fix qemu/kernel.config"; exit 1; }
-say "building bzImage + modules with $JOBS jobs (about 10 minutes on 2 cores)"
+done < <(cat "${fragments[@]}" | grep -Ev '^[[:space:]]*(#|$)' |
+         awk -F= '{ if (!($1 in v)) order[++n] = $1; v[$1] = $0 } END { for (i = 1; i <= n; i++) print v[order[i]] }')
+[ $bad = 0 ] || { say "fix ${fragments[*]##*/}"; exit 1; }
+say "building bzImage + modules with $JOBS jobs (about 10 minutes on 2 cores; the debug kernel longer)"
 "${KMAKE[@]}" -s -j"$JOBS" bzImage modules >&2
 touch "$dir/.built"
 say "built in $(( $(date +%s) - start )) s: $kdir"
-# keep only the newest few trees
-ls -dt "$CACHE"/kernel-* 2>/dev/null | tail -n +4 | xargs -r rm -rf
+# keep only the newest few trees of this kind (three normal ones, two debug ones)
+keep=4; [ $debug = 1 ] && keep=3
+ls -dt "$CACHE/$prefix"-* 2>/dev/null | tail -n +$keep | xargs -r rm -rf
 echo "$kdir"
