@@ -8,11 +8,16 @@
 # - The guest kernel panics on any oops or hung task (the run then ends with status 255).
 # - The kernel console goes to DIR/console.log; the command's output to the terminal and
 #   DIR/guest.log. After the run the console is scanned for BUG:/WARNING:/Oops/general
-#   protection/KASAN/hung-task/soft-lockup lines: any of them fails the run (status 99), and
-#   the lines are printed. --allow-warning REGEX (repeatable) exempts a known warning of code
-#   that is not ours: a "cut here" ... "end trace" block with a WARNING: line, no BUG:/Oops/
-#   KASAN/panic line, whose text (its lines joined by spaces) matches REGEX (awk ERE) is left
-#   out of the scan and copied to DIR/allowed-warnings.txt. Only make bench-repl uses it.
+#   protection/KASAN/hung-task/soft-lockup lines (and the debug kernel's lockdep, ODEBUG and RCU
+#   reports; qemu/scan-console.sh, which tests/harness_selftest.py feeds made-up consoles):
+#   any of them fails the run (status 99), and the lines are printed.
+#   --allow-warning REGEX (repeatable) exempts a known warning of code that is not ours: a
+#   "cut here" ... "end trace" block with a WARNING: line, no BUG:/Oops/KASAN/panic line, whose
+#   text (its lines joined by spaces) matches REGEX (awk ERE) is left out of the scan and copied
+#   to DIR/allowed-warnings.txt. The Makefile passes the in-tree DRBD 8.4's known warning
+#   (bench-repl, guest-test, test-debug).
+# - A debug kernel (CONFIG_KASAN=y in KDIR's .config; make test-debug) gets 4 GiB and
+#   kasan_multi_shot.
 # - Inside the guest (qemu/guest-init.sh): debugfs is mounted, our modules are installed under
 #   /lib/modules/$(uname -r)/extra for autoloading, $WBREPL_ROOT is this repository and
 #   $WBREPL_LOGDIR the (writable) log directory; dmesg is saved to DIR/dmesg.txt.
@@ -40,50 +45,34 @@ logdir=$(cd "$logdir" && pwd)
 
 accel=(--disable-kvm)
 [ "${WBREPL_KVM:-0}" = 1 ] && accel=()
+# The debug kernel (qemu/kernel-debug.config, make test-debug): KASAN reports every bad access,
+# not only the first; 4 GiB of memory, as KASAN's shadow (an eighth of it), its quarantine and
+# kmemleak's objects take from what the tests' /tmp (half of the memory) would otherwise get.
+mem=3G append="oops=panic hung_task_panic=1 softlockup_panic=1"
+if grep -q '^CONFIG_KASAN=y' "$kdir/.config" 2>/dev/null; then
+  mem=4G append="$append kasan_multi_shot"
+fi
 # WBREPL_* settings of the caller (e.g. test sizes) reach the guest command.
 fwd=()
 while IFS= read -r v; do fwd+=("$v"); done < <(env | grep -E '^WBREPL_[A-Z0-9_]+=' || true)
 cmd=$(printf '%q ' env "${fwd[@]}" "$root/qemu/guest-init.sh" "$root" "$logdir" "$@")
 
 set +e
-timeout -k 10 "$timeout" vng --run "$kdir" "${accel[@]}" --cpus 2 --memory 3G -v \
+timeout -k 10 "$timeout" vng --run "$kdir" "${accel[@]}" --cpus 2 --memory "$mem" -v \
   --rwdir "$logdir" --cwd /tmp \
-  --append "oops=panic hung_task_panic=1 softlockup_panic=1" \
+  --append "$append" \
   -- "$cmd" 2>"$logdir/console.log" | tee "$logdir/guest.log"
 rc=${PIPESTATUS[0]}
 set -e
 [ $rc = 124 ] && echo "[run-guest] guest timed out after ${timeout}s" >&2
 
-bad='BUG:|WARNING:|Oops|general protection|KASAN|blocked for more than|soft lockup|Kernel panic|Call Trace:'
-# The console with the allowed warnings' blocks blanked (line numbers kept).
-scan() {
-  if [ ${#allowed[@]} = 0 ]; then cat "$logdir/console.log"; return; fi
-  printf '%s\n' "${allowed[@]}" | awk -v out="$logdir/allowed-warnings.txt" '
-    FNR == NR { re[++nre] = $0; next }
-    function flush(   i, ok, text) {
-      text = ""
-      for (i = 1; i <= nb; i++) text = text " " blk[i]
-      ok = text ~ /WARNING:/ && text !~ /BUG:|Oops|KASAN|Kernel panic|general protection/
-      if (ok) { ok = 0; for (i = 1; i <= nre; i++) if (text ~ re[i]) ok = 1 }
-      for (i = 1; i <= nb; i++) {
-        if (ok) { print "" ; print blk[i] > out } else print blk[i]
-      }
-      nb = 0; inblk = 0
-    }
-    /------------\[ cut here \]------------/ { if (inblk) flush(); inblk = 1 }
-    inblk { blk[++nb] = $0; if ($0 ~ /---\[ end trace/) flush(); next }
-    { print }
-    END { if (inblk) flush() }' - "$logdir/console.log" || cat "$logdir/console.log"
-}
-rm -f "$logdir/allowed-warnings.txt"
-if scan | grep -nE "$bad" > "$logdir/kernel-errors.txt"; then
-  echo "[run-guest] kernel errors in the guest console ($logdir/console.log):" >&2
-  head -n 40 "$logdir/kernel-errors.txt" >&2
+# The console's kernel reports (qemu/scan-console.sh: the patterns, the allowed warnings).
+allow_args=()
+for re in "${allowed[@]}"; do allow_args+=(--allow-warning "$re"); done
+if ! "$root/qemu/scan-console.sh" "$logdir/console.log" "$logdir" "${allow_args[@]}"; then
   echo "[run-guest] console tail:" >&2
   tail -n 60 "$logdir/console.log" >&2
   [ $rc = 0 ] && rc=99
-else
-  rm -f "$logdir/kernel-errors.txt"
 fi
 if [ $rc != 0 ] && [ ! -s "$logdir/dmesg.txt" ]; then
   cp "$logdir/console.log" "$logdir/dmesg.txt" 2>/dev/null || true

@@ -13,7 +13,13 @@ Shows that each of its checks rejects what it should:
     tests/guest/expected-checks lists fails, a file missing from the table fails, a file that
     did not run fails, an unlisted skip (or one with no reason) fails, a listed one passes and
     is counted as skipped, a guest that ended badly fails, a stale table line fails;
-  - the repository's own tables: every tests/guest/[0-9]*.sh is listed, and nothing else.
+  - the repository's own tables: every tests/guest/[0-9]*.sh is listed, and nothing else;
+  - qemu/scan-console.sh (the kernel-report detector of every guest run, the debug kernel's
+    included) on made-up consoles: a clean debug-kernel boot passes; a lockdep report (circular
+    dependency, inconsistent lock state, also with its WARNING: line garbled by interleaved
+    output), a KASAN report, "BUG: sleeping function called from invalid context", an ODEBUG
+    report, a plain WARNING fail; the allowed DRBD warning passes (and is copied aside), but
+    not with a KASAN line inside its block, nor a lockdep report next to it.
 Prints "harness self-test: ok" (counted by .ci/run) or the failures, exit 1.
 """
 import os
@@ -279,9 +285,132 @@ def test_repo_tables():
            f"stale: {sorted(set(exp) - files)}")
 
 
+CLEAN_DEBUG_BOOT = """\
+[    0.000000] Linux version 6.12.57 (root@host) (Debian clang version 14.0.6) #1 SMP PREEMPT
+[    0.000000] kasan: KernelAddressSanitizer initialized (generic)
+[    0.120000] Lock dependency validator: Copyright (c) 2006 Red Hat, Inc., Ingo Molnar
+[    0.120000] ... MAX_LOCKDEP_SUBCLASSES:  8
+[    0.120000] ... MAX_LOCK_DEPTH:          48
+[    0.120000] ... MAX_LOCKDEP_KEYS:        8192
+[    0.120000]  memory used by lock dependency info: 40000 kB
+[    0.900000] kmemleak: Kernel memory leak detector initialized (mem pool available: 15000)
+[    5.000000] device-mapper: wbcache: loaded cache: 12 dirty
+[    9.000000] reboot: Power down
+"""
+
+LOCKDEP_CIRCULAR = """\
+[   42.100000] ======================================================
+[   42.100000] WARNING: possible circular locking dependency detected
+[   42.100000] 6.12.57 #1 Not tainted
+[   42.100000] ------------------------------------------------------
+[   42.100000] kworker/0:1/33 is trying to acquire lock:
+[   42.100000] ffff888004a1c0f8 (&cache->lock){..-.}-{2:2}, at: dmcore_spin_lock_irqsave+0x1a/0x30 [dm_wbcache]
+[   42.100000] but task is already holding lock:
+[   42.100000] stack backtrace:
+[   42.100000] Call Trace:
+[   42.100000]  <TASK>
+[   42.100000]  dump_stack_lvl+0x5d/0x80
+[   42.100000]  </TASK>
+"""
+
+LOCKDEP_GARBLED = """\
+[   42.100000] ================================
+[   42.100000] WARNI[   42.100001] dm-repl: connected
+[   42.100000] NG: inconsistent lock state
+[   42.100000] inconsistent {IN-HARDIRQ-W} -> {HARDIRQ-ON-W} usage.
+"""
+
+KASAN_UAF = """\
+[   77.000000] ==================================================================
+[   77.000000] BUG: KASAN: slab-use-after-free in wbcache::io::complete+0x2c/0x90 [dm_wbcache]
+[   77.000000] Read of size 8 at addr ffff888006c3a010 by task ksoftirqd/1/21
+[   77.000000] ==================================================================
+"""
+
+ATOMIC_SLEEP = """\
+[   12.000000] BUG: sleeping function called from invalid context at kernel/locking/mutex.c:585
+[   12.000000] in_atomic(): 1, irqs_disabled(): 1, non_block: 0, pid: 301, name: dmsetup
+[   12.000000] preempt_count: 1, expected: 0
+"""
+
+ODEBUG = """\
+[   30.000000] ------------[ cut here ]------------
+[   30.000000] ODEBUG: free active (active state 0) object: ffff888005f1e2a8 object type: work_struct hint: repl::flush_work+0x0/0x40 [dm_repl]
+[   30.000000] ---[ end trace 0000000000000000 ]---
+"""
+
+PLAIN_WARNING = """\
+[   20.000000] ------------[ cut here ]------------
+[   20.000000] WARNING: CPU: 1 PID: 400 at block/blk-core.c:800 submit_bio_noacct+0x10/0x20
+[   20.000000] Call Trace:
+[   20.000000] ---[ end trace 0000000000000000 ]---
+"""
+
+DRBD_WARNING = """\
+[   60.000000] ------------[ cut here ]------------
+[   60.000000] do not call blocking ops when !TASK_RUNNING; state=1 set at [<0000000012345678>] drbd_worker+0x1b0/0x5e0 [drbd]
+[   60.000000] WARNING: CPU: 0 PID: 512 at kernel/sched/core.c:8697 __might_sleep+0x5a/0x70
+[   60.000000] Call Trace:
+[   60.000000]  maybe_send_barrier+0x3f/0x80 [drbd]
+[   60.000000]  drbd_worker+0x2a0/0x5e0 [drbd]
+[   60.000000] ---[ end trace 0000000000000000 ]---
+"""
+
+
+def scan_console(text, allow=()):
+    # qemu/scan-console.sh on TEXT as the console: (exit status, kernel-errors.txt, allowed-warnings.txt).
+    with tempfile.TemporaryDirectory() as d:
+        con = os.path.join(d, "console.log")
+        with open(con, "w") as f:
+            f.write(text)
+        args = [os.path.join(ROOT, "qemu", "scan-console.sh"), con, d]
+        for a in allow:
+            args += ["--allow-warning", a]
+        r = subprocess.run(args, capture_output=True, text=True)
+
+        def read(name):
+            p = os.path.join(d, name)
+            return open(p).read() if os.path.exists(p) else ""
+        return r.returncode, read("kernel-errors.txt"), read("allowed-warnings.txt")
+
+
+def drbd_known_warning():
+    m = re.search(r"^DRBD_KNOWN_WARNING := (.*)$", open(os.path.join(ROOT, "Makefile")).read(), re.M)
+    return m.group(1).strip() if m else "(no DRBD_KNOWN_WARNING in the Makefile)"
+
+
+def test_console_scan():
+    drbd = drbd_known_warning()
+    rc, errs, _ = scan_console(CLEAN_DEBUG_BOOT, [drbd])
+    expect(rc == 0 and not errs, "scan-console: a clean debug-kernel boot passes", f"status {rc}: {errs}")
+    cases = [
+        ("a lockdep circular dependency", LOCKDEP_CIRCULAR, "possible circular locking"),
+        ("a lockdep report with its WARNING: line garbled", LOCKDEP_GARBLED, "inconsistent lock state"),
+        ("a KASAN report", KASAN_UAF, "BUG: KASAN: slab-use-after-free"),
+        ("sleeping in atomic context", ATOMIC_SLEEP, "BUG: sleeping function called from invalid context"),
+        ("an ODEBUG report", ODEBUG, "ODEBUG: free active"),
+        ("a plain WARNING", PLAIN_WARNING, "WARNING: CPU: 1 PID: 400"),
+        ("a lockdep report next to the allowed DRBD warning", DRBD_WARNING + LOCKDEP_CIRCULAR,
+         "possible circular locking"),
+        ("the DRBD warning with a KASAN line in its block",
+         DRBD_WARNING.replace("Call Trace:", "BUG: KASAN: use-after-free in drbd_worker\n[   60.0] Call Trace:"),
+         "KASAN"),
+    ]
+    for what, text, line in cases:
+        rc, errs, _ = scan_console(CLEAN_DEBUG_BOOT + text, [drbd])
+        expect(rc == 1 and line in errs, f"scan-console: {what} fails the run",
+               f"status {rc}, kernel-errors.txt: {errs!r}")
+    rc, errs, allowed = scan_console(CLEAN_DEBUG_BOOT + DRBD_WARNING, [drbd])
+    expect(rc == 0 and "maybe_send_barrier" in allowed, "scan-console: the allowed DRBD warning passes",
+           f"status {rc}: {errs!r}")
+    rc, errs, _ = scan_console(CLEAN_DEBUG_BOOT + DRBD_WARNING)
+    expect(rc == 1 and "WARNING:" in errs, "scan-console: the DRBD warning fails when not allowed",
+           f"status {rc}: {errs!r}")
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
-        for t in (test_counts, test_repo_tables, lambda: test_ci_env(tmp), lambda: test_ci_summary(tmp)):
+        for t in (test_counts, test_repo_tables, test_console_scan, lambda: test_ci_env(tmp), lambda: test_ci_summary(tmp)):
             try:
                 t()
             except Exception as e:  # noqa: BLE001 - report and go on
