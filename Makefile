@@ -5,7 +5,9 @@
 #   make modules    build dm-wbcache.ko, dm-repl.ko, dmcore_kunit.ko   (KDIR=... for your own tree)
 #   make test       host tests + kernel + modules + every guest test   (what CI runs)
 #                   (make guest-test TESTS="30-fio.sh" runs chosen guest test files)
-#   make test-long  the same with long property-test and power-loss campaigns
+#   make test-long  the same with long property-test and power-loss campaigns, then make test-debug
+#   make test-debug the guest tests under the debug kernel (KASAN, lockdep, DEBUG_OBJECTS, ...:
+#                   qemu/kernel-debug.config), modules built against it in .debug-modules/
 #   make bench-wbcache  dm-wbcache vs dm-writecache vs the origin alone (a benchmark, not a test)
 #   make bench-repl     dm-repl vs DRBD 8.4 (protocols A and C) vs the local device alone (a benchmark)
 #   make bench-checkpoint  drain time against its bound, write p99 during checkpoints, marker to image
@@ -29,7 +31,7 @@ endif
 KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=$(KRUSTC) BINDGEN=$(KBINDGEN) RUST_LIB_SRC=$(KRUST_LIB_SRC)
 export KDIR
 
-.PHONY: all setup kernel modules modules-clean cli host-test guest-test test ci-env test-long bench-wbcache bench-repl bench-checkpoint demo clean
+.PHONY: all setup kernel kernel-debug modules modules-debug modules-clean cli host-test guest-test test ci-env test-long test-debug bench-wbcache bench-repl bench-checkpoint demo clean
 
 all: modules
 
@@ -49,6 +51,30 @@ modules: kernel
 
 modules-clean:
 	+$(KMAKE) clean
+
+# --- the debug kernel (qemu/kernel-debug.config on top of qemu/kernel.config: KASAN, lockdep,
+# DEBUG_OBJECTS, ...), cached apart from the normal one (debug-kernel-<key>/), and our modules
+# built against it. Kbuild of 6.12 writes an external module's objects next to its sources (M=;
+# a separate output directory, MO=, came in 6.13), so the debug modules are built in a copy of
+# the sources, .debug-modules/: the normal .ko files and the configuration-dependent generated
+# bindings stay as they are, and each tree rebuilds only what changed. The copy keeps the
+# sources' times (tar), so an unchanged file is not rebuilt; the generated bindings of the
+# normal build are never copied (they would be taken as up to date for the other
+# configuration: spinlock_t, for one, is larger with lockdep).
+DEBUG_KDIR ?= $(shell $(ROOT)/qemu/build-kernel.sh --debug --kdir)
+DEBUG_MODDIR := $(ROOT)/.debug-modules
+DKMAKE = $(MAKE) -C $(DEBUG_KDIR) M=$(DEBUG_MODDIR) LLVM=1 RUSTC=$(KRUSTC) BINDGEN=$(KBINDGEN) RUST_LIB_SRC=$(KRUST_LIB_SRC)
+
+kernel-debug: setup
+	@$(ROOT)/qemu/build-kernel.sh --debug >/dev/null
+
+modules-debug: kernel-debug
+	@mkdir -p $(DEBUG_MODDIR)
+	@cd $(ROOT) && find Kbuild rust -type f \( -name Kbuild -o -name '*.rs' -o -name '*.c' -o -name '*.h' \) \
+	  ! -name bindings_generated.rs ! -name '*.mod.c' -print0 | tar --null -T - -cf - | tar -xf - -C $(DEBUG_MODDIR)
+	+@set -o pipefail; $(DKMAKE) modules 2>&1 | tee $(ROOT)/.debug-modules-build.log
+	@if grep -E 'warning:|Warning:' $(ROOT)/.debug-modules-build.log; then \
+	  echo "make modules-debug: warnings above are errors"; exit 1; fi
 
 host-test: setup
 	cd $(ROOT) && cargo test --workspace --locked
@@ -101,6 +127,21 @@ test-long:
 	cd $(ROOT) && cargo test --workspace --locked --release
 	$(MAKE) -C $(ROOT) guest-test TESTS="85-wbcache-powerloss.sh 86-wbcache-review.sh 87-wbcache-metafuzz.sh"
 	WBREPL_GUEST_TIMEOUT=21600 $(MAKE) -C $(ROOT) guest-test TESTS="58-repl-wirefuzz.sh"
+	env -u WBREPL_PL_POINTS_BLOCK -u WBREPL_PL_POINTS_EXT4 -u WBREPL_PL_POINTS_FULL -u WBREPL_PL_POINTS_ORDERED \
+	  -u WBREPL_PL_STATES -u WBREPL_PL_SUBSETS -u WBREPL_VERSION_LOOP -u WBREPL_METAFUZZ_CASES \
+	  -u WBREPL_WIREFUZZ_CASES -u WBREPL_GUEST_TIMEOUT $(MAKE) -C $(ROOT) test-debug
+
+# The guest tests under the debug kernel, with the debug modules (WBREPL_MODULES: where
+# qemu/guest-init.sh takes the .ko files from). DEBUG_TESTS picks files (default: all of them).
+# Any KASAN, lockdep, ODEBUG, sleeping-in-atomic or other kernel report on the console fails the
+# run (qemu/scan-console.sh), but for the in-tree DRBD's known warning. Campaign sizes are
+# make test's (test-long runs this without its own long ones: under KASAN and lockdep they would
+# take days); the guest's time limit is WBREPL_GUEST_TIMEOUT_DEBUG (default 6 h).
+DEBUG_TESTS ?=
+test-debug: modules-debug cli
+	KDIR=$(DEBUG_KDIR) WBREPL_MODULES=$(DEBUG_MODDIR) WBREPL_LOGNAME=debug-guest-tests \
+	  WBREPL_GUEST_TIMEOUT=$${WBREPL_GUEST_TIMEOUT_DEBUG:-21600} \
+	  WBREPL_ALLOW_WARNING='$(DRBD_KNOWN_WARNING)' $(ROOT)/tests/run-guest-tests.sh $(DEBUG_TESTS)
 
 bench-wbcache: modules
 	$(ROOT)/qemu/run-guest.sh --logdir $(ROOT)/logs/bench-wbcache $(ROOT)/tests/bench/wbcache.sh
@@ -117,4 +158,5 @@ demo: modules cli
 
 clean:
 	-+$(KMAKE) clean
+	rm -rf $(DEBUG_MODDIR)
 	cd $(ROOT) && cargo clean

@@ -12,7 +12,9 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
 ip link set lo up
 # Our modules, installed where modprobe (and so device-mapper's autoload) finds them. virtme-ng
-# points /lib/modules/$(uname -r) at the kernel tree; replace it with a writable directory.
+# points /lib/modules/$(uname -r) at the kernel tree; replace it with a writable directory. They
+# are taken from $WBREPL_MODULES (make test-debug: the modules built against the debug kernel),
+# by default from the repository (make modules).
 mods=/lib/modules/$(uname -r)
 if [ -L "$mods" ] || [ ! -d "$mods" ]; then
   rm -f "$mods"
@@ -20,8 +22,9 @@ if [ -L "$mods" ] || [ ! -d "$mods" ]; then
 fi
 mkdir -p "$mods/extra"
 touch "$mods/modules.order" "$mods/modules.builtin" "$mods/modules.builtin.modinfo"
-cp "$WBREPL_ROOT"/dm-wbcache.ko "$WBREPL_ROOT"/dm-repl.ko "$mods/extra/" 2>/dev/null
-[ -f "$WBREPL_ROOT/dmcore_kunit.ko" ] && cp "$WBREPL_ROOT/dmcore_kunit.ko" "$mods/extra/"
+moddir=${WBREPL_MODULES:-$WBREPL_ROOT}
+cp "$moddir"/dm-wbcache.ko "$moddir"/dm-repl.ko "$mods/extra/" 2>/dev/null
+[ -f "$moddir/dmcore_kunit.ko" ] && cp "$moddir/dmcore_kunit.ko" "$mods/extra/"
 depmod -a
 
 "$@"

@@ -7,7 +7,8 @@
 # if every check that ran passed.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
-logdir=$root/logs/$(date +%Y%m%d-%H%M%S)-guest-tests
+# WBREPL_LOGNAME: the log folder's name after the time (make test-debug: debug-guest-tests).
+logdir=$root/logs/$(date +%Y%m%d-%H%M%S)-${WBREPL_LOGNAME:-guest-tests}
 # WBREPL_ALLOW_WARNING: a known kernel warning of code that is not ours (the Makefile passes the
 # in-tree DRBD 8.4's, which 92-checkpoint-drbd.sh triggers): see qemu/run-guest.sh.
 allow=()
