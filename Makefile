@@ -136,11 +136,11 @@ test-long:
 # Any KASAN, lockdep, ODEBUG, sleeping-in-atomic or other kernel report on the console fails the
 # run (qemu/scan-console.sh), but for the in-tree DRBD's known warning. Campaign sizes are
 # make test's (test-long runs this without its own long ones: under KASAN and lockdep they would
-# take days); the guest's time limit is WBREPL_GUEST_TIMEOUT_DEBUG (default 6 h).
+# take days); the guest's time limit is WBREPL_GUEST_TIMEOUT_DEBUG (default 12 h).
 DEBUG_TESTS ?=
 test-debug: modules-debug cli
 	KDIR=$(DEBUG_KDIR) WBREPL_MODULES=$(DEBUG_MODDIR) WBREPL_LOGNAME=debug-guest-tests \
-	  WBREPL_GUEST_TIMEOUT=$${WBREPL_GUEST_TIMEOUT_DEBUG:-21600} \
+	  WBREPL_GUEST_TIMEOUT=$${WBREPL_GUEST_TIMEOUT_DEBUG:-43200} \
 	  WBREPL_ALLOW_WARNING='$(DRBD_KNOWN_WARNING)' $(ROOT)/tests/run-guest-tests.sh $(DEBUG_TESTS)
 
 bench-wbcache: modules
