@@ -68,7 +68,6 @@ impl Shared {
             g.cp = Some(CpState { mode: req.mode, id, start_ms: start, left: 0, abort: false });
             (id, saved_mode)
         };
-        self.drains.fetch_add(1, Ordering::AcqRel);
         let errors_before = self.wb_failures.load(Ordering::Relaxed);
         let deadline = start + i64::from(req.timeout_ms);
         let mut blocks = None;
@@ -118,10 +117,12 @@ impl Shared {
             g.ix.set_wb_limit(None);
             g.mode = saved_mode;
             g.ix.set_ordered(saved_mode == CacheMode::Ordered);
+            // Writeback stops being due for this checkpoint (`g.cp`) in the same lock hold as
+            // its limit is lifted: a round that looks after this hold finds nothing forced, one
+            // that looked before scans under the limit (`WbScan` keeps it).
             g.cp = None;
             g.last_cp = Some((id, outcome, total_ms.max(0) as u64));
         }
-        self.drains.fetch_sub(1, Ordering::AcqRel);
         // Held blocks may go now.
         self.wake.complete();
         match result {

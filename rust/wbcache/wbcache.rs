@@ -214,6 +214,9 @@ struct Shared {
     dmio: IoClient,
     kcopyd: Kcopyd,
     stop: AtomicBool,
+    /// Drains in progress (the `flush` message, `flush_on_suspend`): everything dirty is due.
+    /// A checkpoint does not count here: its writeback is due while `Inner::cp` is set, which
+    /// changes in the same lock hold as the index's writeback limit (see [`Shared::due`]).
     drains: AtomicU32,
     /// Writeback rounds that failed (never cleared, unlike `stats.wb_errors`).
     wb_failures: AtomicU64,

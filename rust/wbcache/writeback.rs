@@ -21,7 +21,8 @@ impl Shared {
             if self.stop.load(Ordering::Acquire) {
                 break;
             }
-            let t = if self.drains.load(Ordering::Relaxed) > 0 { 10 } else { self.tick_ms() };
+            let draining = self.drains.load(Ordering::Relaxed) > 0 || self.inner.lock().cp.is_some();
+            let t = if draining { 10 } else { self.tick_ms() };
             self.wake.wait_timeout_ms(t);
         }
     }
@@ -41,12 +42,15 @@ impl Shared {
         } else if pct < u64::from(g.low) || g.low == 0 && pct == 0 {
             g.wb_active = false;
         }
-        // No free block left: writes are waiting for space, whatever the watermarks say; or
-        // a write waits for a block's oldest version to go (it holds MAX_VERSIONS); or the
-        // oldest dirty data is more than 2^30 epochs old (the index keeps the low 32 bits of
-        // epochs, sound while every version is less than 2^31 old: `Index::epochs_need_writeback`).
+        // No free block left: writes are waiting for space, whatever the watermarks say; or a
+        // drain or a checkpoint is running (a checkpoint's writeback is bounded by the index's
+        // limit, set and lifted in the same lock holds as `g.cp`); or a write waits for a
+        // block's oldest version to go (it holds MAX_VERSIONS); or the oldest dirty data is
+        // more than 2^30 epochs old (the index keeps the low 32 bits of epochs, sound while
+        // every version is less than 2^31 old: `Index::epochs_need_writeback`).
         if c.free == 0
             || self.drains.load(Ordering::Relaxed) > 0
+            || g.cp.is_some()
             || g.mode == CacheMode::Writethrough
             || g.ix.needs_writeback_now()
             || g.ix.epochs_need_writeback()
