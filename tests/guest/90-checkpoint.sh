@@ -232,6 +232,14 @@ start=$(date +%s)
 refused "link: a checkpoint interrupted by a signal (Ctrl-C)" "interrupted by a signal" timeout -s INT 2 dmsetup message cp-w 0 checkpoint hold sig 60000
 check "link: ...ends at once" test $(($(date +%s) - start)) -le 6
 check_match "link: ...counted as aborted" ' last_cp_result aborted ' "$(dmsetup status cp-w)"
+# The link has been down since the first case: on a loaded host long enough (12 s) for the
+# primary to give it up, and then writeback no longer waits and the next checkpoint's marker is
+# refused at once (EIO) before any suspend (seen with a debug-kernel guest running alongside).
+# Start the suspend case on a fresh outage.
+node_link A ""
+check "link: healed before the suspend case" synced cp-r 120
+check "link: 10 MiB dirty for it" dd if=/dev/urandom of=/dev/mapper/cp-w bs=1M count=10 seek=16 oflag=direct status=none
+node_link A "loss 100%"
 cp_msg hold suspended 60000 >"$IMG_DIR/susp.out" 2>&1 &
 CP=$!
 check "link: another checkpoint in progress" wait_status cp-w ' checkpoint hold cp_id ' 10
