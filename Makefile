@@ -82,6 +82,7 @@ host-test: setup
 	python3 $(ROOT)/tests/logreplay_selftest.py
 	python3 $(ROOT)/tests/guest/powerloss.py self-test
 	python3 $(ROOT)/tests/guest/cpload.py self-test
+	python3 $(ROOT)/tests/guest/kmemleak.py self-test
 	python3 $(ROOT)/tests/guest/replwire.py
 	python3 $(ROOT)/tests/guest/wirefuzz.py self-test
 	python3 $(ROOT)/tests/harness_selftest.py
@@ -132,7 +133,8 @@ test-long:
 	  -u WBREPL_WIREFUZZ_CASES -u WBREPL_GUEST_TIMEOUT $(MAKE) -C $(ROOT) test-debug
 
 # The guest tests under the debug kernel, with the debug modules (WBREPL_MODULES: where
-# qemu/guest-init.sh takes the .ko files from). DEBUG_TESTS picks files (default: all of them).
+# qemu/guest-init.sh takes the .ko files from). DEBUG_TESTS picks files (default: all of them);
+# tests/guest/debug-kmemleak.sh (the leak scan, and its planted leak) always runs last.
 # Any KASAN, lockdep, ODEBUG, sleeping-in-atomic or other kernel report on the console fails the
 # run (qemu/scan-console.sh), but for the in-tree DRBD's known warning. Campaign sizes are
 # make test's (test-long runs this without its own long ones: under KASAN and lockdep they would
@@ -141,7 +143,8 @@ DEBUG_TESTS ?=
 test-debug: modules-debug cli
 	KDIR=$(DEBUG_KDIR) WBREPL_MODULES=$(DEBUG_MODDIR) WBREPL_LOGNAME=debug-guest-tests \
 	  WBREPL_GUEST_TIMEOUT=$${WBREPL_GUEST_TIMEOUT_DEBUG:-43200} \
-	  WBREPL_ALLOW_WARNING='$(DRBD_KNOWN_WARNING)' $(ROOT)/tests/run-guest-tests.sh $(DEBUG_TESTS)
+	  WBREPL_ALLOW_WARNING='$(DRBD_KNOWN_WARNING)' $(ROOT)/tests/run-guest-tests.sh \
+	  $(or $(DEBUG_TESTS),$(notdir $(sort $(wildcard $(ROOT)/tests/guest/[0-9]*.sh)))) debug-kmemleak.sh
 
 bench-wbcache: modules
 	$(ROOT)/qemu/run-guest.sh --logdir $(ROOT)/logs/bench-wbcache $(ROOT)/tests/bench/wbcache.sh

@@ -57,7 +57,7 @@ impl kernel::Module for DmcoreKunit {
 // driven by tests/guest/60-dmcore-target.sh.
 //
 //   <start> <len> dmcore_test <dev> [split <sectors>] [clone] [stash | stash_requeue]
-//                                   [late_event <ms>] [fail]
+//                                   [late_event <ms>] [fail] [leak]
 //
 // I/O is remapped to <dev>. With `split`, `map` accepts only that many sectors of a larger bio
 // (device-mapper sends the rest as a new bio); with `clone`, writes carrying data are cloned
@@ -66,6 +66,8 @@ impl kernel::Module for DmcoreKunit {
 // does not wait for): once the target's private data is gone (or the failed ctr returned) it
 // sleeps <ms> ms, raises an event with the handle and drops it, so dmcore's dtr (or failed ctr)
 // must wait for it. With `fail`, ctr fails after building everything (the handle given away).
+// With `leak`, ctr leaks a 4 KiB allocation on purpose: the known leak that proves the debug
+// kernel's kmemleak check (tests/guest/debug-kmemleak.sh) finds one in our modules.
 // Status INFO counts every callback; each bio carries a sequence number in its per-bio data
 // from `map` to `end_io`, which checks it. Messages:
 //   fail_next <n>            end_io turns the next n successful completions into errors
@@ -177,7 +179,7 @@ impl Target for TestTarget {
         let Some(path) = args.next() else {
             return Err(CtrError::inval(kernel::c_str!("dmcore_test takes one device")));
         };
-        let (mut split, mut clone, mut stash, mut late, mut fail) = (0, false, None, None, false);
+        let (mut split, mut clone, mut stash, mut late, mut fail, mut leak) = (0, false, None, None, false, false);
         while let Some(word) = args.next() {
             match (word, split, clone) {
                 ("late_event", _, _) if late.is_none() => match args.next().map(wbrepl_core::parse::parse_u32) {
@@ -185,6 +187,7 @@ impl Target for TestTarget {
                     _ => return Err(CtrError::inval(kernel::c_str!("dmcore_test: invalid late_event"))),
                 },
                 ("fail", _, _) if !fail => fail = true,
+                ("leak", _, _) if !leak => leak = true,
                 ("stash" | "stash_requeue", _, _) if stash.is_none() => stash = Some(word == "stash_requeue"),
                 ("split", 0, _) => match args.next().map(wbrepl_core::parse::parse_u32) {
                     Some(Ok(n)) if n > 0 => split = n,
@@ -195,6 +198,12 @@ impl Target for TestTarget {
             }
         }
         let nomem = CtrError::new(kernel::c_str!("Cannot allocate"), ENOMEM);
+        if leak {
+            // Test-only: nothing keeps the pointer, so kmemleak reports it (with this ctr in
+            // its allocation backtrace) once it is a few seconds old.
+            let lost = KVec::<u8>::from_elem(0x5a, 4096, GFP_KERNEL).map_err(|_| nomem)?;
+            core::mem::forget(lost);
+        }
         let cloning = if clone {
             Some(Cloning {
                 pool: BioSet::new(64).map_err(|_| nomem)?,
