@@ -28,23 +28,32 @@ MODULE = re.compile(r"\[([A-Za-z0-9_]+)\]\s*$")
 # A frame printed as a bare address: its module was unloaded before the report was read. In the
 # test kernels every driver is built in but ours, so such a frame is one of ours.
 UNLOADED = "(unloaded module)"
-BARE = re.compile(r"\[<[0-9a-f]+>\]\s+0x[0-9a-f]+\s*$")
+BARE = re.compile(r"^\s+(\[<[0-9a-f]+>\]\s+)?0x[0-9a-f]+\s*$")
 OURS = ("dm_wbcache", "dm_repl", "dmcore_kunit", UNLOADED)
 
 
 def parse(text):
-    """The report's objects: a list of (header line, lines of the record, modules in its backtrace)."""
+    """The report's objects: a list of (header line, lines of the record, modules in its backtrace).
+    A frame is a line of the record after its "backtrace" line: "    symbol+0x1c/0x80 [module]"
+    (6.12), "    [<ffffffffc0a1b2c3>] symbol+... [module]" (older kernels), or a bare address."""
     objs = []
+    in_trace = False
     for line in text.splitlines():
         if HEADER.match(line):
             objs.append([line, [line], set()])
+            in_trace = False
         elif objs and line.startswith(" "):
             objs[-1][1].append(line)
-            m = MODULE.search(line)
-            if m and "[<" in line:
-                objs[-1][2].add(m.group(1))
-            elif BARE.search(line):
-                objs[-1][2].add(UNLOADED)
+            if line.strip().startswith("backtrace"):
+                in_trace = True
+            elif in_trace:
+                m = MODULE.search(line)
+                if m:
+                    objs[-1][2].add(m.group(1))
+                elif BARE.search(line):
+                    objs[-1][2].add(UNLOADED)
+        else:
+            in_trace = False
     return [(h, lines, mods) for h, lines, mods in objs]
 
 
@@ -54,7 +63,7 @@ def judge(text, expect=None):
     if expect is not None:
         found = [o for o in objs if expect in o[2]]
         out = [f"kmemleak: {len(objs)} unreferenced objects; {len(found)} allocated by {expect}"]
-        for _, lines, _ in found[:3]:
+        for _, lines, _ in (found or objs)[:3]:
             out += lines
         return (0 if found else 1), out
     ours = [o for o in objs if o[2] & set(OURS)]
@@ -66,6 +75,8 @@ def judge(text, expect=None):
            + (f"; by module: {', '.join(f'{k} {v}' for k, v in sorted(others.items()))}" if objs else "")]
     for _, lines, _ in ours:
         out += lines
+    for _, lines, _ in [o for o in objs if o not in ours][:3]:
+        out += ["(not ours)"] + lines
     return (1 if ours else 0), out
 
 
@@ -83,13 +94,13 @@ def scan(report):
     return 0
 
 
-def record(addr, frames, size=4096):
+def record(addr, frames, size=4096, old=False):
     return "\n".join([f"unreferenced object {addr} (size {size}):",
                       '  comm "dmsetup", pid 812, jiffies 4294939012',
                       "  hex dump (first 32 bytes):",
                       "    5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a  ZZZZZZZZZZZZZZZZ",
                       "  backtrace (crc 3c1e5b21):"]
-                     + [f"    [<ffffffff8{i:07x}>] {fr}" for i, fr in enumerate(frames)])
+                     + [(f"    [<ffffffff8{i:07x}>] {fr}" if old else f"    {fr}") for i, fr in enumerate(frames)])
 
 
 def self_test():
@@ -128,6 +139,14 @@ def self_test():
     rc, out = judge(ours.replace("_RNvXs_CsdmcoreNtB5_10TestTarget3ctr+0x2a1/0x9c0 [dmcore_kunit]", "0xffffffffc0a1b2c3"))
     expect(rc == 1 and any("0xffffffffc0a1b2c3" in ln for ln in out),
            "a frame of an unloaded module (a bare address: only ours are modules) fails")
+    old = record("0xffff888104a21000", ["__kmalloc_noprof+0x1f0/0x3c0", "Shared::new+0x10/0x80 [dm_wbcache]"], old=True)
+    rc, _ = judge(old)
+    expect(rc == 1, "the older format (\"[<address>] symbol\") is read too")
+    rc, _ = judge(ours.replace("  backtrace (crc 3c1e5b21):", "  backtrace:").replace("[dmcore_kunit]", "[dmcore_kunit]"))
+    expect(rc == 1, "a backtrace header without its crc is read too")
+    rc, _ = judge(record("0xffff888104a22000", ["__kmalloc_noprof+0x1f0/0x3c0"]).replace(
+        "  comm \"dmsetup\"", "  comm \"dm_wbcache [x]\""))
+    expect(rc == 0, "a module-like word outside the backtrace is not a frame")
     rc, _ = judge("kmemleak: some message\n" + wb.replace("unreferenced object", "referenced object"))
     expect(rc == 0, "only 'unreferenced object' records are objects")
     print(f"kmemleak.py self-test: {'ok' if fails == 0 else f'{fails} failed'}")
