@@ -31,6 +31,9 @@ EXPECTED = os.path.join(GUEST, "expected-checks")
 SKIPS = os.path.join(GUEST, "allowed-skips")
 
 FILE_START = re.compile(r"^# --- (\S+)\s*$")
+# Guest test files: the numbered ones are the suite; debug-*.sh run only where asked
+# (make test-debug).
+TEST_FILE = re.compile(r"^([0-9]|debug-).*\.sh$")
 OK = re.compile(r"^ok\b")
 NOT_OK = re.compile(r"^not ok\b")
 # TAP's SKIP directive: "# SKIP" (any case) after the description; the reason follows it.
@@ -176,9 +179,8 @@ def main(argv):
     asked = [os.path.basename(t) for t in a.tests]
     all_files = None
     if a.all:
-        # The numbered files are the suite; debug-*.sh run only where asked (make test-debug).
         all_files = sorted(n for n in os.listdir(os.path.dirname(os.path.abspath(a.expected)))
-                           if re.match(r"^([0-9]|debug-).*\.sh$", n))
+                           if TEST_FILE.match(n))
         asked = [n for n in all_files if n[0].isdigit()]
     lines, _, failed, _ = judge(text, asked, expected, skips, a.status, all_files, a.logs)
     print("\n".join(lines))

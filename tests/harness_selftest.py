@@ -278,7 +278,7 @@ def test_repo_tables():
     g = os.path.join(HERE, "guest")
     exp = guestcount.read_expected(os.path.join(g, "expected-checks"))
     guestcount.read_skips(os.path.join(g, "allowed-skips"))
-    files = {n for n in os.listdir(g) if re.match(r"^([0-9]|debug-).*\.sh$", n)}
+    files = {n for n in os.listdir(g) if guestcount.TEST_FILE.match(n)}
     expect(files - set(exp) == set(), "tests/guest/expected-checks lists every guest test file",
            f"missing: {sorted(files - set(exp))}")
     expect(set(exp) - files == set(), "tests/guest/expected-checks lists no other file",
