@@ -21,10 +21,16 @@ impl Shared {
             if self.stop.load(Ordering::Acquire) {
                 break;
             }
-            let draining = self.drains.load(Ordering::Relaxed) > 0 || self.inner.lock().cp.is_some();
-            let t = if draining { 10 } else { self.tick_ms() };
+            let t = if self.forced(&self.inner.lock()) { 10 } else { self.tick_ms() };
             self.wake.wait_timeout_ms(t);
         }
+    }
+
+    /// Whether everything dirty is due regardless of the watermarks: a drain (`flush`,
+    /// `flush_on_suspend`) or a checkpoint is running. A checkpoint's writeback is bounded by
+    /// the index's limit, set and lifted in the same lock holds as `g.cp`.
+    fn forced(&self, g: &Inner) -> bool {
+        self.drains.load(Ordering::Relaxed) > 0 || g.cp.is_some()
     }
 
     /// What is due for writeback now: `None` nothing, `Some((None, n))` any `n` blocks,
@@ -43,14 +49,12 @@ impl Shared {
             g.wb_active = false;
         }
         // No free block left: writes are waiting for space, whatever the watermarks say; or a
-        // drain or a checkpoint is running (a checkpoint's writeback is bounded by the index's
-        // limit, set and lifted in the same lock holds as `g.cp`); or a write waits for a
-        // block's oldest version to go (it holds MAX_VERSIONS); or the oldest dirty data is
+        // drain or a checkpoint is running (`forced`); or a write waits for a block's oldest
+        // version to go (it holds MAX_VERSIONS); or the oldest dirty data is
         // more than 2^30 epochs old (the index keeps the low 32 bits of epochs, sound while
         // every version is less than 2^31 old: `Index::epochs_need_writeback`).
         if c.free == 0
-            || self.drains.load(Ordering::Relaxed) > 0
-            || g.cp.is_some()
+            || self.forced(g)
             || g.mode == CacheMode::Writethrough
             || g.ix.needs_writeback_now()
             || g.ix.epochs_need_writeback()
