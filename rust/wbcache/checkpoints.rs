@@ -29,6 +29,9 @@ impl Shared {
                 Some(("the device is being suspended", EBUSY))
             } else if g.cp.is_some() {
                 Some(("another checkpoint is in progress", EBUSY))
+            } else if g.drains > 0 {
+                // It would write back the writes this checkpoint holds as soon as it ends.
+                Some(("a flush (writeback of everything) is in progress", EBUSY))
             } else if self.failed() {
                 Some(("the cache has failed", EIO))
             } else if req.mode == CpMode::Ordered && g.mode != CacheMode::Ordered {

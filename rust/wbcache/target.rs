@@ -83,6 +83,7 @@ impl Target for Wbcache {
             cp: None,
             last_cp: None,
             suspending: false,
+            drains: 0,
         };
         let scratch = WbScratch {
             slots: KVVec::from_elem(0u32, MAX_WB_BATCH, GFP_KERNEL).map_err(alloc_err)?,
@@ -118,7 +119,6 @@ impl Target for Wbcache {
                 dmio,
                 kcopyd,
                 stop: AtomicBool::new(true),
-                drains: AtomicU32::new(0),
                 wb_failures: AtomicU64::new(0),
                 cp_wake <- Completion::new(),
                 marker_buf <- new_mutex!(marker_buf),
@@ -282,12 +282,12 @@ impl Target for Wbcache {
             }
             Ok(())
         };
+        // The refusal of a message found (under `inner`) to conflict with a running checkpoint.
+        // (It used to test again after the caller's lock hold, and answered success with nothing
+        // done if the checkpoint had ended in between.)
         let busy = |what: &str| -> Result {
-            if sh.inner.lock().cp.is_some() {
-                pr_warn!("wbcache {}: message '{}': a checkpoint is in progress (abort it first)\n", sh.cache, what);
-                return Err(EBUSY);
-            }
-            Ok(())
+            pr_warn!("wbcache {}: message '{}': a checkpoint is in progress (abort it first)\n", sh.cache, what);
+            Err(EBUSY)
         };
         match verb {
             "abort" => {
@@ -301,12 +301,21 @@ impl Target for Wbcache {
             }
             "flush" => {
                 no_arg(arg)?;
-                busy(verb)?;
-                if !sh.inner.lock().loaded {
-                    pr_warn!("wbcache {}: flush: the device was never resumed\n", sh.cache);
-                    return Err(EBUSY);
+                {
+                    // One lock hold: a checkpoint cannot start between the test and the count.
+                    let mut g = sh.inner.lock();
+                    if g.cp.is_some() {
+                        drop(g);
+                        return busy(verb);
+                    }
+                    if !g.loaded {
+                        drop(g);
+                        pr_warn!("wbcache {}: flush: the device was never resumed\n", sh.cache);
+                        return Err(EBUSY);
+                    }
+                    g.drains += 1;
                 }
-                sh.drain()?;
+                sh.drain_counted()?;
                 let _ = write!(out, "flushed");
                 Ok(())
             }

@@ -147,6 +147,12 @@ struct Inner {
     last_cp: Option<(u64, CpOutcome, u64)>,
     /// Between `presuspend` and the next `resume` (or `presuspend_undo`): no checkpoint starts.
     suspending: bool,
+    /// Drains in progress (the `flush` message, `flush_on_suspend`): everything dirty is due.
+    /// Counted in the same lock hold as the `flush` message checks for a checkpoint, and a
+    /// checkpoint refuses to start while it is not 0: a drain running when a checkpoint ends
+    /// would write back at once the writes the checkpoint held, which below DRBD land in the
+    /// image (docs/checkpoints.md). A checkpoint's own writeback is due while `cp` is set.
+    drains: u32,
 }
 
 /// A checkpoint in progress (see [`Shared::checkpoint`]).
@@ -214,10 +220,6 @@ struct Shared {
     dmio: IoClient,
     kcopyd: Kcopyd,
     stop: AtomicBool,
-    /// Drains in progress (the `flush` message, `flush_on_suspend`): everything dirty is due.
-    /// A checkpoint does not count here: its writeback is due while `Inner::cp` is set, which
-    /// changes in the same lock hold as the index's writeback limit (see [`Shared::due`]).
-    drains: AtomicU32,
     /// Writeback rounds that failed (never cleared, unlike `stats.wb_errors`).
     wb_failures: AtomicU64,
     /// Wakes a checkpoint waiting for writeback progress (or told to end).

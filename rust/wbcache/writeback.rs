@@ -30,7 +30,7 @@ impl Shared {
     /// `flush_on_suspend`) or a checkpoint is running. A checkpoint's writeback is bounded by
     /// the index's limit, set and lifted in the same lock holds as `g.cp`.
     fn forced(&self, g: &Inner) -> bool {
-        self.drains.load(Ordering::Relaxed) > 0 || g.cp.is_some()
+        g.drains > 0 || g.cp.is_some()
     }
 
     /// What is due for writeback now: `None` nothing, `Some((None, n))` any `n` blocks,
@@ -146,11 +146,17 @@ impl Shared {
         }
     }
 
-    /// Writes everything back (the `flush` message, `flush_on_suspend`).
+    /// Writes everything back (`flush_on_suspend`).
     pub(super) fn drain(&self) -> Result {
-        self.drains.fetch_add(1, Ordering::AcqRel);
+        self.inner.lock().drains += 1;
+        self.drain_counted()
+    }
+
+    /// Writes everything back, the caller having counted the drain in `Inner::drains` (the
+    /// `flush` message does so in the lock hold that checks for a checkpoint).
+    pub(super) fn drain_counted(&self) -> Result {
         let r = self.drain_wait();
-        self.drains.fetch_sub(1, Ordering::AcqRel);
+        self.inner.lock().drains -= 1;
         r.and_then(|_| self.settle())
     }
 

@@ -12,7 +12,10 @@
 #   - whole-block writes of one block in flight together share one version (before: one
 #     version each, which a crash could confuse);
 #   - a hold checkpoint writes back exactly the blocks it drained, none of the writes it held
-#     (before: a writeback round could see the checkpoint running but its limit lifted).
+#     (before: a writeback round could see the checkpoint running but its limit lifted);
+#   - a checkpoint is refused while a `flush` message writes everything back, and the `flush`
+#     message counts itself in the same lock hold as it checks for a checkpoint (before: the
+#     checkpoint ran, and the flush wrote back the writes it held as soon as it ended).
 . "$(dirname "$0")/lib.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -403,6 +406,44 @@ diag 6 <"$T_OUT"
 kill "$FPID"; wait "$FPID" 2>/dev/null
 check "held: the writes were held in the cache (dirty blocks left)" test "$(field hd-wb dirty)" -gt 0
 check "held: remove" dm_remove hd-wb
+cleanup_dm
+
+# --- flush and checkpoint: one at a time -----------------------------------------------------------
+# A `flush` message writes back everything until nothing is dirty. A checkpoint that ran meanwhile
+# held its new writes only until it ended: the flush then wrote them back at once, after the
+# marker, where below DRBD the image is taken (92-checkpoint-drbd). The checkpoint must be refused
+# while a flush runs, as a flush is while a checkpoint runs (90-checkpoint.sh). The origin's
+# writes take 2 s here, so the flush is still running when the checkpoint is asked for.
+O=$(loopdev fc-origin 64); C=$(loopdev fc-cache 16)
+S=$(sectors "$O")
+check "flush+cp: an origin behind dm-delay" dmsetup create fc-odly --table "0 $S delay $O 0 0 $O 0 0"
+check "flush+cp: a cache writing back only when asked" dmsetup create fc-wb --table \
+  "0 $((S - 8)) wbcache /dev/mapper/fc-odly $C 4096 4 high_watermark 100 low_watermark 99"
+check "flush+cp: 4 MiB dirty" dd if=/dev/urandom of=/dev/mapper/fc-wb bs=64k count=64 oflag=direct status=none
+check "flush+cp: origin writes now take 2 s" bash -c \
+  "dmsetup reload fc-odly --table '0 $S delay $O 0 0 $O 0 2000' && dmsetup suspend fc-odly && dmsetup resume fc-odly"
+dmesg_mark
+t0=$(date +%s%N)
+dmsetup message fc-wb 0 flush >"$IMG_DIR/fc-flush.out" 2>&1 &
+FL=$!
+sleep 0.5
+fl_running=no; kill -0 $FL 2>/dev/null && fl_running=yes
+cp_rc=0; cp_out=$(timeout 60 dmsetup message fc-wb 0 checkpoint hold during-flush 2>&1) || cp_rc=$?
+cp_ms=$((($(date +%s%N) - t0) / 1000000))
+fl_rc=0; wait $FL || fl_rc=$?
+fl_ms=$((($(date +%s%N) - t0) / 1000000))
+check_eq "flush+cp: the flush succeeded (in $fl_ms ms)" 0 "$fl_rc"
+check_eq "flush+cp: ...and was still running when the checkpoint was asked for" yes "$fl_running"
+check_fails "flush+cp: the checkpoint during the flush was refused (exit $cp_rc: $cp_out)" test "$cp_rc" = 0
+check "flush+cp: ...at once ($cp_ms ms), not after the flush ($fl_ms ms)" test "$cp_ms" -lt $((fl_ms - 1000))
+check_match "flush+cp: ...and the log says why" 'checkpoint refused: a flush \(writeback of everything\) is in progress' "$(dmesg_since)"
+check_match "flush+cp: no checkpoint ran" ' last_cp - ' "$(dmsetup status fc-wb)"
+check_eq "flush+cp: nothing dirty after the flush" 0 "$(field fc-wb dirty)"
+check "flush+cp: origin writes fast again" bash -c \
+  "dmsetup reload fc-odly --table '0 $S delay $O 0 0 $O 0 0' && dmsetup suspend fc-odly && dmsetup resume fc-odly"
+out=$(dmsetup message fc-wb 0 checkpoint hold after-flush 2>&1)
+check_match "flush+cp: after the flush a checkpoint runs" '^id [0-9]+ mode hold label after-flush ' "$out"
+check "flush+cp: remove" bash -c "dmsetup remove --retry fc-wb && dmsetup remove --retry fc-odly"
 cleanup_dm
 
 finish
