@@ -142,7 +142,7 @@ test-long:
 DEBUG_TESTS ?=
 test-debug: modules-debug cli
 	KDIR=$(DEBUG_KDIR) WBREPL_MODULES=$(DEBUG_MODDIR) WBREPL_LOGNAME=debug-guest-tests \
-	  WBREPL_GUEST_TIMEOUT=$${WBREPL_GUEST_TIMEOUT_DEBUG:-43200} \
+	  WBREPL_GUEST_TIMEOUT=$${WBREPL_GUEST_TIMEOUT_DEBUG:-43200} WBREPL_TIME_SCALE=$${WBREPL_TIME_SCALE:-10} \
 	  WBREPL_ALLOW_WARNING='$(DRBD_KNOWN_WARNING)' $(ROOT)/tests/run-guest-tests.sh \
 	  $(or $(DEBUG_TESTS),$(notdir $(sort $(wildcard $(ROOT)/tests/guest/[0-9]*.sh)))) debug-kmemleak.sh
 

@@ -105,19 +105,19 @@ check "suspend: the cache" dmsetup create sp-wb --table "0 $((S - 8)) wbcache $O
 exec 7</dev/mapper/sp-wb
 check "suspend: dirty page cache of the device (buffered writes)" dd if=/dev/urandom of=/dev/mapper/sp-wb bs=64k count=16 status=none
 check "suspend: cache device writes now take 3 s" bash -c \
-  "dmsetup reload sp-cdly --table '0 $CS delay $C 0 0 $C 0 3000' && dmsetup suspend sp-cdly && dmsetup resume sp-cdly"
+  "dmsetup reload sp-cdly --table '0 $CS delay $C 0 0 $C 0 $(scaled 3000)' && dmsetup suspend sp-cdly && dmsetup resume sp-cdly"
 dmesg_mark
 t0=$(date +%s%N)
 dmsetup suspend sp-wb &
 SUSP=$!
 sleep 0.7
-cp_rc=0; timeout 60 dmsetup message sp-wb 0 checkpoint hold during-suspend >/dev/null 2>&1 || cp_rc=$?
+cp_rc=0; timeout "$(scaled 60)" dmsetup message sp-wb 0 checkpoint hold during-suspend >/dev/null 2>&1 || cp_rc=$?
 cp_ms=$((($(date +%s%N) - t0) / 1000000))
 susp_rc=0; wait $SUSP || susp_rc=$?
 susp_ms=$((($(date +%s%N) - t0) / 1000000))
 exec 7<&-
 check_eq "suspend: the suspend succeeded (in $susp_ms ms)" 0 "$susp_rc"
-check "suspend: it spent over 2 s writing back (the window under test was open)" test "$susp_ms" -gt 2000
+check "suspend: it spent over $(scaled 2) s writing back (the window under test was open)" test "$susp_ms" -gt "$(scaled 2000)"
 check_fails "suspend: the checkpoint sent during it was refused (exit $cp_rc)" test "$cp_rc" = 0
 check "suspend: ... at once ($cp_ms ms), not after the suspend's writeback ($susp_ms ms)" test "$cp_ms" -lt $((susp_ms - 1000))
 check_match "suspend: ... and the log says why" 'checkpoint refused: the device is being suspended' "$(dmesg_since)"
@@ -178,7 +178,7 @@ dmesg_mark
 t0=$(date +%s%N)
 check "versions: reload (the new table loads the metadata)" bash -c \
   "dmsetup reload vc-wb --table '0 $((S - 8)) wbcache $O $C 4096 2 mode ordered' && dmsetup suspend vc-wb && dmsetup resume vc-wb"
-check "versions: ...in under 10 s ($((($(date +%s%N) - t0) / 1000000)) ms)" test $((($(date +%s%N) - t0) / 1000000)) -lt 10000
+check "versions: ...in under $(scaled 10) s ($((($(date +%s%N) - t0) / 1000000)) ms)" test $((($(date +%s%N) - t0) / 1000000)) -lt "$(scaled 10000)"
 # Writeback may go on until the suspend (the block is above half the bound): the load finds at
 # most what the status showed, at least one, and the status then says what it loaded.
 loaded=$(dmesg_since | sed -n 's/.*loaded commit [0-9]*: \([0-9]*\) dirty blocks.*/\1/p' | tail -1)
@@ -202,7 +202,8 @@ cleanup_dm
 # and a_version_superseded_within_its_epoch_keeps_the_older_epochs).
 O=$(loopdev cw-origin 16); C=$(loopdev cw-cache 16)
 S=$(sectors "$O"); CS=$(sectors "$C")
-check "concurrent: the cache device behind dm-delay (writes 100 ms)" dmsetup create cw-cdly --table "0 $CS delay $C 0 0 $C 0 100"
+CW_DELAY=$(scaled 100)
+check "concurrent: the cache device behind dm-delay (writes $CW_DELAY ms)" dmsetup create cw-cdly --table "0 $CS delay $C 0 0 $C 0 $CW_DELAY"
 CWT="0 $((S - 8)) wbcache $O /dev/mapper/cw-cdly 4096 4 high_watermark 90 low_watermark 80"
 check "concurrent: a writeback cache over it" dmsetup create cw-wb --table "$CWT"
 # (fio's sequential writes wait for an overlapping one in flight; random ones with no random map
@@ -213,8 +214,8 @@ cw_fio() {
     --iodepth=32 --ioengine=libaio --direct=1 --output-format=terse >/dev/null || return 1
   local ms=$((($(date +%s%N) - t0) / 1000000))
   echo "256 writes in $ms ms"
-  # One after another they would take 25.6 s.
-  [ "$ms" -lt 15000 ] || { echo "they did not overlap"; return 1; }
+  # One after another they would take 256 delays (25.6 s).
+  [ "$ms" -lt "$(scaled 15000)" ] || { echo "they did not overlap"; return 1; }
 }
 check "concurrent: 256 writes of block 0, 32 in flight at a time" cw_fio
 st=$(dmsetup status cw-wb)
@@ -278,7 +279,7 @@ check "crafted: every entry a dirty version of block 7" craft "$C"
 dmesg_mark
 t0=$(date +%s%N)
 check_fails "crafted: the cache is refused" dmsetup create fc-wb --table "0 $((S - 8)) wbcache $O $C 4096 0"
-check "crafted: ...at once ($((($(date +%s%N) - t0) / 1000000)) ms)" test $((($(date +%s%N) - t0) / 1000000)) -lt 10000
+check "crafted: ...at once ($((($(date +%s%N) - t0) / 1000000)) ms)" test $((($(date +%s%N) - t0) / 1000000)) -lt "$(scaled 10000)"
 check_match "crafted: ...saying why" 'cannot use the cache device: metadata entry 3[0-9]: Cache metadata has more than 32 versions of one block' "$(dmesg_since)"
 dmsetup remove fc-wb 2>/dev/null
 cleanup_dm
@@ -420,15 +421,15 @@ check "flush+cp: an origin behind dm-delay" dmsetup create fc-odly --table "0 $S
 check "flush+cp: a cache writing back only when asked" dmsetup create fc-wb --table \
   "0 $((S - 8)) wbcache /dev/mapper/fc-odly $C 4096 4 high_watermark 100 low_watermark 99"
 check "flush+cp: 4 MiB dirty" dd if=/dev/urandom of=/dev/mapper/fc-wb bs=64k count=64 oflag=direct status=none
-check "flush+cp: origin writes now take 2 s" bash -c \
-  "dmsetup reload fc-odly --table '0 $S delay $O 0 0 $O 0 2000' && dmsetup suspend fc-odly && dmsetup resume fc-odly"
+check "flush+cp: origin writes now take $(scaled 2) s" bash -c \
+  "dmsetup reload fc-odly --table '0 $S delay $O 0 0 $O 0 $(scaled 2000)' && dmsetup suspend fc-odly && dmsetup resume fc-odly"
 dmesg_mark
 t0=$(date +%s%N)
 dmsetup message fc-wb 0 flush >"$IMG_DIR/fc-flush.out" 2>&1 &
 FL=$!
 sleep 0.5
 fl_running=no; kill -0 $FL 2>/dev/null && fl_running=yes
-cp_rc=0; cp_out=$(timeout 60 dmsetup message fc-wb 0 checkpoint hold during-flush 2>&1) || cp_rc=$?
+cp_rc=0; cp_out=$(timeout "$(scaled 60)" dmsetup message fc-wb 0 checkpoint hold during-flush 2>&1) || cp_rc=$?
 cp_ms=$((($(date +%s%N) - t0) / 1000000))
 fl_rc=0; wait $FL || fl_rc=$?
 fl_ms=$((($(date +%s%N) - t0) / 1000000))

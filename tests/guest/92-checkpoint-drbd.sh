@@ -62,11 +62,11 @@ WPID=$!
 # The next checkpoint (whose drain reaches DRBD) waits until the watcher has taken the image of
 # the last one: nothing may reach DRBD between a marker and its snapshot. Images are found by
 # the marker's label (the watcher reads it from the record).
-image_taken="for i in \$(seq 300); do grep -q ' {label}\$' $MAP && exit 0; sleep 0.1; done; exit 1"
+image_taken="for i in \$(seq $(scaled 300)); do grep -q ' {label}\$' $MAP && exit 0; sleep 0.1; done; exit 1"
 
 # --- the oracle, with checkpoints spaced so the watcher sees each marker before the next drain ---
 check "drbd: cpload run ($CPS; each waits for the last image)" python3 "$here/cpload.py" run --dev /dev/mapper/cpd-w --wbcache cpd-w \
-  --log "$IMG_DIR/cpd.log" --blocks 2048 --threads 4 --label-prefix d --phase "$CPS" --interval 1 --after-checkpoint "$image_taken"
+  --log "$IMG_DIR/cpd.log" --blocks 2048 --threads 4 --label-prefix d --phase "$CPS" --interval 1 --after-checkpoint "$image_taken" --timeout-ms "$(scaled 60000)"
 grep '^cpload' "$T_OUT" | diag 20
 sleep 1
 touch "$STOP"; wait $WPID

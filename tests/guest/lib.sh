@@ -6,6 +6,14 @@
 : "${WBREPL_ROOT:?run me through qemu/run-guest.sh}"
 set -u
 
+# WBREPL_TIME_SCALE: how many times slower than the normal kernel the kernel under test runs
+# (`make test-debug` sets 10: KASAN, lockdep). Checks that bound how long something may take
+# scale their limit, and the delays they measure it against, with `scaled`; nothing else does.
+TIME_SCALE=${WBREPL_TIME_SCALE:-1}
+[[ $TIME_SCALE =~ ^[1-9][0-9]?$ ]] || { echo "WBREPL_TIME_SCALE must be 1..99, not '$TIME_SCALE'"; exit 1; }
+# scaled N: N times TIME_SCALE.
+scaled() { echo $(($1 * TIME_SCALE)); }
+
 T_PASS=0
 T_FAIL=0
 T_SKIP=0
