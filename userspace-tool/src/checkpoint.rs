@@ -201,7 +201,7 @@ impl CpStatus {
 /// What a failed checkpoint message means, for the admin.
 pub fn failure_message(e: &DmErr, dev: &str, timeout: Duration) -> String {
     let why = match e.errno {
-        Some(Errno::EBUSY) => "another checkpoint is running, or the device is suspended, being suspended or was never resumed".to_owned(),
+        Some(Errno::EBUSY) => "another checkpoint or a flush (dmsetup message ... flush) is running, or the device is suspended, being suspended or was never resumed".to_owned(),
         Some(Errno::EINVAL) => "refused: bad arguments, mode ordered while the cache is not in ordered mode, mode hold on a write-through cache, mode writethrough on an ordered cache, no marker region (the cache must end 8 sectors before its origin), or a kernel without checkpoints (the kernel log says which: dmesg)".to_owned(),
         Some(Errno::ETIMEDOUT) => format!(
             "timed out after {}: nothing is held any more and no marker was written (a larger --timeout, or mode writethrough, may help)",
@@ -650,7 +650,7 @@ mod tests {
             m.starts_with("checkpoint on wbc0: timed out after 1m"),
             "{m}"
         );
-        assert!(failure_message(&e(Errno::EBUSY), "w", t).contains("another checkpoint is running"));
+        assert!(failure_message(&e(Errno::EBUSY), "w", t).contains("another checkpoint or a flush"));
         assert!(failure_message(&e(Errno::EINVAL), "w", t).contains("dmesg"));
         assert!(failure_message(&e(Errno::ECANCELED), "w", t).contains("aborted"));
         assert!(failure_message(&e(Errno::EIO), "w", t).contains("in sync"));
