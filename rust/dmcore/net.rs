@@ -200,6 +200,25 @@ impl Socket {
         };
     }
 
+    /// The send buffer's state: `(free, queued)` in bytes of buffer memory (which counts
+    /// per-packet overhead, so a frame of `n` bytes takes somewhat more than `n`). A send that
+    /// needs more than `free` blocks until the peer acknowledges data, up to the send timeout;
+    /// callers that must not block (a peer that stopped reading) check this first.
+    pub fn send_space(&self) -> (i64, u64) {
+        let mut queued: ffi::c_int = 0;
+        // SAFETY: live socket (type invariant); the shim only reads two fields.
+        let free = unsafe { bindings::dmcore_sock_send_space(self.sock.as_ptr(), &mut queued) };
+        (i64::from(free), queued.max(0) as u64)
+    }
+
+    /// Raises the send buffer to at least `bytes` (TCP autotuning stays on and may grow it
+    /// further; only TCP memory pressure shrinks it again).
+    pub fn set_min_send_buffer(&self, bytes: u32) {
+        let bytes = bytes.min(i32::MAX as u32) as ffi::c_int;
+        // SAFETY: live socket (type invariant); the shim takes the socket lock.
+        unsafe { bindings::dmcore_sock_min_sndbuf(self.sock.as_ptr(), bytes) };
+    }
+
     /// Sends all of `buf`.
     pub fn send_all(&self, buf: &[u8]) -> Result {
         let _noio = NoIoScope::enter();

@@ -144,6 +144,33 @@ void dmcore_sock_tune(struct socket *sock, long sndtimeo, long rcvtimeo)
 		tcp_sock_set_nodelay(sk);
 }
 
+/*
+ * Room in the socket's send buffer (sk_stream_wspace: sndbuf less what is queued, in bytes of
+ * buffer memory, which counts skb overhead) and what is queued. Read without the socket lock:
+ * a hint for the caller's decision to send, which sends with its own timeout anyway.
+ */
+int dmcore_sock_send_space(struct socket *sock, int *queued)
+{
+	struct sock *sk = sock->sk;
+
+	*queued = READ_ONCE(sk->sk_wmem_queued);
+	return sk_stream_wspace(sk);
+}
+
+/*
+ * Raises the socket's send buffer to at least `bytes`, leaving TCP's autotuning on (it only
+ * grows the buffer; under TCP memory pressure the stack may still shrink it).
+ */
+void dmcore_sock_min_sndbuf(struct socket *sock, int bytes)
+{
+	struct sock *sk = sock->sk;
+
+	lock_sock(sk);
+	if (sk->sk_sndbuf < bytes)
+		WRITE_ONCE(sk->sk_sndbuf, bytes);
+	release_sock(sk);
+}
+
 void dmcore_kunit_fail(struct kunit *test, const char *file, int line, const char *msg)
 {
 	KUNIT_FAIL(test, "%s:%d: %s", file, line, msg);

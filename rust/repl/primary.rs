@@ -70,10 +70,30 @@ const RESERVED_SLOTS: usize = 8;
 const FLUSH_EVERY_MS: u64 = 1000;
 /// The window full for this long: the primary goes ahead (see `wait_room`).
 const CONGESTED_MS: u64 = 10000;
+/// Send buffer room kept free for control frames (barriers, markers, pings), so that they never
+/// block on a peer that stopped reading (see `sock_room`).
+const SEND_RESERVE: u64 = 64 * 1024;
+/// Buffer memory a frame may take beyond its bytes (headers, per-packet overhead; see
+/// `sock_room`).
+const FRAME_SLACK: u64 = 4096;
+/// Send buffer every connection starts with: two of the largest frames and the reserve, so
+/// that `sock_room` can admit any frame while the buffer is not full.
+const SNDBUF_MIN: u32 = 4 << 20;
 /// Under load, one resync frame goes out per this many writes.
 const RESYNC_EVERY: u32 = 8;
 /// A connection that lasted this long resets the backoff.
 const STABLE_MS: u64 = 10000;
+
+/// Whether a frame of `bytes` fits in `c`'s send buffer with `SEND_RESERVE` left over, so
+/// that sending it cannot block on a peer that stopped reading. The buffer counts memory, not
+/// bytes: a frame takes up to `bytes / 8 + FRAME_SLACK` more (packet overhead), and small
+/// frames relatively more. An empty buffer takes any frame (the kernel sends at least that much
+/// without waiting only if the buffer is large enough, which `SNDBUF_MIN` sees to unless TCP
+/// memory pressure shrank it).
+fn sock_room(c: &Conn, bytes: u64) -> bool {
+    let (free, queued) = c.sock.send_space();
+    queued == 0 || free.max(0) as u64 >= bytes + bytes / 8 + FRAME_SLACK + SEND_RESERVE
+}
 
 /// Per-bio data: the frame the bio is in, on which connection (0: none).
 #[derive(Clone, Copy, Default)]
@@ -753,6 +773,7 @@ impl Primary {
         sock.set_timeouts(HANDSHAKE_MS, HANDSHAKE_MS);
         let s = link::handshake(&sock, wire::Role::Primary, self.sectors, self.key.as_ref(), false, HANDSHAKE_MS)?;
         sock.set_timeouts(DEAD_MS, DEAD_MS);
+        sock.set_min_send_buffer(SNDBUF_MIN);
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed).max(1);
         Ok(Conn {
             sock,
@@ -977,8 +998,14 @@ impl Primary {
     /// `on-congestion pull-ahead`: it keeps the connection, but writes go to the local device
     /// only and mark their regions dirty, until every frame sent is acknowledged; then the
     /// dirty regions are resynced.
+    ///
+    /// A full send buffer counts as a full window: a secondary that stopped reading (frozen at
+    /// a marker) fills the TCP buffers long before the window, and a send into a full buffer
+    /// would block the sender, and with it every write, until the send timeout dropped the
+    /// link.
     fn wait_room(&self, c: &Conn, bytes: u64) -> bool {
         let start = ms_now();
+        let mut socket_full;
         loop {
             self.wake.reinit();
             {
@@ -995,26 +1022,31 @@ impl Primary {
                     pr_info!("repl: {} caught up; replicating writes again, resyncing the rest\n", self.addr);
                     continue;
                 }
-                if g.book.win().fits(bytes, self.max_bytes) && g.book.win().len() + RESERVED_SLOTS < g.book.win().capacity() {
+                let window = g.book.win().fits(bytes, self.max_bytes) && g.book.win().len() + RESERVED_SLOTS < g.book.win().capacity();
+                if window && sock_room(c, bytes) {
                     return true;
                 }
+                socket_full = window;
                 if ms_now().saturating_sub(start) >= CONGESTED_MS {
                     g.ahead = true;
                     drop(g);
                     self.stats.congested.fetch_add(1, Ordering::Relaxed);
                     pr_warn!(
-                        "repl: {} has not acknowledged for {} s with the send window full: going ahead (writes stay local and are resynced later)\n",
+                        "repl: {} has not acknowledged for {} s with the send {} full: going ahead (writes stay local and are resynced later)\n",
                         self.addr,
-                        CONGESTED_MS / 1000
+                        CONGESTED_MS / 1000,
+                        if socket_full { "buffer" } else { "window" }
                     );
                     return false;
                 }
             }
-            self.wake.wait_timeout_ms(100);
+            // Acknowledgements wake us; TCP freeing buffer space does not, so poll it more often.
+            self.wake.wait_timeout_ms(if socket_full { 10 } else { 100 });
         }
     }
 
     /// Pushes a window entry for the next frame and sends it; `Err` ends the connection.
+    /// Control frames need no room check: `sock_room` keeps `SEND_RESERVE` free for them.
     #[allow(clippy::too_many_arguments)]
     fn send_counted(
         &self,
@@ -1250,6 +1282,10 @@ impl Primary {
             } else {
                 (self.max_bytes.saturating_sub(g.book.win().bytes()) / (rs * 512)).min(max_regions)
             };
+            // And to the send buffer's room: a resync frame must not block either.
+            let (free, queued) = c.sock.send_space();
+            let fits = (free.max(0) as u64).saturating_sub(SEND_RESERVE + FRAME_SLACK) * 8 / 9 / (rs * 512);
+            let room = room.min(if queued == 0 { fits.max(1) } else { fits });
             if room == 0 {
                 return Ok(false);
             }
