@@ -211,12 +211,15 @@ impl Socket {
         (i64::from(free), queued.max(0) as u64)
     }
 
-    /// Raises the send buffer to at least `bytes` (TCP autotuning stays on and may grow it
-    /// further; only TCP memory pressure shrinks it again).
-    pub fn set_min_send_buffer(&self, bytes: u32) {
+    /// Prepares the socket for a sender that checks [`Socket::send_space`] before it sends:
+    /// raises the send buffer to at least `bytes` (TCP autotuning stays on; only TCP memory
+    /// pressure shrinks it again), and turns `TCP_NOTSENT_LOWAT` off, under which a send
+    /// would also wait while unsent data exceeds the `net.ipv4.tcp_notsent_lowat` sysctl,
+    /// whatever the free space.
+    pub fn prepare_checked_sends(&self, bytes: u32) {
         let bytes = bytes.min(i32::MAX as u32) as ffi::c_int;
         // SAFETY: live socket (type invariant); the shim takes the socket lock.
-        unsafe { bindings::dmcore_sock_min_sndbuf(self.sock.as_ptr(), bytes) };
+        unsafe { bindings::dmcore_sock_send_setup(self.sock.as_ptr(), bytes) };
     }
 
     /// Sends all of `buf`.

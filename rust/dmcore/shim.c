@@ -158,16 +158,21 @@ int dmcore_sock_send_space(struct socket *sock, int *queued)
 }
 
 /*
- * Raises the socket's send buffer to at least `bytes`, leaving TCP's autotuning on (it only
- * grows the buffer; under TCP memory pressure the stack may still shrink it).
+ * For a sender that checks dmcore_sock_send_space before it sends: raises the socket's send
+ * buffer to at least `bytes`, leaving TCP's autotuning on (it only grows the buffer; under TCP
+ * memory pressure the stack may still shrink it), and turns TCP_NOTSENT_LOWAT off for this
+ * socket (a send would otherwise also wait while unsent bytes exceed the
+ * net.ipv4.tcp_notsent_lowat sysctl, whatever the free space says).
  */
-void dmcore_sock_min_sndbuf(struct socket *sock, int bytes)
+void dmcore_sock_send_setup(struct socket *sock, int bytes)
 {
 	struct sock *sk = sock->sk;
 
 	lock_sock(sk);
 	if (sk->sk_sndbuf < bytes)
 		WRITE_ONCE(sk->sk_sndbuf, bytes);
+	if (sk->sk_protocol == IPPROTO_TCP)
+		WRITE_ONCE(tcp_sk(sk)->notsent_lowat, UINT_MAX);
 	release_sock(sk);
 }
 

@@ -73,26 +73,37 @@ const CONGESTED_MS: u64 = 10000;
 /// Send buffer room kept free for control frames (barriers, markers, pings), so that they never
 /// block on a peer that stopped reading (see `sock_room`).
 const SEND_RESERVE: u64 = 64 * 1024;
-/// Buffer memory a frame may take beyond its bytes (headers, per-packet overhead; see
-/// `sock_room`).
+/// Buffer memory a frame may take beyond twice its bytes (its header's packet; see
+/// `frame_need`).
 const FRAME_SLACK: u64 = 4096;
-/// Send buffer every connection starts with: two of the largest frames and the reserve, so
-/// that `sock_room` can admit any frame while the buffer is not full.
+/// Send buffer every connection starts with (TCP's default maximum, `tcp_wmem[2]`): room for
+/// the largest frame (`frame_need` of 1 MiB), a resync frame and the reserve, so that
+/// `sock_room` can admit any frame while the buffer is not full.
 const SNDBUF_MIN: u32 = 4 << 20;
+/// Bytes of one dirty-map region (the smallest resync frame's data).
+const RESYNC_REGION_BYTES: u64 = 512 << REGION_SHIFT;
 /// Under load, one resync frame goes out per this many writes.
 const RESYNC_EVERY: u32 = 8;
 /// A connection that lasted this long resets the backoff.
 const STABLE_MS: u64 = 10000;
 
-/// Whether a frame of `bytes` fits in `c`'s send buffer with `SEND_RESERVE` left over, so
-/// that sending it cannot block on a peer that stopped reading. The buffer counts memory, not
-/// bytes: a frame takes up to `bytes / 8 + FRAME_SLACK` more (packet overhead), and small
-/// frames relatively more. An empty buffer takes any frame (the kernel sends at least that much
+/// Send buffer memory a frame of `bytes` may take. The buffer counts memory, not bytes: each
+/// packet queued costs about 900 bytes beyond its data. With segmentation offload (the usual
+/// case) packets carry up to 64 KiB and a frame takes little more than its bytes; without it
+/// (IPsec without offload, TCP-MD5) a packet per MSS, up to 1.6 times the bytes; and a
+/// frame's header goes in a send of its own.
+fn frame_need(bytes: u64) -> u64 {
+    2 * bytes + FRAME_SLACK
+}
+
+/// Whether a frame of `bytes` (and then `extra` bytes of buffer memory) fits in `c`'s send
+/// buffer with `SEND_RESERVE` left over, so that sending it cannot block on a peer that
+/// stopped reading. An empty buffer takes any frame (the kernel sends at least that much
 /// without waiting only if the buffer is large enough, which `SNDBUF_MIN` sees to unless TCP
 /// memory pressure shrank it).
-fn sock_room(c: &Conn, bytes: u64) -> bool {
+fn sock_room(c: &Conn, bytes: u64, extra: u64) -> bool {
     let (free, queued) = c.sock.send_space();
-    queued == 0 || free.max(0) as u64 >= bytes + bytes / 8 + FRAME_SLACK + SEND_RESERVE
+    queued == 0 || free.max(0) as u64 >= frame_need(bytes) + extra + SEND_RESERVE
 }
 
 /// Per-bio data: the frame the bio is in, on which connection (0: none).
@@ -638,6 +649,9 @@ impl Primary {
     fn send_marker(&self, c: Option<&Conn>) {
         let Some(m) = self.st.lock().marker_req.take() else { return };
         let r = match c {
+            // Markers come from a message, at any rate: one that would eat into the reserve
+            // kept for control frames waits for the secondary to read (`EBUSY`, try again).
+            Some(c) if !sock_room(c, wire::Marker::LEN as u64, 0) => EBUSY.to_errno(),
             Some(c) => match self.send_counted(c, FrameType::Marker, 0, Kind::Other, 0, 0, &m.encode()) {
                 Ok(_) => {
                     self.stats.marker_id.fetch_max(m.id, Ordering::Relaxed);
@@ -773,7 +787,7 @@ impl Primary {
         sock.set_timeouts(HANDSHAKE_MS, HANDSHAKE_MS);
         let s = link::handshake(&sock, wire::Role::Primary, self.sectors, self.key.as_ref(), false, HANDSHAKE_MS)?;
         sock.set_timeouts(DEAD_MS, DEAD_MS);
-        sock.set_min_send_buffer(SNDBUF_MIN);
+        sock.prepare_checked_sends(SNDBUF_MIN);
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed).max(1);
         Ok(Conn {
             sock,
@@ -919,7 +933,7 @@ impl Primary {
             let bio = self.st.lock().incoming.pop();
             match bio {
                 Some(b) => {
-                    self.handle(this, b, conn.as_deref(), &mut buf);
+                    self.handle(this, b, conn.as_deref(), &mut buf, since_resync + 1 >= RESYNC_EVERY);
                     last_tx = ms_now();
                     if let Some(c) = &conn {
                         self.maybe_flush(c, &mut last_flush);
@@ -1003,7 +1017,11 @@ impl Primary {
     /// a marker) fills the TCP buffers long before the window, and a send into a full buffer
     /// would block the sender, and with it every write, until the send timeout dropped the
     /// link.
-    fn wait_room(&self, c: &Conn, bytes: u64) -> bool {
+    ///
+    /// With `resync_owed` (a resync frame is next in turn), the write also leaves room for one
+    /// resync region in the send buffer, so that small writes cannot take all of it and starve
+    /// the resync.
+    fn wait_room(&self, c: &Conn, bytes: u64, resync_owed: bool) -> bool {
         let start = ms_now();
         let mut socket_full;
         loop {
@@ -1023,7 +1041,12 @@ impl Primary {
                     continue;
                 }
                 let window = g.book.win().fits(bytes, self.max_bytes) && g.book.win().len() + RESERVED_SLOTS < g.book.win().capacity();
-                if window && sock_room(c, bytes) {
+                let extra = if resync_owed && g.book.dirty().count() > 0 {
+                    frame_need(RESYNC_REGION_BYTES)
+                } else {
+                    0
+                };
+                if window && sock_room(c, bytes, extra) {
                     return true;
                 }
                 socket_full = window;
@@ -1040,8 +1063,8 @@ impl Primary {
                     return false;
                 }
             }
-            // Acknowledgements wake us; TCP freeing buffer space does not, so poll it more often.
-            self.wake.wait_timeout_ms(if socket_full { 10 } else { 100 });
+            // Acknowledgements wake us; TCP freeing buffer space does not, so poll it each tick.
+            self.wake.wait_timeout_ms(if socket_full { 1 } else { 100 });
         }
     }
 
@@ -1109,7 +1132,7 @@ impl Primary {
         bio.end(BlkStatus::IOERR);
     }
 
-    fn handle(&self, this: &Arc<Self>, mut bio: PBio, c: Option<&Conn>, buf: &mut KVVec<u8>) {
+    fn handle(&self, this: &Arc<Self>, mut bio: PBio, c: Option<&Conn>, buf: &mut KVVec<u8>, resync_owed: bool) {
         let op = bio.op();
         let sector = bio.target_sector();
         let sectors = bio.sectors();
@@ -1119,7 +1142,7 @@ impl Primary {
         }
         let marker = if is_write { self.marker_in(&bio) } else { None };
         let bytes = u64::from(sectors) * 512;
-        let c = c.filter(|c| self.wait_room(c, bytes));
+        let c = c.filter(|c| self.wait_room(c, bytes, resync_owed));
         let Some(c) = c else {
             match marker {
                 Some(id) => self.refuse_marker(bio, id, "not connected to the secondary, or going ahead of it"),
@@ -1284,7 +1307,7 @@ impl Primary {
             };
             // And to the send buffer's room: a resync frame must not block either.
             let (free, queued) = c.sock.send_space();
-            let fits = (free.max(0) as u64).saturating_sub(SEND_RESERVE + FRAME_SLACK) * 8 / 9 / (rs * 512);
+            let fits = (free.max(0) as u64).saturating_sub(SEND_RESERVE + FRAME_SLACK) / 2 / (rs * 512);
             let room = room.min(if queued == 0 { fits.max(1) } else { fits });
             if room == 0 {
                 return Ok(false);
