@@ -200,6 +200,28 @@ impl Socket {
         };
     }
 
+    /// The send buffer's state: `(free, queued)` in bytes of buffer memory (which counts
+    /// per-packet overhead, so a frame of `n` bytes takes somewhat more than `n`). A send that
+    /// needs more than `free` blocks until the peer acknowledges data, up to the send timeout;
+    /// callers that must not block (a peer that stopped reading) check this first.
+    pub fn send_space(&self) -> (i64, u64) {
+        let mut queued: ffi::c_int = 0;
+        // SAFETY: live socket (type invariant); the shim only reads two fields.
+        let free = unsafe { bindings::dmcore_sock_send_space(self.sock.as_ptr(), &mut queued) };
+        (i64::from(free), queued.max(0) as u64)
+    }
+
+    /// Prepares the socket for a sender that checks [`Socket::send_space`] before it sends:
+    /// raises the send buffer to at least `bytes` (TCP autotuning stays on; only TCP memory
+    /// pressure shrinks it again), and turns `TCP_NOTSENT_LOWAT` off, under which a send
+    /// would also wait while unsent data exceeds the `net.ipv4.tcp_notsent_lowat` sysctl,
+    /// whatever the free space.
+    pub fn prepare_checked_sends(&self, bytes: u32) {
+        let bytes = bytes.min(i32::MAX as u32) as ffi::c_int;
+        // SAFETY: live socket (type invariant); the shim takes the socket lock.
+        unsafe { bindings::dmcore_sock_send_setup(self.sock.as_ptr(), bytes) };
+    }
+
     /// Sends all of `buf`.
     pub fn send_all(&self, buf: &[u8]) -> Result {
         let _noio = NoIoScope::enter();

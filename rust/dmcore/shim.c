@@ -144,6 +144,38 @@ void dmcore_sock_tune(struct socket *sock, long sndtimeo, long rcvtimeo)
 		tcp_sock_set_nodelay(sk);
 }
 
+/*
+ * Room in the socket's send buffer (sk_stream_wspace: sndbuf less what is queued, in bytes of
+ * buffer memory, which counts skb overhead) and what is queued. Read without the socket lock:
+ * a hint for the caller's decision to send, which sends with its own timeout anyway.
+ */
+int dmcore_sock_send_space(struct socket *sock, int *queued)
+{
+	struct sock *sk = sock->sk;
+
+	*queued = READ_ONCE(sk->sk_wmem_queued);
+	return sk_stream_wspace(sk);
+}
+
+/*
+ * For a sender that checks dmcore_sock_send_space before it sends: raises the socket's send
+ * buffer to at least `bytes`, leaving TCP's autotuning on (it only grows the buffer; under TCP
+ * memory pressure the stack may still shrink it), and turns TCP_NOTSENT_LOWAT off for this
+ * socket (a send would otherwise also wait while unsent bytes exceed the
+ * net.ipv4.tcp_notsent_lowat sysctl, whatever the free space says).
+ */
+void dmcore_sock_send_setup(struct socket *sock, int bytes)
+{
+	struct sock *sk = sock->sk;
+
+	lock_sock(sk);
+	if (sk->sk_sndbuf < bytes)
+		WRITE_ONCE(sk->sk_sndbuf, bytes);
+	if (sk->sk_protocol == IPPROTO_TCP)
+		WRITE_ONCE(tcp_sk(sk)->notsent_lowat, UINT_MAX);
+	release_sock(sk);
+}
+
 void dmcore_kunit_fail(struct kunit *test, const char *file, int line, const char *msg)
 {
 	KUNIT_FAIL(test, "%s:%d: %s", file, line, msg);

@@ -77,6 +77,8 @@ struct net *dmcore_get_current_net(void);
 struct net *dmcore_get_net(struct net *net);
 void dmcore_put_net(struct net *net);
 void dmcore_sock_tune(struct socket *sock, long sndtimeo, long rcvtimeo);
+int dmcore_sock_send_space(struct socket *sock, int *queued);
+void dmcore_sock_send_setup(struct socket *sock, int bytes);
 
 /* KUnit: record a failure of the running case (KUNIT_FAIL) */
 void dmcore_kunit_fail(struct kunit *test, const char *file, int line, const char *msg);

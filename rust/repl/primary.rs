@@ -70,10 +70,41 @@ const RESERVED_SLOTS: usize = 8;
 const FLUSH_EVERY_MS: u64 = 1000;
 /// The window full for this long: the primary goes ahead (see `wait_room`).
 const CONGESTED_MS: u64 = 10000;
+/// Send buffer room kept free for control frames (barriers, markers, pings), so that they never
+/// block on a peer that stopped reading (see `sock_room`).
+const SEND_RESERVE: u64 = 64 * 1024;
+/// Buffer memory a frame may take beyond twice its bytes (its header's packet; see
+/// `frame_need`).
+const FRAME_SLACK: u64 = 4096;
+/// Send buffer every connection starts with (TCP's default maximum, `tcp_wmem[2]`): room for
+/// the largest frame (`frame_need` of 1 MiB), a resync frame and the reserve, so that
+/// `sock_room` can admit any frame while the buffer is not full.
+const SNDBUF_MIN: u32 = 4 << 20;
+/// Bytes of one dirty-map region (the smallest resync frame's data).
+const RESYNC_REGION_BYTES: u64 = 512 << REGION_SHIFT;
 /// Under load, one resync frame goes out per this many writes.
 const RESYNC_EVERY: u32 = 8;
 /// A connection that lasted this long resets the backoff.
 const STABLE_MS: u64 = 10000;
+
+/// Send buffer memory a frame of `bytes` may take. The buffer counts memory, not bytes: each
+/// packet queued costs about 900 bytes beyond its data. With segmentation offload (the usual
+/// case) packets carry up to 64 KiB and a frame takes little more than its bytes; without it
+/// (IPsec without offload, TCP-MD5) a packet per MSS, up to 1.6 times the bytes; and a
+/// frame's header goes in a send of its own.
+fn frame_need(bytes: u64) -> u64 {
+    2 * bytes + FRAME_SLACK
+}
+
+/// Whether a frame of `bytes` (and then `extra` bytes of buffer memory) fits in `c`'s send
+/// buffer with `SEND_RESERVE` left over, so that sending it cannot block on a peer that
+/// stopped reading. An empty buffer takes any frame (the kernel sends at least that much
+/// without waiting only if the buffer is large enough, which `SNDBUF_MIN` sees to unless TCP
+/// memory pressure shrank it).
+fn sock_room(c: &Conn, bytes: u64, extra: u64) -> bool {
+    let (free, queued) = c.sock.send_space();
+    queued == 0 || free.max(0) as u64 >= frame_need(bytes) + extra + SEND_RESERVE
+}
 
 /// Per-bio data: the frame the bio is in, on which connection (0: none).
 #[derive(Clone, Copy, Default)]
@@ -618,6 +649,9 @@ impl Primary {
     fn send_marker(&self, c: Option<&Conn>) {
         let Some(m) = self.st.lock().marker_req.take() else { return };
         let r = match c {
+            // Markers come from a message, at any rate: one that would eat into the reserve
+            // kept for control frames waits for the secondary to read (`EBUSY`, try again).
+            Some(c) if !sock_room(c, wire::Marker::LEN as u64, 0) => EBUSY.to_errno(),
             Some(c) => match self.send_counted(c, FrameType::Marker, 0, Kind::Other, 0, 0, &m.encode()) {
                 Ok(_) => {
                     self.stats.marker_id.fetch_max(m.id, Ordering::Relaxed);
@@ -753,6 +787,7 @@ impl Primary {
         sock.set_timeouts(HANDSHAKE_MS, HANDSHAKE_MS);
         let s = link::handshake(&sock, wire::Role::Primary, self.sectors, self.key.as_ref(), false, HANDSHAKE_MS)?;
         sock.set_timeouts(DEAD_MS, DEAD_MS);
+        sock.prepare_checked_sends(SNDBUF_MIN);
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed).max(1);
         Ok(Conn {
             sock,
@@ -898,7 +933,7 @@ impl Primary {
             let bio = self.st.lock().incoming.pop();
             match bio {
                 Some(b) => {
-                    self.handle(this, b, conn.as_deref(), &mut buf);
+                    self.handle(this, b, conn.as_deref(), &mut buf, since_resync + 1 >= RESYNC_EVERY);
                     last_tx = ms_now();
                     if let Some(c) = &conn {
                         self.maybe_flush(c, &mut last_flush);
@@ -977,8 +1012,18 @@ impl Primary {
     /// `on-congestion pull-ahead`: it keeps the connection, but writes go to the local device
     /// only and mark their regions dirty, until every frame sent is acknowledged; then the
     /// dirty regions are resynced.
-    fn wait_room(&self, c: &Conn, bytes: u64) -> bool {
+    ///
+    /// A full send buffer counts as a full window: a secondary that stopped reading (frozen at
+    /// a marker) fills the TCP buffers long before the window, and a send into a full buffer
+    /// would block the sender, and with it every write, until the send timeout dropped the
+    /// link.
+    ///
+    /// With `resync_owed` (a resync frame is next in turn), the write also leaves room for one
+    /// resync region in the send buffer, so that small writes cannot take all of it and starve
+    /// the resync.
+    fn wait_room(&self, c: &Conn, bytes: u64, resync_owed: bool) -> bool {
         let start = ms_now();
+        let mut socket_full;
         loop {
             self.wake.reinit();
             {
@@ -995,26 +1040,36 @@ impl Primary {
                     pr_info!("repl: {} caught up; replicating writes again, resyncing the rest\n", self.addr);
                     continue;
                 }
-                if g.book.win().fits(bytes, self.max_bytes) && g.book.win().len() + RESERVED_SLOTS < g.book.win().capacity() {
+                let window = g.book.win().fits(bytes, self.max_bytes) && g.book.win().len() + RESERVED_SLOTS < g.book.win().capacity();
+                let extra = if resync_owed && g.book.dirty().count() > 0 {
+                    frame_need(RESYNC_REGION_BYTES)
+                } else {
+                    0
+                };
+                if window && sock_room(c, bytes, extra) {
                     return true;
                 }
+                socket_full = window;
                 if ms_now().saturating_sub(start) >= CONGESTED_MS {
                     g.ahead = true;
                     drop(g);
                     self.stats.congested.fetch_add(1, Ordering::Relaxed);
                     pr_warn!(
-                        "repl: {} has not acknowledged for {} s with the send window full: going ahead (writes stay local and are resynced later)\n",
+                        "repl: {} has not acknowledged for {} s with the send {} full: going ahead (writes stay local and are resynced later)\n",
                         self.addr,
-                        CONGESTED_MS / 1000
+                        CONGESTED_MS / 1000,
+                        if socket_full { "buffer" } else { "window" }
                     );
                     return false;
                 }
             }
-            self.wake.wait_timeout_ms(100);
+            // Acknowledgements wake us; TCP freeing buffer space does not, so poll it each tick.
+            self.wake.wait_timeout_ms(if socket_full { 1 } else { 100 });
         }
     }
 
     /// Pushes a window entry for the next frame and sends it; `Err` ends the connection.
+    /// Control frames need no room check: `sock_room` keeps `SEND_RESERVE` free for them.
     #[allow(clippy::too_many_arguments)]
     fn send_counted(
         &self,
@@ -1077,7 +1132,7 @@ impl Primary {
         bio.end(BlkStatus::IOERR);
     }
 
-    fn handle(&self, this: &Arc<Self>, mut bio: PBio, c: Option<&Conn>, buf: &mut KVVec<u8>) {
+    fn handle(&self, this: &Arc<Self>, mut bio: PBio, c: Option<&Conn>, buf: &mut KVVec<u8>, resync_owed: bool) {
         let op = bio.op();
         let sector = bio.target_sector();
         let sectors = bio.sectors();
@@ -1087,7 +1142,7 @@ impl Primary {
         }
         let marker = if is_write { self.marker_in(&bio) } else { None };
         let bytes = u64::from(sectors) * 512;
-        let c = c.filter(|c| self.wait_room(c, bytes));
+        let c = c.filter(|c| self.wait_room(c, bytes, resync_owed));
         let Some(c) = c else {
             match marker {
                 Some(id) => self.refuse_marker(bio, id, "not connected to the secondary, or going ahead of it"),
@@ -1250,6 +1305,10 @@ impl Primary {
             } else {
                 (self.max_bytes.saturating_sub(g.book.win().bytes()) / (rs * 512)).min(max_regions)
             };
+            // And to the send buffer's room: a resync frame must not block either.
+            let (free, queued) = c.sock.send_space();
+            let fits = (free.max(0) as u64).saturating_sub(SEND_RESERVE + FRAME_SLACK) / 2 / (rs * 512);
+            let room = room.min(if queued == 0 { fits.max(1) } else { fits });
             if room == 0 {
                 return Ok(false);
             }

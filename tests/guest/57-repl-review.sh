@@ -219,5 +219,42 @@ check_match "handshakes: the peers held connections open all along" 'holders: ([
 check "handshakes: identical" same_data "$PD" "$SD"
 check "handshakes: remove" dm_remove hs-p hs-s
 
+# --- a long freeze: the primary goes ahead, its writes do not stall --------------------------------
+# A secondary frozen at a marker reads nothing more from its socket. Once the TCP buffers fill,
+# the primary must treat that like a full window (go ahead after 10 s: writes local, regions
+# dirty, the link kept), not block its sender (and every write behind it) until the send times
+# out and the link drops, again and again until the thaw (found 2026-12-07: a 1 MiB write had
+# not finished after 25 s, 8 reconnections in 95 s; docs/repl.md "Markers").
+# The second case sets net.ipv4.tcp_notsent_lowat on the primary's node (a common tuning): a send
+# then also waits while the unsent bytes exceed it, whatever the free space, unless the socket
+# turns it off (before that, the primary blocked again under this setting).
+freeze_case() {
+  local d=fz$1 t=$2 lowat=$3 c0 start el
+  PD=$(loopdev "$d-p" 64); SD=$(loopdev "$d-s" 64); S=$(sectors "$PD"); PORT=$((PORT + 1))
+  check "freeze$t: node A's tcp_notsent_lowat $lowat" node_exec A sysctl -qw net.ipv4.tcp_notsent_lowat="$lowat"
+  check "freeze$t: secondary, freeze_on_marker, freeze_timeout 120 s" node_exec B dmsetup create "$d-s" --table \
+    "0 $S repl secondary $SD $NODE_B_IP:$PORT 3 freeze_on_marker freeze_timeout 120000"
+  check "freeze$t: primary (async)" node_exec A dmsetup create "$d-p" --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 protocol async"
+  check "freeze$t: connected" connected "$d-p"
+  check "freeze$t: a marker" python3 "$here/replmarker.py" "/dev/mapper/$d-p" $((S - 8)) 7 freeze
+  check "freeze$t: the secondary froze" wait_status "$d-s" ' frozen 7 ' 30
+  c0=$(field "$d-p" connects)
+  dmesg_mark
+  start=$(date +%s)
+  check "freeze$t: 16 MiB written after the marker finish within 30 s" timeout 30 dd if=/dev/urandom of="/dev/mapper/$d-p" bs=1M count=16 seek=1 oflag=direct status=none
+  el=$(($(date +%s) - start))
+  check_match "freeze$t: ...the primary went ahead (congested), in ${el} s" ' congested [1-9]' "$(dmsetup status "$d-p")"
+  check_match "freeze$t: ...because its send buffer was full (not the window)" "$NODE_B_IP:$PORT has not acknowledged for 10 s with the send buffer full: going ahead" "$(dmesg_since)"
+  sleep 15
+  check_match "freeze$t: ...and kept the link (no reconnection) 15 s later" " primary (connected|ahead) .* connects ${c0:-x} " "$(dmsetup status "$d-p")"
+  check "freeze$t: thaw" dmsetup message "$d-s" 0 thaw 7
+  check "freeze$t: in sync after the thaw" synced "$d-p" 120
+  check "freeze$t: identical" same_data "$PD" "$SD"
+  check "freeze$t: remove" dm_remove "$d-p" "$d-s"
+}
+freeze_case "" "" 4294967295
+freeze_case l " (notsent_lowat)" 16384
+node_exec A sysctl -qw net.ipv4.tcp_notsent_lowat=4294967295
+
 nodes_down
 finish
