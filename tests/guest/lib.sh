@@ -150,12 +150,12 @@ s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('$(node_ip "$1")', $2)); s.listen(1); s.settimeout(${4:-30})
 try: c,a=s.accept()
 except socket.timeout: raise SystemExit(0)
-c.settimeout(30); data=b''
+c.settimeout($(scaled 30)); parts=[]
 while True:
     b=c.recv(1<<16)
     if not b: break
-    data+=b
-open('$3','wb').write(data); open('$3.peer','w').write(a[0])" &
+    parts.append(b)
+open('$3','wb').write(b''.join(parts)); open('$3.peer','w').write(a[0])" &
   local i
   for i in $(seq 100); do
     node_exec "$1" ss -Hltn "sport = :$2" | grep -q . && return 0
@@ -165,14 +165,15 @@ open('$3','wb').write(data); open('$3.peer','w').write(a[0])" &
 }
 
 # node_connect NODE PORT [FILE [SECONDS]]: connect from NODE to the other node's PORT (giving up
-# after SECONDS, default 10) and send FILE; prints connected, timeout or refused, and succeeds
-# only when connected.
+# after SECONDS, default 10) and send FILE (within 30 s, scaled); prints connected, timeout or
+# refused, and succeeds only when connected.
 node_connect() {
   node_exec "$1" python3 -c "
 import socket,sys
 try: c=socket.create_connection(('$(node_other_ip "$1")', $2), timeout=${4:-10})
 except socket.timeout: print('timeout'); sys.exit(1)
 except ConnectionRefusedError: print('refused'); sys.exit(1)
+c.settimeout($(scaled 30))
 if '${3:-}': c.sendall(open('${3:-}','rb').read())
 c.close(); print('connected')"
 }
