@@ -25,7 +25,7 @@ check "link: cut (100% loss)" node_link A "loss 100%"
 # A listener on B, a connection attempt from A: with the link cut it must time out (not be
 # refused, which would mean packets still flow).
 probe() {
-  node_listen B "$1" "$IMG_DIR/probe" 6 || return 1
+  node_listen B "$1" "$IMG_DIR/probe" "$(scaled 6)" || return 1
   node_connect A "$1" "" 2
   wait
 }
