@@ -96,6 +96,12 @@ fn frame_need(bytes: u64) -> u64 {
     2 * bytes + FRAME_SLACK
 }
 
+/// The largest frame (bytes of data) whose `frame_need` fits in `free` bytes of send buffer
+/// memory with `SEND_RESERVE` left over: the inverse of `frame_need`.
+fn frame_room(free: i64) -> u64 {
+    (free.max(0) as u64).saturating_sub(SEND_RESERVE + FRAME_SLACK) / 2
+}
+
 /// Whether a frame of `bytes` (and then `extra` bytes of buffer memory) fits in `c`'s send
 /// buffer with `SEND_RESERVE` left over, so that sending it cannot block on a peer that
 /// stopped reading. An empty buffer takes any frame (the kernel sends at least that much
@@ -103,7 +109,7 @@ fn frame_need(bytes: u64) -> u64 {
 /// memory pressure shrank it).
 fn sock_room(c: &Conn, bytes: u64, extra: u64) -> bool {
     let (free, queued) = c.sock.send_space();
-    queued == 0 || free.max(0) as u64 >= frame_need(bytes) + extra + SEND_RESERVE
+    queued == 0 || frame_room(free.saturating_sub(i64::try_from(extra).unwrap_or(i64::MAX))) >= bytes
 }
 
 /// Per-bio data: the frame the bio is in, on which connection (0: none).
@@ -1307,7 +1313,7 @@ impl Primary {
             };
             // And to the send buffer's room: a resync frame must not block either.
             let (free, queued) = c.sock.send_space();
-            let fits = (free.max(0) as u64).saturating_sub(SEND_RESERVE + FRAME_SLACK) / 2 / (rs * 512);
+            let fits = frame_room(free) / (rs * 512);
             let room = room.min(if queued == 0 { fits.max(1) } else { fits });
             if room == 0 {
                 return Ok(false);

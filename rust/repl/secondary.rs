@@ -633,6 +633,10 @@ impl Secondary {
     /// device is suspended, and a table loaded next finds the state saved).
     pub(crate) fn postsuspend(&self) {
         self.suspended.store(true, Ordering::SeqCst);
+        // Handshakes under way are cut short (see `accept_loop`).
+        for h in self.handshaking.lock().iter().flatten() {
+            h.shutdown();
+        }
         while self.serving.load(Ordering::SeqCst) {
             // Again each time: the applier may have taken a session just before.
             if let Some(p) = self.active.lock().clone() {
@@ -750,13 +754,23 @@ impl Secondary {
             if self.stop.load(Ordering::Acquire) {
                 s.shutdown();
             }
-            let inconsistent = !self.consistent.load(Ordering::Acquire);
-            let r = link::handshake(&s, wire::Role::Secondary, self.sectors, self.key.as_ref(), inconsistent, HANDSHAKE_MS);
+            // Suspended (a table reload, or the target being removed), this side serves no
+            // session: none is made. Turned away before the handshake, the primary counts no
+            // connection and sends no resync into a session that would end unserved (leaving it
+            // to report this side inconsistent). Read after the socket is published above, and
+            // `postsuspend` shuts published sockets down after it sets `suspended`: a handshake
+            // that starts before the suspend is cut short.
+            let r = if self.suspended.load(Ordering::SeqCst) {
+                None
+            } else {
+                let inconsistent = !self.consistent.load(Ordering::Acquire);
+                Some(link::handshake(&s, wire::Role::Secondary, self.sectors, self.key.as_ref(), inconsistent, HANDSHAKE_MS))
+            };
             if let Some(slot) = self.handshaking.lock().get_mut(k) {
                 *slot = None;
             }
             match r {
-                Ok(session) => {
+                Some(Ok(session)) => {
                     s.set_timeouts(DEAD_MS, DEAD_MS);
                     let Ok(p) = Arc::new(Peer { sock: s, session, addr }, GFP_KERNEL) else { continue };
                     // An authenticated primary replaces the current session (say, after it
@@ -776,10 +790,17 @@ impl Secondary {
                     }
                     self.wake.complete();
                 }
-                Err(e) => {
+                Some(Err(e)) if !self.suspended.load(Ordering::SeqCst) => {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     if self.log.allow() {
                         pr_warn!("repl: refused connection from {}: {}\n", addr, e);
+                    }
+                }
+                // Not started, or cut short, because this side is suspended.
+                _ => {
+                    s.shutdown();
+                    if self.log.allow() {
+                        pr_info!("repl: turned away the connection from {}: the device is suspended\n", addr);
                     }
                 }
             }

@@ -155,6 +155,15 @@ struct Inner {
     drains: u32,
 }
 
+impl Inner {
+    /// Whether everything dirty is due regardless of the watermarks: a drain (`flush`,
+    /// `flush_on_suspend`) or a checkpoint is running. A checkpoint's writeback is bounded by
+    /// the index's limit, set and lifted in the same lock holds as `cp`.
+    fn forced(&self) -> bool {
+        self.drains > 0 || self.cp.is_some()
+    }
+}
+
 /// A checkpoint in progress (see [`Shared::checkpoint`]).
 #[derive(Clone, Copy)]
 struct CpState {

@@ -21,16 +21,9 @@ impl Shared {
             if self.stop.load(Ordering::Acquire) {
                 break;
             }
-            let t = if self.forced(&self.inner.lock()) { 10 } else { self.tick_ms() };
+            let t = if self.inner.lock().forced() { 10 } else { self.tick_ms() };
             self.wake.wait_timeout_ms(t);
         }
-    }
-
-    /// Whether everything dirty is due regardless of the watermarks: a drain (`flush`,
-    /// `flush_on_suspend`) or a checkpoint is running. A checkpoint's writeback is bounded by
-    /// the index's limit, set and lifted in the same lock holds as `g.cp`.
-    fn forced(&self, g: &Inner) -> bool {
-        g.drains > 0 || g.cp.is_some()
     }
 
     /// What is due for writeback now: `None` nothing, `Some((None, n))` any `n` blocks,
@@ -54,7 +47,7 @@ impl Shared {
         // more than 2^30 epochs old (the index keeps the low 32 bits of epochs, sound while
         // every version is less than 2^31 old: `Index::epochs_need_writeback`).
         if c.free == 0
-            || self.forced(g)
+            || g.forced()
             || g.mode == CacheMode::Writethrough
             || g.ix.needs_writeback_now()
             || g.ix.epochs_need_writeback()
