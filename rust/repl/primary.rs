@@ -96,8 +96,9 @@ fn frame_need(bytes: u64) -> u64 {
     2 * bytes + FRAME_SLACK
 }
 
-/// The largest frame (bytes of data) whose `frame_need` fits in `free` bytes of send buffer
-/// memory with `SEND_RESERVE` left over: the inverse of `frame_need`.
+/// The largest frame (bytes of data, 0 if none fits) whose `frame_need` fits in `free` bytes
+/// of send buffer memory with `SEND_RESERVE` left over: the inverse of `frame_need`, for sizing
+/// resync frames.
 fn frame_room(free: i64) -> u64 {
     (free.max(0) as u64).saturating_sub(SEND_RESERVE + FRAME_SLACK) / 2
 }
@@ -109,7 +110,9 @@ fn frame_room(free: i64) -> u64 {
 /// memory pressure shrank it).
 fn sock_room(c: &Conn, bytes: u64, extra: u64) -> bool {
     let (free, queued) = c.sock.send_space();
-    queued == 0 || frame_room(free.saturating_sub(i64::try_from(extra).unwrap_or(i64::MAX))) >= bytes
+    // Not through `frame_room`: a frame of 0 bytes (the barrier of an empty flush) needs room
+    // too, or a run of flushes could eat the reserve and block the sender.
+    queued == 0 || free.max(0) as u64 >= frame_need(bytes).saturating_add(extra).saturating_add(SEND_RESERVE)
 }
 
 /// Per-bio data: the frame the bio is in, on which connection (0: none).

@@ -4,7 +4,8 @@
 //! device.
 //!
 //! Three long-running workers, each on its own workqueue:
-//! - the **listener** accepts connections and runs the handshake. Only a peer that completes
+//! - the **listener** accepts connections and runs the handshake (none while the target is
+//!   suspended: a connection is closed at once). Only a peer that completes
 //!   it (authenticated, with `auth`) replaces the current session, so a stray or hostile
 //!   connection cannot disturb a working link;
 //! - the **applier** serves the session: receives each frame, checks it (header bounds before
@@ -291,7 +292,8 @@ impl LogLimit {
     const BURST: u64 = 10;
     const INTERVAL_MS: u64 = 5000;
 
-    /// Whether a line may be logged now. Called from one worker at a time.
+    /// Whether a line may be logged now. Called from several workers (the handshakers, the
+    /// applier): a race between them only blurs the count of one interval.
     pub(crate) fn allow(&self) -> bool {
         let now = ms_now();
         if now.saturating_sub(self.start_ms.load(Ordering::Relaxed)) >= Self::INTERVAL_MS {
@@ -341,8 +343,10 @@ pub(crate) struct Secondary {
     /// The state last written to `meta_dev` successfully: 0 unknown (a write failed), 1
     /// inconsistent, 2 consistent.
     on_disk: AtomicU8,
-    /// Suspended: the applier serves no session (set by `postsuspend`, cleared by `preresume`).
+    /// Suspended: no session is made or served (set by `postsuspend`, cleared by `resume`).
     suspended: AtomicBool,
+    /// A primary was turned away during this suspend, and the log said so.
+    turned_away_said: AtomicBool,
     /// The applier is serving a session (see `postsuspend`).
     serving: AtomicBool,
     pub(crate) sectors: u64,
@@ -495,6 +499,7 @@ impl Secondary {
                 meta_loaded: AtomicBool::new(false),
                 on_disk: AtomicU8::new(0),
                 suspended: AtomicBool::new(false),
+                turned_away_said: AtomicBool::new(false),
                 serving: AtomicBool::new(false),
                 sectors,
                 addr,
@@ -624,6 +629,7 @@ impl Secondary {
 
     /// Resumed (every target's preresume succeeded): serve sessions again.
     pub(crate) fn resume(this: &Arc<Self>) {
+        this.turned_away_said.store(false, Ordering::Relaxed);
         this.suspended.store(false, Ordering::SeqCst);
         this.wake.complete();
         Self::start(this);
@@ -634,8 +640,10 @@ impl Secondary {
     pub(crate) fn postsuspend(&self) {
         self.suspended.store(true, Ordering::SeqCst);
         // Handshakes under way are cut short (see `accept_loop`).
-        for h in self.handshaking.lock().iter().flatten() {
-            h.shutdown();
+        for slot in self.handshaking.lock().iter_mut() {
+            if let Some(h) = slot.take() {
+                h.shutdown();
+            }
         }
         while self.serving.load(Ordering::SeqCst) {
             // Again each time: the applier may have taken a session just before.
@@ -758,19 +766,21 @@ impl Secondary {
             // session: none is made. Turned away before the handshake, the primary counts no
             // connection and sends no resync into a session that would end unserved (leaving it
             // to report this side inconsistent). Read after the socket is published above, and
-            // `postsuspend` shuts published sockets down after it sets `suspended`: a handshake
-            // that starts before the suspend is cut short.
+            // `postsuspend` takes published sockets and shuts them down after it sets
+            // `suspended`: a handshake under way when the suspend comes is cut short. Only one
+            // whose last frame (this side's) was already sent can complete on the primary,
+            // which then counts a connection, as for a session the suspend ends.
             let r = if self.suspended.load(Ordering::SeqCst) {
                 None
             } else {
                 let inconsistent = !self.consistent.load(Ordering::Acquire);
                 Some(link::handshake(&s, wire::Role::Secondary, self.sectors, self.key.as_ref(), inconsistent, HANDSHAKE_MS))
             };
-            if let Some(slot) = self.handshaking.lock().get_mut(k) {
-                *slot = None;
-            }
+            // Taken back; gone if `postsuspend` took it.
+            let cut = self.handshaking.lock().get_mut(k).is_some_and(|slot| slot.take().is_none());
+            let turned_away = cut || r.is_none() || (matches!(r, Some(Ok(_))) && self.suspended.load(Ordering::SeqCst));
             match r {
-                Some(Ok(session)) => {
+                Some(Ok(session)) if !turned_away => {
                     s.set_timeouts(DEAD_MS, DEAD_MS);
                     let Ok(p) = Arc::new(Peer { sock: s, session, addr }, GFP_KERNEL) else { continue };
                     // An authenticated primary replaces the current session (say, after it
@@ -790,16 +800,17 @@ impl Secondary {
                     }
                     self.wake.complete();
                 }
-                Some(Err(e)) if !self.suspended.load(Ordering::SeqCst) => {
+                Some(Err(e)) if !turned_away => {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     if self.log.allow() {
                         pr_warn!("repl: refused connection from {}: {}\n", addr, e);
                     }
                 }
-                // Not started, or cut short, because this side is suspended.
+                // Not started, cut short or not served, because this side is suspended. Said
+                // once per suspend (the primary retries every few seconds).
                 _ => {
                     s.shutdown();
-                    if self.log.allow() {
+                    if !self.turned_away_said.swap(true, Ordering::Relaxed) {
                         pr_info!("repl: turned away the connection from {}: the device is suspended\n", addr);
                     }
                 }
