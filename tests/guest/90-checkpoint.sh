@@ -63,13 +63,14 @@ snaploop() {
 snaploop 2>"$IMG_DIR/snaploop.err" &
 SNAPPID=$!
 
-# image_of LABEL: the thin id of the image taken at the marker with that label (waits for it).
+# image_of LABEL: the thin id of the image taken at the marker with that label (waits for it:
+# 30 s, scaled; on the debug kernel the image loop's snapshots came later than 30 s).
 # Every marker of this file has a label of its own; ids do not identify images: dm-repl's own
 # markers (the control) take the id after the last one sent, which a later checkpoint's id can
 # repeat, and the race's fresh cache starts its ids at 1 again.
 image_of() {
   local i t
-  for i in $(seq 150); do
+  for i in $(seq "$(scaled 150)"); do
     t=$(awk -v l="$1" '$3 == l {t = $2; n++} END {if (n == 1) print t}' "$SNAPMAP" 2>/dev/null)
     [ -n "$t" ] && { echo "$t"; return 0; }
     sleep 0.2
