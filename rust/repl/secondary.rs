@@ -863,6 +863,8 @@ impl Secondary {
             }
             let gen = self.gen.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
             *self.out.lock() = Some(Out { peer: p.clone(), gen, tx: p.session.tx_seq });
+            // The handshake just spoke: the first keepalive is due 2 s from here.
+            self.last_tx_ms.store(ms_now(), Ordering::Relaxed);
             let why = self.serve(&p, gen);
             p.sock.shutdown();
             self.end_session();
