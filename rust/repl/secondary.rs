@@ -54,6 +54,9 @@ const HANDSHAKERS: usize = 4;
 const BACKLOG: u32 = 16;
 /// Nothing received for this long (the primary pings every few seconds): the session is dead.
 const DEAD_MS: u32 = 15000;
+/// Nothing sent to the primary for this long while a session is served: a `PONG` (the primary
+/// takes a link that says nothing for its `DEAD_MS`, 12 s, for dead).
+const KEEPALIVE_MS: u64 = 2000;
 /// Receive buffers: writes of up to `SMALL_DATA` bytes (the 4 KiB writes of a random workload)
 /// take a small one, larger writes a large one (up to `wire::MAX_DATA`). Together they bound
 /// the writes in flight: 128 x 20 KiB + 8 x 1028 KiB (vmalloc), 10.5 MiB per secondary, at load.
@@ -387,6 +390,8 @@ pub(crate) struct Secondary {
     /// Where acknowledgements go.
     #[pin]
     out: Mutex<Option<Out>>,
+    /// When a frame was last sent to the primary (`ms_now`): see `keepalive`.
+    last_tx_ms: AtomicU64,
     /// The session being served (its frames' slots carry it).
     gen: AtomicU32,
     /// Wakes the applier: a session was published, or the target is going.
@@ -530,6 +535,7 @@ impl Secondary {
                 ),
                 pools <- new_mutex!(pools),
                 out <- new_mutex!(None),
+                last_tx_ms: AtomicU64::new(0),
                 gen: AtomicU32::new(0),
                 wake <- Completion::new(),
                 listen_wake <- Completion::new(),
@@ -857,6 +863,8 @@ impl Secondary {
             }
             let gen = self.gen.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
             *self.out.lock() = Some(Out { peer: p.clone(), gen, tx: p.session.tx_seq });
+            // The handshake just spoke: the first keepalive is due 2 s from here.
+            self.last_tx_ms.store(ms_now(), Ordering::Relaxed);
             let why = self.serve(&p, gen);
             p.sock.shutdown();
             self.end_session();
@@ -906,6 +914,7 @@ impl Secondary {
         while !self.stop.load(Ordering::Acquire) {
             pipe.to_acker.reinit();
             if self.reap(true) == 0 {
+                self.keepalive();
                 pipe.to_acker.wait_timeout_ms(1000);
             }
         }
@@ -988,7 +997,20 @@ impl Secondary {
         let Some(o) = o.as_mut().filter(|o| o.gen == gen) else { return Ok(()) };
         link::send_frame(&o.peer.sock, ty, flags, o.tx, payload, o.peer.session.tx_mac.as_ref())?;
         o.tx += 1;
+        self.last_tx_ms.store(ms_now(), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A `PONG` if a session is served and nothing was sent on it for `KEEPALIVE_MS`: the
+    /// applier may wait long for the data device (a slow or stalled disk, a dm-thin pool
+    /// breaking sharing after a snapshot) and then sends nothing, not even acknowledgements.
+    /// A failed send is the applier's to notice (its session ends).
+    fn keepalive(&self) {
+        if ms_now().saturating_sub(self.last_tx_ms.load(Ordering::Relaxed)) < KEEPALIVE_MS {
+            return;
+        }
+        let Some(gen) = self.out.lock().as_ref().map(|o| o.gen) else { return };
+        let _ = self.send_out(gen, FrameType::Pong, 0, &0u64.to_le_bytes());
     }
 
     /// The `thaw <id>` message.

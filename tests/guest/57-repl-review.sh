@@ -256,5 +256,27 @@ freeze_case "" "" 4294967295
 freeze_case l " (notsent_lowat)" 16384
 node_exec A sysctl -qw net.ipv4.tcp_notsent_lowat=4294967295
 
+# --- a slow disk at the secondary: the link is kept --------------------------------------------
+# A secondary whose disk takes 15 s per write: it answered nothing while its applier waited for
+# the disk (only a frozen one sent keepalives), so the primary took the link for dead after 12 s,
+# reconnected and resynced, every 12 s, the new session stuck behind the old one (found on the
+# debug kernel, where 90-checkpoint's secondary stalled after a thin snapshot; stop 24).
+PORT=$((PORT + 1))
+PD=$(loopdev sd-p 16); SD=$(loopdev sd-s 16); S=$(sectors "$PD")
+check "slow disk: the secondary's disk delays writes by 15 s (dm-delay)" dmsetup create sd-d --table "0 $S delay $SD 0 0 $SD 0 15000"
+check "slow disk: secondary" node_exec B dmsetup create sd-s --table "0 $S repl secondary /dev/mapper/sd-d $NODE_B_IP:$PORT 0"
+check "slow disk: primary (async)" node_exec A dmsetup create sd-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 protocol async"
+check "slow disk: connected" connected sd-p
+dmesg_mark
+# One write: in async mode each write completed before the next is issued starts an epoch, and
+# the secondary applies epochs one after the other (16 writes would take 16 times 15 s).
+check "slow disk: 1 MiB written (one write)" dd if=/dev/urandom of=/dev/mapper/sd-p bs=1M count=1 oflag=direct status=none
+sleep 20
+check_match "slow disk: 20 s later the link is kept (connects 1)" ' primary connected .* connects 1 ' "$(dmsetup status sd-p)"
+check_fails "slow disk: ...and the primary never lost it" grep -q "connection to $NODE_B_IP:$PORT lost" <<<"$(dmesg_since)"
+check "slow disk: in sync once the writes land" synced sd-p 60
+check "slow disk: identical" same_data "$PD" "$SD"
+check "slow disk: remove" dm_remove sd-p sd-s sd-d
+
 nodes_down
 finish

@@ -93,6 +93,11 @@ PRIMARY_RX_BUF = 64
 # Timeouts of dm-repl (docs/repl.md): a drop after these may be the timeout, not the frame.
 HANDSHAKE_S = 5.0
 SECONDARY_DEAD_S = 15.0
+# A secondary serving a session that sent nothing for this long sends a PONG (keepalive); the
+# model accepts one from a secondary that is not frozen only after this much silence, less the
+# slack (the previous frame may have been delivered late).
+KEEPALIVE_S = 2.0
+KEEPALIVE_SLACK_S = 0.5
 PRIMARY_DEAD_S = 12.0
 # Kernel-log rate limit of a secondary (10 lines per 5 s): we keep to at most LOG_LINES lines in
 # any LOG_WINDOW seconds per target, so that every line of ours is logged.
@@ -654,6 +659,7 @@ class FakePrimary:
         self.freezes = collections.deque()  # markers that freeze the secondary, in order
         self.frozen_bytes = 0  # bytes sent while it may be frozen (TCP buffers hold them)
         self.pongs = 0
+        self.last_rx = self.prev_rx = self.t_conn  # when the last two frames came (connect: before the handshake)
         self.frames = {}  # valid frames sent, by sequence number (for a replay next session)
         self.fam = "-"
 
@@ -670,14 +676,18 @@ class FakePrimary:
         if why:
             self.fail("the secondary sent an invalid frame (%s): %s" % (why, (h + p).hex()[:240]))
         self.rx += 1
+        self.prev_rx, self.last_rx = self.last_rx, time.monotonic()
         return h[5], fields(h)[3], p
 
     def take_ack(self, ty, flags, p):
         """Checks one frame of the secondary in a session: an ACK (cumulative, in order, flagged
-        exactly at the markers it did not record) or a PONG while frozen."""
+        exactly at the markers it did not record), a PONG while frozen, or a keepalive PONG after
+        KEEPALIVE_S of silence."""
         if ty == PONG:
-            if not self.t.freeze:
-                self.fail("PONG from a secondary without freeze_on_marker")
+            gap = self.last_rx - self.prev_rx
+            if not self.t.freeze and gap < KEEPALIVE_S - KEEPALIVE_SLACK_S:
+                self.fail("PONG %.2f s after the secondary's previous frame, from a secondary without "
+                          "freeze_on_marker (a keepalive comes after %.0f s of silence)" % (gap, KEEPALIVE_S))
             self.pongs += 1
             return
         if ty != ACK:
@@ -1244,7 +1254,8 @@ def sec_case(env, t, case, rng, nonces):
             fp.quiet(0.3)
             fp.thaw()
             at = time.monotonic()
-        allow = (lambda h, p: h[5] == PONG) if t.freeze else None
+        # PONGs: a frozen secondary's, or a keepalive (the refusal may come after 2 s of silence).
+        allow = lambda h, p: h[5] == PONG
         if v.kind == "closed":
             t.predicted = "closed"
             expect_refused(env, fp, start, re_closed, "closed", SECONDARY_DEAD_S, at, allow)

@@ -8,7 +8,8 @@ one for the right reason:
   secondary side: accept-all (acknowledges and applies every frame, never closes: every case
   the model refuses must be reported, each one), ack-bad (acknowledges the bad frame, then
   refuses it), leak (writes a refused write frame's data to its disk), wrong-reason (logs another
-  reason), late (refuses, but closes after the timeout);
+  reason), late (refuses, but closes after the timeout), early-pong (sends a PONG right after each
+  ACK: a keepalive comes only after 2 s of silence);
   primary side: accept-all (never refuses), wrong-reason, count-bad (counts a refused ACK as
   acknowledged: its status differs), eio (fails the write from above that a refused ACK covered,
   as dm-repl did before its fix).
@@ -213,6 +214,9 @@ class SimSecondary:
                 self.frozen = struct.unpack_from("<Q", v.p, off)[0]
             c.sendall(frame(ACK, fl, self.tx, struct.pack("<QQ", v.seq, m.durable_epoch), self.ksp))
             self.tx += 1
+            if self.mode == "early-pong":
+                c.sendall(frame(PONG, 0, self.tx, bytes(8), self.ksp))
+                self.tx += 1
             if freeze:
                 while not self.thawed.wait(2 * SCALE):
                     c.sendall(frame(PONG, 0, self.tx, bytes(8), self.ksp))
@@ -532,7 +536,8 @@ def main():
     for mode, words in (("ack-bad", "after the bad frame instead of a refusal"),
                         ("leak", "REFUSED FRAMES' DATA ON THE DISK"),
                         ("wrong-reason", "refused for another reason"),
-                        ("late", "not closed within")):
+                        ("late", "not closed within"),
+                        ("early-pong", "from a secondary without freeze_on_marker")):
         fails, total, dt, log = sec_run(mode, 24)
         expect(fails and all(words in f for f in fails),
                "secondary, %s stand-in: expected every failure to say '%s':\n%s" % (mode, words, log))
