@@ -30,6 +30,7 @@ step, the steps followed by fsync or written with O_DSYNC, and its checkpoints.
 
 import argparse
 import bisect
+import collections
 import json
 import mmap
 import os
@@ -436,23 +437,32 @@ def replay_main(a):
     npoints = nstates = failures = 0
     prev = 0
 
+    spent = collections.Counter()  # seconds per phase, for the summary line
+
+    def timed(phase, fn, *args):
+        t = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            spent[phase] += time.monotonic() - t
+
     def one(state, point, what):
         nonlocal failures
-        rb.snapshot()
+        timed("snapshot", rb.snapshot)
         try:
             if state is not None:
-                logreplay.apply_state(log, "/dev/mapper/pl_snap", state)
-            err = rb.stack()
+                timed("crash state", logreplay.apply_state, log, "/dev/mapper/pl_snap", state)
+            err = timed("load", rb.stack)
             if err is None:
                 durable = last_mark(marks, point)
                 if hist is not None:
-                    errs = check_image(read_range("/dev/mapper/pl_wbc"), hist, durable)
+                    errs = timed("check", lambda: check_image(read_range("/dev/mapper/pl_wbc"), hist, durable))
                 else:
-                    errs = ext4_check(a.mnt)
+                    errs = timed("check", ext4_check, a.mnt)
                 err = "\n".join(errs) if errs else None
                 what += f", durable step {durable}"
         finally:
-            rb.teardown()
+            timed("teardown", rb.teardown)
         if err:
             failures += 1
             print(f"# {a.name}: {what}: FAILED")
@@ -466,20 +476,21 @@ def replay_main(a):
         states = logreplay.crash_states(log, p, rng, a.states)
         if states:
             base = states[0].base
-            logreplay.replay(log, a.work, prev, base)
+            timed("replay", logreplay.replay, log, a.work, prev, base)
             prev = base
             for st in states:
                 nstates += 1
                 if not one(st, p, f"crash state before entry {p} completes"):
                     break
-        logreplay.replay(log, a.work, prev, p + 1)
+        timed("replay", logreplay.replay, log, a.work, prev, p + 1)
         prev = p + 1
         npoints += 1
         one(None, p, f"point {p}")
         if failures:
             break
     print(f"# {a.name}: {npoints} replay points and {nstates} crash states in "
-          f"{time.monotonic() - t0:.0f} s (seed {a.seed})")
+          f"{time.monotonic() - t0:.0f} s (seed {a.seed}): "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in spent.most_common()))
     print(f"RESULT {npoints} {nstates} {failures}")
     return 1 if failures else 0
 
