@@ -278,5 +278,32 @@ check "slow disk: in sync once the writes land" synced sd-p 60
 check "slow disk: identical" same_data "$PD" "$SD"
 check "slow disk: remove" dm_remove sd-p sd-s sd-d
 
+# --- a hung disk at the secondary: the link is given up, not kept forever ----------------------
+# The keepalive above must not hide a disk that completes nothing: with it alone, a sync primary
+# whose secondary's disk hangs waited for that disk forever (its link never went silent). A
+# secondary whose writes in flight have not advanced for 30 s stops its keepalives, so the
+# primary gives the link up 12 s later (as DRBD's ko-count bounds a peer's stuck write: 7 x 6 s
+# by default) and its writes complete, their regions dirty, resynced once the disk is back.
+PORT=$((PORT + 1))
+PD=$(loopdev hd-p 16); SD=$(loopdev hd-s 16); S=$(sectors "$PD")
+check "hung disk: the secondary's disk (dm-linear, suspended below)" dmsetup create hd-d --table "0 $S linear $SD 0"
+check "hung disk: secondary" node_exec B dmsetup create hd-s --table "0 $S repl secondary /dev/mapper/hd-d $NODE_B_IP:$PORT 0"
+check "hung disk: primary (sync)" node_exec A dmsetup create hd-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 protocol sync"
+check "hung disk: connected" connected hd-p
+check "hung disk: the disk hangs (suspended: its writes queue)" dmsetup suspend hd-d
+dmesg_mark
+start=$(date +%s)
+check "hung disk: a sync write completes once the primary gives the link up" \
+  timeout "$(scaled 90)" dd if=/dev/urandom of=/dev/mapper/hd-p bs=64k count=1 oflag=direct status=none
+el=$(($(date +%s) - start))
+check "hung disk: ...after the stall limit and the dead-link limit (30 + 12 s; took ${el} s)" test "$el" -ge 38 -a "$el" -le "$(scaled 70)"
+check "hung disk: the secondary said why its keepalives stopped" \
+  grep -q "the data device completed no write for 30 s" <<<"$(dmesg_since)"
+check "hung disk: the primary lost the link" grep -q "connection to $NODE_B_IP:$PORT lost" <<<"$(dmesg_since)"
+check "hung disk: the disk comes back" dmsetup resume hd-d
+check "hung disk: in sync after a resync" synced hd-p 90
+check "hung disk: identical" same_data "$PD" "$SD"
+check "hung disk: remove" dm_remove hd-p hd-s hd-d
+
 nodes_down
 finish
