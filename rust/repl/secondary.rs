@@ -57,6 +57,11 @@ const DEAD_MS: u32 = 15000;
 /// Nothing sent to the primary for this long while a session is served: a `PONG` (the primary
 /// takes a link that says nothing for its `DEAD_MS`, 12 s, for dead).
 const KEEPALIVE_MS: u64 = 2000;
+/// Writes in flight to the data device and none finished for this long: the keepalives stop,
+/// so the primary gives the link up `DEAD_MS` (its, 12 s) later instead of waiting for a hung
+/// disk forever (a `sync` primary's writes would wait with it). As DRBD's ko-count bounds a
+/// peer's stuck write (7 x 6 s by default).
+const STALL_MS: u64 = 30000;
 /// Receive buffers: writes of up to `SMALL_DATA` bytes (the 4 KiB writes of a random workload)
 /// take a small one, larger writes a large one (up to `wire::MAX_DATA`). Together they bound
 /// the writes in flight: 128 x 20 KiB + 8 x 1028 KiB (vmalloc), 10.5 MiB per secondary, at load.
@@ -862,9 +867,9 @@ impl Secondary {
                 pr_info!("repl: primary {} connected\n", p.addr);
             }
             let gen = self.gen.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-            *self.out.lock() = Some(Out { peer: p.clone(), gen, tx: p.session.tx_seq });
             // The handshake just spoke: the first keepalive is due 2 s from here.
             self.last_tx_ms.store(ms_now(), Ordering::Relaxed);
+            *self.out.lock() = Some(Out { peer: p.clone(), gen, tx: p.session.tx_seq });
             let why = self.serve(&p, gen);
             p.sock.shutdown();
             self.end_session();
@@ -911,12 +916,35 @@ impl Secondary {
 
     fn run_acker(&self) {
         let pipe = self.aio.handler();
+        // Since when writes have been in flight without one finishing (None: none in flight),
+        // and whether that stall was logged.
+        let mut stalled_since = None;
+        let mut said = false;
         while !self.stop.load(Ordering::Acquire) {
             pipe.to_acker.reinit();
-            if self.reap(true) == 0 {
-                self.keepalive();
-                pipe.to_acker.wait_timeout_ms(1000);
+            if self.reap(true) != 0 {
+                stalled_since = None;
+                said = false;
+                continue;
             }
+            let now = ms_now();
+            let stalled = if pipe.ring.lock().len == 0 {
+                stalled_since = None;
+                said = false;
+                0
+            } else {
+                now.saturating_sub(*stalled_since.get_or_insert(now))
+            };
+            if stalled < STALL_MS {
+                self.keepalive();
+            } else if !said {
+                said = true;
+                pr_warn!(
+                    "repl: the data device completed no write for {} s: no more keepalives, the primary will give the link up\n",
+                    STALL_MS / 1000
+                );
+            }
+            pipe.to_acker.wait_timeout_ms(1000);
         }
     }
 
@@ -977,13 +1005,20 @@ impl Secondary {
             }
         }
         if failed {
-            // A failed write (the applier reports it) or a failed send: the session's socket
-            // is shut down so that the applier stops receiving. Only that session's.
-            if let Some(o) = self.out.lock().as_ref().filter(|o| Some(o.gen) == gen_seen) {
-                o.peer.sock.shutdown();
+            // A failed write (the applier reports it) or a failed send.
+            if let Some(gen) = gen_seen {
+                self.shut_out(gen);
             }
         }
         n
+    }
+
+    /// Shuts down session `gen`'s socket, if it is still the one served, so that the applier
+    /// stops receiving: after a failed write, or a failed send (a frame may be cut short).
+    fn shut_out(&self, gen: u32) {
+        if let Some(o) = self.out.lock().as_ref().filter(|o| o.gen == gen) {
+            o.peer.sock.shutdown();
+        }
     }
 
     /// Whether a write of the current session failed.
@@ -1004,13 +1039,15 @@ impl Secondary {
     /// A `PONG` if a session is served and nothing was sent on it for `KEEPALIVE_MS`: the
     /// applier may wait long for the data device (a slow or stalled disk, a dm-thin pool
     /// breaking sharing after a snapshot) and then sends nothing, not even acknowledgements.
-    /// A failed send is the applier's to notice (its session ends).
+    /// A failed send ends the session, as a failed acknowledgement does.
     fn keepalive(&self) {
         if ms_now().saturating_sub(self.last_tx_ms.load(Ordering::Relaxed)) < KEEPALIVE_MS {
             return;
         }
         let Some(gen) = self.out.lock().as_ref().map(|o| o.gen) else { return };
-        let _ = self.send_out(gen, FrameType::Pong, 0, &0u64.to_le_bytes());
+        if self.send_out(gen, FrameType::Pong, 0, &0u64.to_le_bytes()).is_err() {
+            self.shut_out(gen);
+        }
     }
 
     /// The `thaw <id>` message.
