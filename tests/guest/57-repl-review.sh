@@ -261,12 +261,19 @@ node_exec A sysctl -qw net.ipv4.tcp_notsent_lowat=4294967295
 # the disk (only a frozen one sent keepalives), so the primary took the link for dead after 12 s,
 # reconnected and resynced, every 12 s, the new session stuck behind the old one (found on the
 # debug kernel, where 90-checkpoint's secondary stalled after a thin snapshot; stop 24).
-PORT=$((PORT + 1))
-PD=$(loopdev sd-p 16); SD=$(loopdev sd-s 16); S=$(sectors "$PD")
-check "slow disk: the secondary's disk delays writes by 15 s (dm-delay)" dmsetup create sd-d --table "0 $S delay $SD 0 0 $SD 0 15000"
-check "slow disk: secondary" node_exec B dmsetup create sd-s --table "0 $S repl secondary /dev/mapper/sd-d $NODE_B_IP:$PORT 0"
-check "slow disk: primary (async)" node_exec A dmsetup create sd-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 protocol async"
-check "slow disk: connected" connected sd-p
+# pair_over LABEL P PROTOCOL WHAT TABLE: on a new PORT, loop devices P-p and P-s (PD, SD; S
+# sectors), the secondary's disk P-d with dm TABLE over it ("{SD}" stands for SD; WHAT names it
+# in the check), a secondary on P-d and a primary in PROTOCOL over PD, connected.
+pair_over() {
+  local l=$1 p=$2 proto=$3 what=$4 table=$5
+  PORT=$((PORT + 1))
+  PD=$(loopdev "$p-p" 16); SD=$(loopdev "$p-s" 16); S=$(sectors "$PD")
+  check "$l: the secondary's disk ($what)" dmsetup create "$p-d" --table "0 $S ${table//\{SD\}/$SD}"
+  check "$l: secondary" node_exec B dmsetup create "$p-s" --table "0 $S repl secondary /dev/mapper/$p-d $NODE_B_IP:$PORT 0"
+  check "$l: primary ($proto)" node_exec A dmsetup create "$p-p" --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 protocol $proto"
+  check "$l: connected" connected "$p-p"
+}
+pair_over "slow disk" sd async "dm-delay: 15 s per write" "delay {SD} 0 0 {SD} 0 15000"
 dmesg_mark
 # One write: in async mode each write completed before the next is issued starts an epoch, and
 # the secondary applies epochs one after the other (16 writes would take 16 times 15 s).
@@ -284,12 +291,7 @@ check "slow disk: remove" dm_remove sd-p sd-s sd-d
 # secondary whose writes in flight have not advanced for 30 s stops its keepalives, so the
 # primary gives the link up 12 s later (as DRBD's ko-count bounds a peer's stuck write: 7 x 6 s
 # by default) and its writes complete, their regions dirty, resynced once the disk is back.
-PORT=$((PORT + 1))
-PD=$(loopdev hd-p 16); SD=$(loopdev hd-s 16); S=$(sectors "$PD")
-check "hung disk: the secondary's disk (dm-linear, suspended below)" dmsetup create hd-d --table "0 $S linear $SD 0"
-check "hung disk: secondary" node_exec B dmsetup create hd-s --table "0 $S repl secondary /dev/mapper/hd-d $NODE_B_IP:$PORT 0"
-check "hung disk: primary (sync)" node_exec A dmsetup create hd-p --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 protocol sync"
-check "hung disk: connected" connected hd-p
+pair_over "hung disk" hd sync "dm-linear, suspended below" "linear {SD} 0"
 check "hung disk: the disk hangs (suspended: its writes queue)" dmsetup suspend hd-d
 dmesg_mark
 # (In the background: a write waiting for a bio sleeps uninterruptibly, `timeout` cannot end it.)
