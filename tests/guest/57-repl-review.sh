@@ -291,25 +291,36 @@ check "slow disk: remove" dm_remove sd-p sd-s sd-d
 # secondary whose writes in flight have not advanced for 30 s stops its keepalives, so the
 # primary gives the link up 12 s later (as DRBD's ko-count bounds a peer's stuck write: 7 x 6 s
 # by default) and its writes complete, their regions dirty, resynced once the disk is back.
+# hung WHAT CMD...: the secondary's disk hangs (hd-d suspended: its I/O queues) and CMD, I/O to
+# the primary, runs in the background (waiting for a bio it sleeps uninterruptibly: `timeout`
+# could not end it). It must end once the primary gives the link up (30 + 12 s), both sides
+# logging why; then the disk comes back, CMD succeeded, and the pair is in sync and identical.
+hung() {
+  local what=$1 pid start el; shift
+  check "hung disk, $what: the disk hangs (suspended: its I/O queues)" dmsetup suspend hd-d
+  dmesg_mark
+  "$@" &
+  pid=$!
+  start=$(date +%s)
+  while kill -0 $pid 2>/dev/null && [ $(($(date +%s) - start)) -lt "$(scaled 70)" ]; do sleep 1; done
+  el=$(($(date +%s) - start))
+  check_fails "hung disk, $what: completes once the primary gives the link up (${el} s)" kill -0 $pid
+  check "hung disk, $what: ...after the stall limit and the dead-link limit (30 + 12 s)" test "$el" -ge 38
+  check "hung disk, $what: the secondary said why its keepalives stopped" \
+    grep -q "a write or flush to the data device has waited 30 s" <<<"$(dmesg_since)"
+  check "hung disk, $what: the primary lost the link" grep -q "connection to $NODE_B_IP:$PORT lost" <<<"$(dmesg_since)"
+  check "hung disk, $what: the disk comes back" dmsetup resume hd-d
+  wait $pid
+  check_eq "hung disk, $what: it succeeded" 0 $?
+  check "hung disk, $what: in sync after a resync" synced hd-p 90
+  check "hung disk, $what: identical" same_data "$PD" "$SD"
+}
 pair_over "hung disk" hd sync "dm-linear, suspended below" "linear {SD} 0"
-check "hung disk: the disk hangs (suspended: its writes queue)" dmsetup suspend hd-d
-dmesg_mark
-# (In the background: a write waiting for a bio sleeps uninterruptibly, `timeout` cannot end it.)
-dd if=/dev/urandom of=/dev/mapper/hd-p bs=64k count=1 oflag=direct status=none &
-ddpid=$!
-start=$(date +%s)
-while kill -0 $ddpid 2>/dev/null && [ $(($(date +%s) - start)) -lt "$(scaled 70)" ]; do sleep 1; done
-el=$(($(date +%s) - start))
-check_fails "hung disk: a sync write completes once the primary gives the link up (${el} s)" kill -0 $ddpid
-check "hung disk: ...after the stall limit and the dead-link limit (30 + 12 s)" test "$el" -ge 38
-check "hung disk: the secondary said why its keepalives stopped" \
-  grep -q "the data device completed no write for 30 s" <<<"$(dmesg_since)"
-check "hung disk: the primary lost the link" grep -q "connection to $NODE_B_IP:$PORT lost" <<<"$(dmesg_since)"
-check "hung disk: the disk comes back" dmsetup resume hd-d
-wait $ddpid
-check_eq "hung disk: the write succeeded" 0 $?
-check "hung disk: in sync after a resync" synced hd-p 90
-check "hung disk: identical" same_data "$PD" "$SD"
+# A write: it waits in the secondary's ring of writes in flight.
+hung "a 64 KiB write" dd if=/dev/urandom of=/dev/mapper/hd-p bs=64k count=1 oflag=direct status=none
+# A flush alone: the primary sends a flush barrier, which the secondary's applier flushes in line
+# (not in the ring): its own synchronous I/O counts as well.
+hung "a flush alone" python3 -c 'import os; os.fsync(os.open("/dev/mapper/hd-p", os.O_WRONLY))'
 check "hung disk: remove" dm_remove hd-p hd-s hd-d
 
 nodes_down
