@@ -397,6 +397,10 @@ pub(crate) struct Secondary {
     out: Mutex<Option<Out>>,
     /// When a frame was last sent to the primary (`ms_now`): see `keepalive`.
     last_tx_ms: AtomicU64,
+    /// When the applier's synchronous I/O under way began (a marker's write and flush, a flush
+    /// barrier, the consistency state on `meta_dev`: none of them is in the ring); 0: none.
+    /// Counted for `STALL_MS` as a write in the ring is.
+    sync_io_ms: AtomicU64,
     /// The session being served (its frames' slots carry it).
     gen: AtomicU32,
     /// Wakes the applier: a session was published, or the target is going.
@@ -541,6 +545,7 @@ impl Secondary {
                 pools <- new_mutex!(pools),
                 out <- new_mutex!(None),
                 last_tx_ms: AtomicU64::new(0),
+                sync_io_ms: AtomicU64::new(0),
                 gen: AtomicU32::new(0),
                 wake <- Completion::new(),
                 listen_wake <- Completion::new(),
@@ -693,9 +698,17 @@ impl Secondary {
         if self.consistent.load(Ordering::Acquire) == consistent && on_disk_ok {
             return Ok(());
         }
-        self.save_state(consistent).map_err(LinkError::Apply)?;
+        self.sync_io(|| self.save_state(consistent)).map_err(LinkError::Apply)?;
         self.consistent.store(consistent, Ordering::Release);
         Ok(())
+    }
+
+    /// Runs the applier's synchronous I/O `io`, timed for `STALL_MS` (see `sync_io_ms`).
+    fn sync_io<T>(&self, io: impl FnOnce() -> T) -> T {
+        self.sync_io_ms.store(ms_now().max(1), Ordering::Relaxed);
+        let r = io();
+        self.sync_io_ms.store(0, Ordering::Relaxed);
+        r
     }
 
     /// The data device.
@@ -916,31 +929,32 @@ impl Secondary {
 
     fn run_acker(&self) {
         let pipe = self.aio.handler();
-        // Since when writes have been in flight without one finishing (None: none in flight),
-        // and whether that stall was logged.
+        // Since when the write at the front of the ring has been in flight without one
+        // finishing (None: none in flight), and whether the current stall was logged.
         let mut stalled_since = None;
         let mut said = false;
         while !self.stop.load(Ordering::Acquire) {
             pipe.to_acker.reinit();
             if self.reap(true) != 0 {
                 stalled_since = None;
-                said = false;
                 continue;
             }
             let now = ms_now();
-            let stalled = if pipe.ring.lock().len == 0 {
+            let ring_wait = if pipe.ring.lock().len == 0 {
                 stalled_since = None;
-                said = false;
                 0
             } else {
                 now.saturating_sub(*stalled_since.get_or_insert(now))
             };
-            if stalled < STALL_MS {
+            let sync = self.sync_io_ms.load(Ordering::Relaxed);
+            let sync_wait = if sync == 0 { 0 } else { now.saturating_sub(sync) };
+            if ring_wait.max(sync_wait) < STALL_MS {
+                said = false;
                 self.keepalive();
             } else if !said {
                 said = true;
                 pr_warn!(
-                    "repl: the data device completed no write for {} s: no more keepalives, the primary will give the link up\n",
+                    "repl: a write or flush to the data device has waited {} s: no more keepalives, the primary will give the link up\n",
                     STALL_MS / 1000
                 );
             }
@@ -1063,7 +1077,7 @@ impl Secondary {
     /// A marker's frame was applied (every write before it has completed): flush, so that it
     /// and every write before it are durable, then record it and tell userspace (a dm event).
     fn record_marker(&self, id: u64, time_ns: u64, label: &MarkerLabel) -> Result<(), LinkError> {
-        self.aio.client().flush(self.data()).map_err(LinkError::Apply)?;
+        self.sync_io(|| self.aio.client().flush(self.data())).map_err(LinkError::Apply)?;
         *self.marker_label.lock() = (id, *label);
         self.stats.marker_id.store(id, Ordering::Release);
         self.stats.marker_time_ns.store(time_ns, Ordering::Release);
@@ -1257,7 +1271,7 @@ impl Secondary {
             // In line: written, flushed and recorded before anything after it is applied.
             let region = Region { dev: self.data(), sector, sectors };
             let r = match buf.get(data) {
-                Some(d) => self.aio.client().write(&[region], d, flags).map_err(LinkError::Apply),
+                Some(d) => self.sync_io(|| self.aio.client().write(&[region], d, flags)).map_err(LinkError::Apply),
                 None => Err(LinkError::Wire(wire::WireError::BadLength)),
             };
             self.pools.lock().put(buf);
@@ -1327,7 +1341,7 @@ impl Secondary {
                 self.drain()?;
                 // The end of a resync is flushed too: consistent means durable.
                 if h.flags & (wire::BARRIER_FLUSH | wire::BARRIER_RESYNC_DONE) != 0 {
-                    self.aio.client().flush(self.data()).map_err(LinkError::Apply)?;
+                    self.sync_io(|| self.aio.client().flush(self.data())).map_err(LinkError::Apply)?;
                     if epoch > 0 {
                         self.stats.durable_epoch.store(epoch, Ordering::Relaxed);
                     }
