@@ -57,10 +57,11 @@ const DEAD_MS: u32 = 15000;
 /// Nothing sent to the primary for this long while a session is served: a `PONG` (the primary
 /// takes a link that says nothing for its `DEAD_MS`, 12 s, for dead).
 const KEEPALIVE_MS: u64 = 2000;
-/// Writes in flight to the data device and none finished for this long: the keepalives stop,
-/// so the primary gives the link up `DEAD_MS` (its, 12 s) later instead of waiting for a hung
-/// disk forever (a `sync` primary's writes would wait with it). As DRBD's ko-count bounds a
-/// peer's stuck write (7 x 6 s by default).
+/// Writes in flight to the data device and none finished for this long, or one synchronous I/O
+/// of the applier (`sync_io`) under way this long: the keepalives stop, so the primary gives the
+/// link up `DEAD_MS` (its, 12 s) later instead of waiting for a hung disk forever (a `sync`
+/// primary's writes would wait with it). As DRBD's ko-count bounds a peer's stuck write (7 x 6 s
+/// by default). A disk that is only that slow (a flush of much dirty cache) costs the link too.
 const STALL_MS: u64 = 30000;
 /// Receive buffers: writes of up to `SMALL_DATA` bytes (the 4 KiB writes of a random workload)
 /// take a small one, larger writes a large one (up to `wire::MAX_DATA`). Together they bound
@@ -929,8 +930,9 @@ impl Secondary {
 
     fn run_acker(&self) {
         let pipe = self.aio.handler();
-        // Since when the write at the front of the ring has been in flight without one
-        // finishing (None: none in flight), and whether the current stall was logged.
+        // Since when writes have been in flight with none finishing (the last completion, or
+        // when the acker first saw the ring busy; None: none in flight), and whether the
+        // current stall was logged.
         let mut stalled_since = None;
         let mut said = false;
         while !self.stop.load(Ordering::Acquire) {
