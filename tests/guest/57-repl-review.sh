@@ -256,72 +256,88 @@ freeze_case "" "" 4294967295
 freeze_case l " (notsent_lowat)" 16384
 node_exec A sysctl -qw net.ipv4.tcp_notsent_lowat=4294967295
 
-# --- a slow disk at the secondary: the link is kept --------------------------------------------
-# A secondary whose disk takes 15 s per write: it answered nothing while its applier waited for
-# the disk (only a frozen one sent keepalives), so the primary took the link for dead after 12 s,
-# reconnected and resynced, every 12 s, the new session stuck behind the old one (found on the
-# debug kernel, where 90-checkpoint's secondary stalled after a thin snapshot; stop 24).
-# pair_over LABEL P PROTOCOL WHAT TABLE: on a new PORT, loop devices P-p and P-s (PD, SD; S
-# sectors), the secondary's disk P-d with dm TABLE over it ("{SD}" stands for SD; WHAT names it
-# in the check), a secondary on P-d and a primary in PROTOCOL over PD, connected.
+# --- a slow disk and a hung disk at the secondary -----------------------------------------------
+# The three cases below run side by side, each on its own pair (they mostly wait: 15 s per
+# write, the 30 + 12 s bound), and are checked one after the other.
+# pair_over LABEL P PROTOCOL WHAT TABLE: on a new PORT, loop devices P-p and P-s, the secondary's
+# disk P-d with dm TABLE over it ("{SD}" stands for P-s; WHAT names it in the check), a secondary
+# on P-d and a primary in PROTOCOL over P-p, connected. P_PD[P], P_SD[P], P_PORT[P]: its loop
+# devices and port.
+declare -A P_PD P_SD P_PORT
 pair_over() {
-  local l=$1 p=$2 proto=$3 what=$4 table=$5
+  local l=$1 p=$2 proto=$3 what=$4 table=$5 pd sd s
   PORT=$((PORT + 1))
-  PD=$(loopdev "$p-p" 16); SD=$(loopdev "$p-s" 16); S=$(sectors "$PD")
-  check "$l: the secondary's disk ($what)" dmsetup create "$p-d" --table "0 $S ${table//\{SD\}/$SD}"
-  check "$l: secondary" node_exec B dmsetup create "$p-s" --table "0 $S repl secondary /dev/mapper/$p-d $NODE_B_IP:$PORT 0"
-  check "$l: primary ($proto)" node_exec A dmsetup create "$p-p" --table "0 $S repl primary $PD $NODE_B_IP:$PORT 2 protocol $proto"
+  pd=$(loopdev "$p-p" 16); sd=$(loopdev "$p-s" 16); s=$(sectors "$pd")
+  P_PD[$p]=$pd; P_SD[$p]=$sd; P_PORT[$p]=$PORT
+  check "$l: the secondary's disk ($what)" dmsetup create "$p-d" --table "0 $s ${table//\{SD\}/$sd}"
+  check "$l: secondary" node_exec B dmsetup create "$p-s" --table "0 $s repl secondary /dev/mapper/$p-d $NODE_B_IP:$PORT 0"
+  check "$l: primary ($proto)" node_exec A dmsetup create "$p-p" --table "0 $s repl primary $pd $NODE_B_IP:$PORT 2 protocol $proto"
   check "$l: connected" connected "$p-p"
 }
+# A slow disk: 15 s per write. The secondary answered nothing while its applier waited for the
+# disk (only a frozen one sent keepalives), so the primary took the link for dead after 12 s,
+# reconnected and resynced, every 12 s, the new session stuck behind the old one (found on the
+# debug kernel, where 90-checkpoint's secondary stalled after a thin snapshot; stop 24).
 pair_over "slow disk" sd async "dm-delay: 15 s per write" "delay {SD} 0 0 {SD} 0 15000"
+# A hung disk: the keepalive must not hide a disk that completes nothing. With it alone, a sync
+# primary whose secondary's disk hangs waited for that disk forever (its link never went
+# silent). A secondary whose writes in flight have not advanced for 30 s stops its keepalives,
+# so the primary gives the link up 12 s later (as DRBD's ko-count bounds a peer's stuck write:
+# 7 x 6 s by default) and its writes complete, their regions dirty, resynced once the disk is
+# back. The disk is a dm-linear, suspended (its I/O queues); the I/O to the primary runs in the
+# background (waiting for a bio it sleeps uninterruptibly: `timeout` could not end it). Twice:
+# hw, a write (it waits in the secondary's ring of writes in flight); hf, a flush alone (the
+# primary sends a flush barrier, which the secondary's applier flushes in line, not in the ring:
+# its own synchronous I/O counts as well).
+pair_over "hung disk, a 64 KiB write" hw sync "dm-linear, suspended below" "linear {SD} 0"
+pair_over "hung disk, a flush alone" hf sync "dm-linear, suspended below" "linear {SD} 0"
+declare -A H_PID H_END
+check "hung disk: both disks hang (suspended: their I/O queues)" eval 'dmsetup suspend hw-d && dmsetup suspend hf-d'
 dmesg_mark
+hung_start=$(date +%s)
+dd if=/dev/urandom of=/dev/mapper/hw-p bs=64k count=1 oflag=direct status=none &
+H_PID[hw]=$!
+python3 -c 'import os; os.fsync(os.open("/dev/mapper/hf-p", os.O_WRONLY))' &
+H_PID[hf]=$!
+
 # One write: in async mode each write completed before the next is issued starts an epoch, and
 # the secondary applies epochs one after the other (16 writes would take 16 times 15 s).
 check "slow disk: 1 MiB written (one write)" dd if=/dev/urandom of=/dev/mapper/sd-p bs=1M count=1 oflag=direct status=none
 sleep 20
 check_match "slow disk: 20 s later the link is kept (connects 1)" ' primary connected .* connects 1 ' "$(dmsetup status sd-p)"
-check_fails "slow disk: ...and the primary never lost it" grep -q "connection to $NODE_B_IP:$PORT lost" <<<"$(dmesg_since)"
+check_fails "slow disk: ...and the primary never lost it" grep -q "connection to $NODE_B_IP:${P_PORT[sd]} lost" <<<"$(dmesg_since)"
+check_fails "slow disk: ...and the secondary never stopped its keepalives" grep -q "repl $NODE_B_IP:${P_PORT[sd]}: .* has waited" <<<"$(dmesg_since)"
 check "slow disk: in sync once the writes land" synced sd-p 60
-check "slow disk: identical" same_data "$PD" "$SD"
+check "slow disk: identical" same_data "${P_PD[sd]}" "${P_SD[sd]}"
 check "slow disk: remove" dm_remove sd-p sd-s sd-d
 
-# --- a hung disk at the secondary: the link is given up, not kept forever ----------------------
-# The keepalive above must not hide a disk that completes nothing: with it alone, a sync primary
-# whose secondary's disk hangs waited for that disk forever (its link never went silent). A
-# secondary whose writes in flight have not advanced for 30 s stops its keepalives, so the
-# primary gives the link up 12 s later (as DRBD's ko-count bounds a peer's stuck write: 7 x 6 s
-# by default) and its writes complete, their regions dirty, resynced once the disk is back.
-# hung WHAT CMD...: the secondary's disk hangs (hd-d suspended: its I/O queues) and CMD, I/O to
-# the primary, runs in the background (waiting for a bio it sleeps uninterruptibly: `timeout`
-# could not end it). It must end once the primary gives the link up (30 + 12 s), both sides
-# logging why; then the disk comes back, CMD succeeded, and the pair is in sync and identical.
-hung() {
-  local what=$1 pid start el; shift
-  check "hung disk, $what: the disk hangs (suspended: its I/O queues)" dmsetup suspend hd-d
-  dmesg_mark
-  "$@" &
-  pid=$!
-  start=$(date +%s)
-  while kill -0 $pid 2>/dev/null && [ $(($(date +%s) - start)) -lt "$(scaled 70)" ]; do sleep 1; done
-  el=$(($(date +%s) - start))
-  check_fails "hung disk, $what: completes once the primary gives the link up (${el} s)" kill -0 $pid
+# Each hung I/O must end once its primary gives the link up (30 + 12 s), both sides logging why;
+# then the disk comes back, the I/O succeeded, and the pair is in sync and identical.
+while [ $(($(date +%s) - hung_start)) -lt "$(scaled 70)" ]; do
+  for p in hw hf; do
+    [ -z "${H_END[$p]:-}" ] && ! kill -0 "${H_PID[$p]}" 2>/dev/null && H_END[$p]=$(date +%s)
+  done
+  [ -n "${H_END[hw]:-}" ] && [ -n "${H_END[hf]:-}" ] && break
+  sleep 1
+done
+for p in hw hf; do
+  what="a 64 KiB write"; [ $p = hf ] && what="a flush alone"
+  el=$((${H_END[$p]:-$(date +%s)} - hung_start))
+  check "hung disk, $what: completes once the primary gives the link up (${el} s)" test -n "${H_END[$p]:-}"
   check "hung disk, $what: ...after the stall limit and the dead-link limit (30 + 12 s)" test "$el" -ge 38
   check "hung disk, $what: the secondary said why its keepalives stopped" \
-    grep -q "a write or flush to the data device has waited 30 s" <<<"$(dmesg_since)"
-  check "hung disk, $what: the primary lost the link" grep -q "connection to $NODE_B_IP:$PORT lost" <<<"$(dmesg_since)"
-  check "hung disk, $what: the disk comes back" dmsetup resume hd-d
-  wait $pid
+    grep -q "repl $NODE_B_IP:${P_PORT[$p]}: a write or flush to the data or metadata device has waited 30 s" <<<"$(dmesg_since)"
+  check "hung disk, $what: the primary lost the link" grep -q "connection to $NODE_B_IP:${P_PORT[$p]} lost" <<<"$(dmesg_since)"
+done
+for p in hw hf; do
+  what="a 64 KiB write"; [ $p = hf ] && what="a flush alone"
+  check "hung disk, $what: the disk comes back" dmsetup resume $p-d
+  wait "${H_PID[$p]}"
   check_eq "hung disk, $what: it succeeded" 0 $?
-  check "hung disk, $what: in sync after a resync" synced hd-p 90
-  check "hung disk, $what: identical" same_data "$PD" "$SD"
-}
-pair_over "hung disk" hd sync "dm-linear, suspended below" "linear {SD} 0"
-# A write: it waits in the secondary's ring of writes in flight.
-hung "a 64 KiB write" dd if=/dev/urandom of=/dev/mapper/hd-p bs=64k count=1 oflag=direct status=none
-# A flush alone: the primary sends a flush barrier, which the secondary's applier flushes in line
-# (not in the ring): its own synchronous I/O counts as well.
-hung "a flush alone" python3 -c 'import os; os.fsync(os.open("/dev/mapper/hd-p", os.O_WRONLY))'
-check "hung disk: remove" dm_remove hd-p hd-s hd-d
+  check "hung disk, $what: in sync after a resync" synced $p-p 90
+  check "hung disk, $what: identical" same_data "${P_PD[$p]}" "${P_SD[$p]}"
+  check "hung disk, $what: remove" dm_remove $p-p $p-s $p-d
+done
 
 nodes_down
 finish
