@@ -84,7 +84,8 @@ struct Peer {
 }
 
 /// Where acknowledgements go: the session being served (`gen`) and its next sequence number.
-/// Under its mutex, so that the acker's `ACK`s and the applier's `PONG`s never interleave.
+/// Under its mutex, so that frames sent by the acker (`ACK`s, keepalive `PONG`s) and by the
+/// applier (`PONG`s while frozen) never interleave.
 struct Out {
     peer: Arc<Peer>,
     gen: u32,
@@ -932,11 +933,20 @@ impl Secondary {
         let pipe = self.aio.handler();
         // Since when writes have been in flight with none finishing (the last completion, or
         // when the acker first saw the ring busy; None: none in flight), and whether the
-        // current stall was logged.
+        // current stall was logged. Both start over with each session: the applier reaps what
+        // a session leaves (`end_session`) without the acker seeing it, and a stall is not
+        // carried over to writes that only began.
         let mut stalled_since = None;
         let mut said = false;
+        let mut session = self.gen.load(Ordering::Acquire);
         while !self.stop.load(Ordering::Acquire) {
             pipe.to_acker.reinit();
+            let gen = self.gen.load(Ordering::Acquire);
+            if gen != session {
+                session = gen;
+                stalled_since = None;
+                said = false;
+            }
             if self.reap(true) != 0 {
                 stalled_since = None;
                 continue;
@@ -956,7 +966,8 @@ impl Secondary {
             } else if !said {
                 said = true;
                 pr_warn!(
-                    "repl: a write or flush to the data device has waited {} s: no more keepalives, the primary will give the link up\n",
+                    "repl {}: a write or flush to the data or metadata device has waited {} s: no more keepalives, the primary will give the link up\n",
+                    self.addr,
                     STALL_MS / 1000
                 );
             }
