@@ -400,8 +400,6 @@ class Rebuild:
     devtmpfs node (/dev/dm-N, made by the kernel), and a remove that finds udev still holding a
     device retries. `udevadm settle` once at the end (`close`)."""
 
-    NAMES = ("pl_wbc", "pl_c", "pl_o", "pl_snap")
-
     def __init__(self, a):
         self.a = a
         self.size = int(subprocess.run(["blockdev", "--getsz", a.work], capture_output=True,
@@ -411,9 +409,10 @@ class Rebuild:
     def create(self, name, table):
         """Creates `name`; returns (major:minor, its /dev/dm-N), or raises with dmsetup's error."""
         r = dm("--noudevsync", "create", name, "--table", table)
+        dev = None
         if r.returncode == 0:
             self.made.append(name)
-        dev = dm_dev(name) if r.returncode == 0 else None
+            dev = dm_dev(name)
         if dev is None or not os.path.exists(dev[1]):
             raise RuntimeError(f"dmsetup create {name}: {r.stderr.strip() or 'no device node'}")
         return dev
@@ -435,7 +434,7 @@ class Rebuild:
         return None
 
     def teardown(self):
-        names = [n for n in self.NAMES if n in self.made]
+        names = list(reversed(self.made))  # the upper devices first
         self.made = []
         if names:
             r = dm("--noudevsync", "remove", "--retry", *names)
