@@ -7,7 +7,9 @@ files=("$@")
 [ ${#files[@]} -gt 0 ] || files=("$here"/[0-9]*.sh)
 failed_files=0
 for f in "${files[@]}"; do
-  [ -f "$f" ] || f=$here/$f
+  # A bare name is this folder's file, whatever the working directory holds (the guest's
+  # working directory is the host's, where a stray file of that name must not run instead).
+  case $f in */*) ;; *) f=$here/$f ;; esac
   echo "# --- $(basename "$f")"
   out=$(mktemp)
   start=$(date +%s)
