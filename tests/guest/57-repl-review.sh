@@ -291,13 +291,17 @@ pair_over "slow disk" sd async "dm-delay: 15 s per write" "delay {SD} 0 0 {SD} 0
 # its own synchronous I/O counts as well).
 pair_over "hung disk, a 64 KiB write" hw sync "dm-linear, suspended below" "linear {SD} 0"
 pair_over "hung disk, a flush alone" hf sync "dm-linear, suspended below" "linear {SD} 0"
-declare -A H_PID H_END
+# hung_io P CMD...: runs CMD and notes when it ended in $IMG_DIR/P.end (so that the time is
+# right however late it is looked at); returns CMD's status.
+hung_io() { local p=$1 rc; shift; "$@"; rc=$?; date +%s >"$IMG_DIR/$p.end"; return $rc; }
+declare -A H_PID
 check "hung disk: both disks hang (suspended: their I/O queues)" eval 'dmsetup suspend hw-d && dmsetup suspend hf-d'
 dmesg_mark
+rm -f "$IMG_DIR/hw.end" "$IMG_DIR/hf.end"
 hung_start=$(date +%s)
-dd if=/dev/urandom of=/dev/mapper/hw-p bs=64k count=1 oflag=direct status=none &
+hung_io hw dd if=/dev/urandom of=/dev/mapper/hw-p bs=64k count=1 oflag=direct status=none &
 H_PID[hw]=$!
-python3 -c 'import os; os.fsync(os.open("/dev/mapper/hf-p", os.O_WRONLY))' &
+hung_io hf python3 -c 'import os; os.fsync(os.open("/dev/mapper/hf-p", os.O_WRONLY))' &
 H_PID[hf]=$!
 
 # One write: in async mode each write completed before the next is issued starts an epoch, and
@@ -313,17 +317,14 @@ check "slow disk: remove" dm_remove sd-p sd-s sd-d
 
 # Each hung I/O must end once its primary gives the link up (30 + 12 s), both sides logging why;
 # then the disk comes back, the I/O succeeded, and the pair is in sync and identical.
-while [ $(($(date +%s) - hung_start)) -lt "$(scaled 70)" ]; do
-  for p in hw hf; do
-    [ -z "${H_END[$p]:-}" ] && ! kill -0 "${H_PID[$p]}" 2>/dev/null && H_END[$p]=$(date +%s)
-  done
-  [ -n "${H_END[hw]:-}" ] && [ -n "${H_END[hf]:-}" ] && break
+until [ -e "$IMG_DIR/hw.end" ] && [ -e "$IMG_DIR/hf.end" ] || [ $(($(date +%s) - hung_start)) -ge "$(scaled 70)" ]; do
   sleep 1
 done
 for p in hw hf; do
   what="a 64 KiB write"; [ $p = hf ] && what="a flush alone"
-  el=$((${H_END[$p]:-$(date +%s)} - hung_start))
-  check "hung disk, $what: completes once the primary gives the link up (${el} s)" test -n "${H_END[$p]:-}"
+  end=$(cat "$IMG_DIR/$p.end" 2>/dev/null)
+  el=$((${end:-$(date +%s)} - hung_start))
+  check "hung disk, $what: completes once the primary gives the link up (${el} s)" test -n "$end" -a "$el" -le "$(scaled 70)"
   check "hung disk, $what: ...after the stall limit and the dead-link limit (30 + 12 s)" test "$el" -ge 38
   check "hung disk, $what: the secondary said why its keepalives stopped" \
     grep -q "repl $NODE_B_IP:${P_PORT[$p]}: a write or flush to the data or metadata device has waited 30 s" <<<"$(dmesg_since)"
